@@ -1,0 +1,1 @@
+"""Names shared by every process: machine states, events, Redis keys, services, tunables."""

@@ -1,0 +1,30 @@
+"""Every Redis key of a machine. All share the hash tag `{machine_id}` (one Cluster slot), so
+one Lua script may touch them together (shared/DESIGN.md, "Redis keys")."""
+
+PREFIX = "vm:{{{machine_id}}}"
+
+#: hash: state, order_id, version, since (unix s), frame (the JSON frame of the screen).
+STATE = PREFIX + ":state"
+#: hash per order: order_id, drink_id, drink (JSON), amount, idempotency_key, qr_string, ...
+ORDER = PREFIX + ":order:{order_id}"
+#: hash: drink_id -> JSON {id, name, icon, price}.
+MENU = PREFIX + ":menu"
+#: hash: drink_id -> units left.
+STOCK = PREFIX + ":stock"
+#: stream: one entry per applied transition {state, order_id, frame}; relayed to every page.
+EVENTS = PREFIX + ":events"
+#: stream: hints to the workers {command, order_id} (CANCEL, CHECK); truth stays in STATE/ORDER.
+COMMANDS = PREFIX + ":commands"
+#: stream, append-only: the sales/audit record {kind, order_id, amount, ...}.
+SALES = PREFIX + ":sales"
+#: hash: order_id -> JSON of what needs a person (refund owed, vend outcome unknown).
+OPERATOR = PREFIX + ":operator"
+#: string with TTL: a worker's heartbeat, `service` is a constants.services.Service.
+HEARTBEAT = PREFIX + ":heartbeat:{service}"
+#: string: counter for order ids.
+ORDER_SEQ = PREFIX + ":order_seq"
+
+
+def key(template: str, machine_id: str, **parts: str) -> str:
+    """Fill a key template: `key(STATE, "vm-1")` -> `vm:{vm-1}:state`."""
+    return template.format(machine_id=machine_id, **parts)

@@ -1,0 +1,17 @@
+"""The processes of one machine, as named on the command line (`main.py --service NAME`)."""
+
+from enum import StrEnum
+
+
+class Service(StrEnum):
+    ORDER = "ORDER"
+    ORDER_CREATED = "ORDER_CREATED"
+    DISPENSE = "DISPENSE"
+    SCREEN = "SCREEN"
+    NOTIFICATION = "NOTIFICATION"
+    SANDBOX = "SANDBOX"
+    WEBSOCKET = "WEBSOCKET"
+
+
+#: The workers `main.py up` starts next to the websocket server (and the sandbox, without keys).
+WORKERS = (Service.ORDER, Service.ORDER_CREATED, Service.DISPENSE, Service.SCREEN)

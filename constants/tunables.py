@@ -1,0 +1,33 @@
+"""Tunables that are not operator settings. Units are in the names."""
+
+#: Websocket frames from a page: at most this many bytes (DESIGN: larger closes with 1009).
+CLIENT_FRAME_MAX_BYTES = 4096
+#: A page may send at most this many frames per second before it gets ERROR rate_limited.
+CLIENT_FRAMES_PER_S = 20
+#: Events stream length kept (approximate MAXLEN).
+EVENTS_MAXLEN = 10_000
+COMMANDS_MAXLEN = 10_000
+#: Longest BLOCK of a Redis read; short enough that SIGTERM is seen promptly.
+REDIS_BLOCK_MAX_MS = 1_000
+#: Heartbeat TTL of a worker.
+HEARTBEAT_TTL_S = 15
+#: Order hashes are kept this long after they close, for late notifications and audits.
+ORDER_KEEP_S = 30 * 24 * 3600
+
+#: Payment status checks: fast at first, then backing off to Midtrans's POS guidance (~10 s).
+PAYMENT_POLL_SCHEDULE_S = (1.0, 1.0, 2.0, 2.0, 3.0, 5.0)
+PAYMENT_POLL_MAX_S = 10.0
+#: Closing an order whose cancel the gateway could not confirm: retry this often.
+CLOSE_RETRY_S = 2.0
+#: The Midtrans charge lives this many minutes beyond the kiosk deadline (its own expiry).
+CHARGE_EXPIRY_MARGIN_MIN = 1
+
+#: Midtrans client: timeouts and retry budget.
+HTTP_CONNECT_TIMEOUT_S = 3.05
+HTTP_READ_TIMEOUT_S = 10.0
+HTTP_RETRY_ATTEMPTS = 4
+HTTP_RETRY_BUDGET_S = 20.0
+HTTP_RETRY_BASE_S = 0.25
+
+#: Refund of a failed vend: attempts before it is recorded as owed.
+REFUND_ATTEMPTS = 5

@@ -1,0 +1,1 @@
+"""The machinery of the drink machine: everything below the entry scripts."""

@@ -1,0 +1,202 @@
+"""Settings: read once from the environment (and `.env`) by the entry scripts, then passed down.
+
+Every variable of the configuration table in shared/DESIGN.md is here and in `.env.example`.
+An invalid value raises `ConfigError` naming the variable; entry scripts print it and exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SANDBOX_BASE_URL = "https://api.sandbox.midtrans.com"
+PRODUCTION_BASE_URL = "https://api.midtrans.com"
+SANDBOX_KEY_PREFIX = "SB-Mid-server-"
+#: The key the workers use against the local sandbox when MIDTRANS_SERVER_KEY is unset.
+LOCAL_SANDBOX_KEY = SANDBOX_KEY_PREFIX + "local-drink-machine"
+
+PAYMENT_TYPES = ("qris", "gopay")
+DISPENSERS = ("simulated",)
+
+#: SANDBOX_FAULT_* names (shared/midtrans.md) and their types.
+SANDBOX_FAULTS: dict[str, type] = {
+    "LATENCY_MS": int,
+    "ERROR_RATE": float,
+    "DROP_RATE": float,
+    "HTTP200_ERRORS": int,
+    "PENDING_AFTER_PAY_S": float,
+    "NOTIFY_DELAY_S": float,
+    "NOTIFY_DUPLICATE_RATE": float,
+    "NOTIFY_REORDER": int,
+    "REFUND_DISABLED": int,
+    "CHANNEL_DISABLED": int,
+}
+
+_MACHINE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
+
+
+class ConfigError(ValueError):
+    """A configuration variable has an invalid value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The machine's configuration. Tests build it directly: `Settings(payment_deadline_s=3)`."""
+
+    redis_url: str | None = None
+    machine_id: str = "vm-1"
+    ws_host: str = "127.0.0.1"
+    ws_port: int = 3333
+    sandbox_host: str = "127.0.0.1"
+    sandbox_port: int = 3334
+    sandbox_notification_url: str | None = None
+    sandbox_faults: Mapping[str, float] = field(default_factory=dict)
+    notification_host: str = "127.0.0.1"
+    notification_port: int = 3335
+    midtrans_server_key: str | None = None
+    midtrans_client_key: str | None = None
+    midtrans_is_production: bool = False
+    midtrans_base_url_override: str | None = None
+    payment_type: str = "qris"
+    payment_deadline_s: float = 120.0
+    menu_idle_s: float = 60.0
+    result_screen_s: float = 5.0
+    dispenser: str = "simulated"
+    dispense_s: float = 2.0
+    dispense_failure_rate: float = 0.0
+    var_dir: Path = Path("var")
+    menu_file: Path = Path(__file__).resolve().parent.parent / "menu.json"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _check(bool(_MACHINE_ID.match(self.machine_id)), "VENDING_MACHINE_ID",
+               "1 to 20 letters, digits, '-', '_' or '.'")
+        for name, port in (("WS_PORT", self.ws_port), ("SANDBOX_PORT", self.sandbox_port),
+                           ("NOTIFICATION_PORT", self.notification_port)):
+            _check(0 <= port <= 65535, name, "a port number from 0 to 65535")
+        _check(self.payment_type in PAYMENT_TYPES, "PAYMENT_TYPE", "qris or gopay")
+        _check(1 <= self.payment_deadline_s <= 900, "PAYMENT_DEADLINE_S", "1 to 900 seconds")
+        _check(0 < self.menu_idle_s <= 3600, "MENU_IDLE_S", "more than 0, at most 3600 seconds")
+        _check(0 < self.result_screen_s <= 600, "RESULT_SCREEN_S", "more than 0, at most 600 s")
+        _check(self.dispenser in DISPENSERS, "DISPENSER", " or ".join(DISPENSERS))
+        _check(0 <= self.dispense_s <= 120, "DISPENSE_S", "0 to 120 seconds")
+        _check(0 <= self.dispense_failure_rate <= 1, "DISPENSE_FAILURE_RATE", "0 to 1")
+        if self.redis_url is not None:
+            _check(self.redis_url.startswith(("redis://", "rediss://", "unix://")), "REDIS_URL",
+                   "a redis://, rediss:// or unix:// URL")
+        if self.midtrans_server_key is not None:
+            _check(bool(self.midtrans_server_key.strip()), "MIDTRANS_SERVER_KEY", "a key")
+
+    @property
+    def uses_local_sandbox(self) -> bool:
+        """No server key: the machine talks to the local sandbox with a generated key."""
+        return self.midtrans_server_key is None
+
+    @property
+    def server_key(self) -> str:
+        return self.midtrans_server_key or LOCAL_SANDBOX_KEY
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://{self.sandbox_host}:{self.sandbox_port}"
+
+    @property
+    def notification_url(self) -> str:
+        return f"http://{self.notification_host}:{self.notification_port}/notification"
+
+    @property
+    def midtrans_base_url(self) -> str:
+        if self.midtrans_base_url_override:
+            return self.midtrans_base_url_override.rstrip("/")
+        if self.uses_local_sandbox:
+            return self.sandbox_url
+        return PRODUCTION_BASE_URL if self.midtrans_is_production else SANDBOX_BASE_URL
+
+    @property
+    def kiosk_url(self) -> str:
+        return f"http://{self.ws_host}:{self.ws_port}/"
+
+    @property
+    def redis_url_file(self) -> Path:
+        return self.var_dir / "redis.url"
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
+        """Build settings from `environ` (default: os.environ, after loading `.env`)."""
+        if environ is None:
+            if dotenv is None:
+                dotenv = Path(".env")
+            if dotenv.exists():
+                from dotenv import load_dotenv
+
+                load_dotenv(dotenv, override=False)
+            environ = os.environ
+        env = {k: v for k, v in environ.items() if v != ""}
+        values: dict[str, object] = {}
+
+        def take(var: str, attr: str, kind: type = str) -> None:
+            if var in env:
+                values[attr] = _parse(var, env[var], kind)
+
+        take("REDIS_URL", "redis_url")
+        take("VENDING_MACHINE_ID", "machine_id")
+        take("WS_HOST", "ws_host")
+        take("WS_PORT", "ws_port", int)
+        take("SANDBOX_HOST", "sandbox_host")
+        take("SANDBOX_PORT", "sandbox_port", int)
+        take("SANDBOX_NOTIFICATION_URL", "sandbox_notification_url")
+        take("NOTIFICATION_HOST", "notification_host")
+        take("NOTIFICATION_PORT", "notification_port", int)
+        take("MIDTRANS_SERVER_KEY", "midtrans_server_key")
+        take("MIDTRANS_CLIENT_KEY", "midtrans_client_key")
+        take("MIDTRANS_IS_PRODUCTION", "midtrans_is_production", bool)
+        take("MIDTRANS_BASE_URL", "midtrans_base_url_override")
+        take("PAYMENT_TYPE", "payment_type")
+        take("PAYMENT_DEADLINE_S", "payment_deadline_s", float)
+        take("MENU_IDLE_S", "menu_idle_s", float)
+        take("RESULT_SCREEN_S", "result_screen_s", float)
+        take("DISPENSER", "dispenser")
+        take("DISPENSE_S", "dispense_s", float)
+        take("DISPENSE_FAILURE_RATE", "dispense_failure_rate", float)
+        take("VAR_DIR", "var_dir", Path)
+        take("MENU_FILE", "menu_file", Path)
+        take("LOG_LEVEL", "log_level")
+        faults = {}
+        for name, kind in SANDBOX_FAULTS.items():
+            var = "SANDBOX_FAULT_" + name
+            if var in env:
+                faults[name] = _parse(var, env[var], kind)
+                _check(faults[name] >= 0, var, "a number >= 0")
+        values["sandbox_faults"] = faults
+        if "LOG_LEVEL" in values:
+            values["log_level"] = str(values["log_level"]).upper()
+            _check(values["log_level"] in ("DEBUG", "INFO", "WARNING", "ERROR"), "LOG_LEVEL",
+                   "DEBUG, INFO, WARNING or ERROR")
+        return cls(**values)
+
+
+def _parse(var: str, raw: str, kind: type) -> object:
+    raw = raw.strip()
+    if kind is bool:
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{var}={raw!r} is invalid: expected true or false")
+    try:
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is invalid: expected {kind.__name__}") from None
+
+
+def _check(ok: bool, var: str, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{var} is invalid: expected {expected}")

@@ -1,0 +1,1 @@
+"""One module per process of the machine (workers, servers)."""
