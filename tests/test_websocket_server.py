@@ -1,0 +1,583 @@
+"""The websocket server (services/websocket_service.py), started in-process on port 0 against a
+private real Redis, driven by real websocket and HTTP clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from constants.states import State
+from constants.tunables import CLIENT_FRAME_MAX_BYTES, CLIENT_FRAMES_PER_S
+from cores.broker import Broker
+from cores.config import ConfigError, Settings
+from cores.redis_process import RedisProcess, find_binary, free_port
+from services.websocket_service import WebsocketServer, redis_url
+
+ROOT = Path(__file__).resolve().parent.parent
+MENU = [
+    {"id": "cola", "name": "Cola", "icon": "assets/cola.svg", "price": 7000, "stock": 5},
+    {"id": "tea", "name": "Iced Tea", "icon": "assets/tea.svg", "price": 6000, "stock": 0},
+]
+WAIT_S = 5
+
+
+# --- fixtures and helpers --------------------------------------------------------------------
+
+
+@pytest.fixture
+def web_dir(tmp_path: Path) -> Path:
+    """A kiosk web/ directory with known files, and a secret just outside it."""
+    web = tmp_path / "web"
+    (web / "assets").mkdir(parents=True)
+    (web / "index.html").write_text("<!doctype html><title>Kiosk</title>", encoding="utf-8")
+    (web / "kiosk.js").write_text("console.log('kiosk');", encoding="utf-8")
+    (web / "kiosk.css").write_text("body{margin:0}", encoding="utf-8")
+    (web / "assets" / "cola.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (web / ".env").write_text("MIDTRANS_SERVER_KEY=secret")
+    (tmp_path / "secret.txt").write_text("outside web/")
+    (web / "escape.txt").symlink_to(tmp_path / "secret.txt")
+    return web
+
+
+@pytest.fixture
+def broker(real_redis: redis.Redis, settings: Settings) -> Broker:
+    """A machine in IDLE with a menu: cola in stock, tea sold out."""
+    broker = Broker(real_redis, settings.machine_id)
+    broker.ensure_ready(MENU)
+    return broker
+
+
+class Running:
+    def __init__(self, server: WebsocketServer, thread: threading.Thread) -> None:
+        self.server = server
+        self.thread = thread
+        self.port = server.port
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def stop(self) -> None:
+        self.server.request_stop()
+        self.thread.join(WAIT_S * 2)
+        assert not self.thread.is_alive(), "server did not stop"
+
+
+@pytest.fixture
+def start_server(settings: Settings, web_dir: Path) -> Iterator[Callable[..., Running]]:
+    """Start a WebsocketServer on 127.0.0.1:0 in a thread of its own; stopped after the test."""
+    running: list[Running] = []
+
+    def start(client: redis.Redis, clock: Callable[[], float] = time.monotonic) -> Running:
+        server = WebsocketServer(settings, client, web_dir=web_dir, clock=clock)
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                asyncio.run(server.serve("127.0.0.1", 0, ready=lambda port: ready.set()))
+            except BaseException as exc:  # surfaced below
+                failure.append(exc)
+                ready.set()
+
+        thread = threading.Thread(target=main, name="ws-server", daemon=True)
+        thread.start()
+        assert ready.wait(WAIT_S * 2), "server did not start"
+        assert not failure, failure
+        running.append(Running(server, thread))
+        return running[-1]
+
+    yield start
+    for one in running:
+        one.stop()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., Running], broker: Broker) -> Running:
+    return start_server(broker.redis)
+
+
+@pytest.fixture
+def pages(server: Running) -> Iterator[Callable[[], ClientConnection]]:
+    """Open kiosk pages on the server; each has read its snapshot frame already."""
+    # websockets 17.1+: connect() outside a `with` is deprecated; an ExitStack holds them.
+    with contextlib.ExitStack() as stack:
+        yield lambda: stack.enter_context(
+            connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1)
+        )
+
+
+def recv(ws: ClientConnection) -> dict:
+    return json.loads(ws.recv(timeout=WAIT_S))
+
+
+def send(ws: ClientConnection, event: str, values: object = None) -> None:
+    frame: dict = {"event": event}
+    if values is not None:
+        frame["values"] = values
+    ws.send(json.dumps(frame))
+
+
+def error_code(frame: dict) -> str:
+    assert frame["event"] == "ERROR", frame
+    assert frame["values"]["message"]
+    return frame["values"]["code"]
+
+
+def machine(broker: Broker) -> tuple:
+    """Everything a refused command must leave as it was."""
+    snap = broker.snapshot()
+    events = broker.redis.xlen(broker.events_key)
+    sales = broker.redis.xlen(broker.sales_key)
+    return snap.state, snap.version, snap.order_id, broker.stock(), events, sales
+
+
+def on_menu(open_page: Callable[[], ClientConnection]) -> ClientConnection:
+    page = open_page()
+    assert recv(page)["event"] == "IDLE"
+    send(page, "SHOW_MENU", {})
+    assert recv(page)["event"] == "SHOW_MENU"
+    return page
+
+
+def http_request(port: int, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
+    """A raw HTTP request: the path is sent exactly as given (no '..' normalisation)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+# --- screens ---------------------------------------------------------------------------------
+
+
+def test_page_gets_the_current_screen_on_connect(pages, broker):
+    page = pages()
+    assert recv(page) == {"event": "IDLE", "values": {}}
+
+
+def test_page_connecting_on_the_menu_gets_the_menu_with_stock(pages, broker):
+    on_menu(pages)
+    late = pages()
+    frame = recv(late)
+    assert frame["event"] == "SHOW_MENU"
+    assert {d["id"]: d["stock"] for d in frame["values"]} == {"cola": 5, "tea": 0}
+    assert frame == broker.snapshot().frame
+
+
+def test_show_menu_from_one_page_is_broadcast_to_every_page(pages, broker):
+    first, second = pages(), pages()
+    assert recv(first)["event"] == recv(second)["event"] == "IDLE"
+    send(first, "SHOW_MENU", {})
+    for page in (first, second):
+        frame = recv(page)
+        assert frame["event"] == "SHOW_MENU"
+        assert [d["id"] for d in frame["values"]] == ["tea", "cola"]
+    assert broker.snapshot().state is State.SHOW_MENU
+
+
+def test_order_moves_every_page_to_menu_clicked_with_the_order(pages, broker):
+    first = on_menu(pages)
+    second = pages()
+    assert recv(second)["event"] == "SHOW_MENU"
+    send(first, "ORDER", {"id": "cola", "total": 1})
+    frames = [recv(first), recv(second)]
+    assert frames[0] == frames[1]
+    assert frames[0]["event"] == "MENU_CLICKED"
+    assert frames[0]["values"]["drink"]["id"] == "cola"
+    assert frames[0]["values"]["order_id"] == broker.snapshot().order_id
+
+
+def test_cancel_on_the_menu_brings_every_page_back_to_idle(pages, broker):
+    page = on_menu(pages)
+    send(page, "CANCEL")
+    assert recv(page) == {"event": "IDLE", "values": {}}
+
+
+def test_frame_appended_by_another_process_reaches_every_page(pages, broker, redis_server):
+    first, second = pages(), pages()
+    assert recv(first)["event"] == recv(second)["event"] == "IDLE"
+    script = (
+        "import redis; from cores.broker import Broker;"
+        f"c = redis.Redis.from_url({redis_server.url!r}, decode_responses=True);"
+        f"Broker(c, {broker.machine_id!r}).set_out_of_service(True)"
+    )
+    subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=30)
+    assert recv(first) == recv(second) == {"event": "OUT_OF_SERVICE", "values": {}}
+
+
+# --- refused commands ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("drink", "code"), [("fanta", "unknown_drink"), ("tea", "sold_out")])
+def test_order_refused_by_the_broker_is_an_error_to_the_sender_only(pages, broker, drink, code):
+    sender = on_menu(pages)
+    other = pages()
+    assert recv(other)["event"] == "SHOW_MENU"
+    before = machine(broker)
+    send(sender, "ORDER", {"id": drink, "total": 1})
+    assert error_code(recv(sender)) == code
+    assert machine(broker) == before
+    # The other page's next frame is the next broadcast: it never saw the ERROR.
+    send(sender, "SHOW_MENU", {})
+    assert recv(other)["event"] == "SHOW_MENU"
+    assert recv(sender)["event"] == "SHOW_MENU"
+
+
+def test_command_in_the_wrong_state_is_refused_and_changes_nothing(pages, broker):
+    page = pages()
+    assert recv(page)["event"] == "IDLE"
+    before = machine(broker)
+    send(page, "CANCEL", {})
+    assert error_code(recv(page)) == "wrong_state"
+    send(page, "ORDER", {"id": "cola", "total": 1})
+    assert error_code(recv(page)) == "wrong_state"
+    assert machine(broker) == before
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "malformed_frame"),
+        ("[]", "malformed_frame"),
+        ('["ORDER", {"id": "cola", "total": 1}]', "malformed_frame"),
+        (b'{"event":"ORDER","values":{"id":"cola","total":1}}', "malformed_frame"),
+        ('{"event":"DANCE","values":{}}', "unknown_event"),
+        ('{"event":"PAYMENT_SUCCESS","values":{"order_id":"x"}}', "unknown_event"),
+        ('{"event":"DISPENSED","values":{}}', "unknown_event"),
+        ('{"event":"ORDER","values":{"id":7,"total":1}}', "bad_values"),
+        ('{"event":"ORDER","values":{"id":"cola","total":"1"}}', "bad_values"),
+        ('{"event":"ORDER","values":{"id":"cola","total":true}}', "bad_values"),
+        ('{"event":"ORDER","values":{"id":"cola","total":2}}', "bad_values"),
+        ('{"event":"ORDER","values":{"id":"cola","total":1,"price":1}}', "bad_values"),
+        ('{"event":"ORDER","values":["cola"]}', "bad_values"),
+        ('{"event":"CANCEL","values":{"order_id":"x"}}', "bad_values"),
+    ],
+    ids=lambda value: value if isinstance(value, str) and len(value) < 20 else None,
+)
+def test_malformed_frame_gets_an_error_and_changes_nothing(pages, broker, frame, code):
+    page = on_menu(pages)
+    other = pages()
+    assert recv(other)["event"] == "SHOW_MENU"
+    before = machine(broker)
+    page.send(frame)
+    assert error_code(recv(page)) == code
+    assert machine(broker) == before
+    # The connection stays usable, and the other page saw no echo and no ERROR.
+    send(page, "CANCEL", {})
+    assert recv(page)["event"] == "IDLE"
+    assert recv(other)["event"] == "IDLE"
+
+
+def test_frame_larger_than_4_kib_closes_the_connection_with_1009(pages, broker):
+    page = on_menu(pages)
+    before = machine(broker)
+    padding = " " * CLIENT_FRAME_MAX_BYTES
+    page.send('{"event":"ORDER","values":{"id":"cola","total":1}}' + padding)
+    with pytest.raises(ConnectionClosed) as closed:
+        page.recv(timeout=WAIT_S)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    assert machine(broker) == before
+
+
+def test_frame_of_exactly_4_kib_is_still_handled(pages, broker):
+    page = on_menu(pages)
+    frame = '{"event":"CANCEL","values":{}}'
+    page.send(frame + " " * (CLIENT_FRAME_MAX_BYTES - len(frame)))
+    assert recv(page)["event"] == "IDLE"
+
+
+def test_flooding_page_is_rate_limited_then_closed_with_1008(start_server, broker):
+    # A frozen clock: every frame falls in the same second, whatever the machine's speed.
+    server = start_server(broker.redis, clock=lambda: 1000.0)
+    with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
+        assert recv(page)["event"] == "IDLE"
+        for _ in range(CLIENT_FRAMES_PER_S):
+            send(page, "CANCEL", {})
+            assert error_code(recv(page)) == "wrong_state"
+        before = machine(broker)
+        send(page, "SHOW_MENU", {})
+        assert error_code(recv(page)) == "rate_limited"
+        assert machine(broker) == before
+        codes = []
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(CLIENT_FRAMES_PER_S * 5):
+                send(page, "SHOW_MENU", {})
+            while True:
+                codes.append(error_code(recv(page)))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert set(codes) == {"rate_limited"}
+        assert machine(broker) == before
+
+
+def test_calm_page_is_never_rate_limited(start_server, broker):
+    now = [0.0]
+    server = start_server(broker.redis, clock=lambda: now[0])
+    with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
+        assert recv(page)["event"] == "IDLE"
+        for _ in range(CLIENT_FRAMES_PER_S * 3):
+            now[0] += 1.0 / CLIENT_FRAMES_PER_S + 0.001
+            send(page, "CANCEL", {})
+            assert error_code(recv(page)) == "wrong_state"
+
+
+# --- Redis down ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dead_redis() -> Iterator[redis.Redis]:
+    """A client of a port where no Redis listens."""
+    client = redis.Redis(
+        host="127.0.0.1",
+        port=free_port(),
+        decode_responses=True,
+        socket_connect_timeout=1,
+        retry=Retry(NoBackoff(), 0),
+    )
+    yield client
+    client.close()
+
+
+def test_health_is_503_when_redis_is_down(start_server, dead_redis):
+    server = start_server(dead_redis)
+    status, headers, body = http_request(server.port, "/healthz")
+    assert status == 503
+    assert headers["Content-Type"] == "application/json"
+    assert json.loads(body)["ok"] is False
+    assert json.loads(body)["redis"] == "down"
+
+
+def test_commands_get_unavailable_when_redis_is_down(start_server, dead_redis):
+    server = start_server(dead_redis)
+    with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
+        assert error_code(recv(page)) == "unavailable"
+        send(page, "SHOW_MENU", {})
+        assert error_code(recv(page)) == "unavailable"
+
+
+def test_relay_recovers_after_a_redis_restart_and_redraws_every_page(
+    start_server, settings, tmp_path
+):
+    """Redis dies and comes back empty: pages get the current screen, then new frames."""
+    if find_binary() is None:
+        pytest.skip("no redis-server")
+    process = RedisProcess(tmp_path / "redis", appendonly=False).start()
+    # No client-side retries: the relay must see the outage itself, not have it papered over.
+    client = redis.Redis.from_url(
+        process.url, decode_responses=True, socket_timeout=5, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        broker = Broker(client, settings.machine_id)
+        broker.ensure_ready(MENU)
+        broker.show_menu()
+        server = start_server(client)
+        with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
+            assert recv(page)["event"] == "SHOW_MENU"
+            process.stop()
+            status, _, _ = http_request(server.port, "/healthz")
+            assert status == 503
+            process.start()
+            assert recv(page) == {"event": "IDLE", "values": {}}
+            broker.ensure_ready(MENU)
+            broker.show_menu()
+            frames = [recv(page)]
+            while frames[-1]["event"] != "SHOW_MENU":
+                frames.append(recv(page))
+            assert [f["event"] for f in frames] in (["SHOW_MENU"], ["IDLE", "SHOW_MENU"])
+    finally:
+        client.close()
+        process.stop()
+
+
+# --- HTTP ------------------------------------------------------------------------------------
+
+
+def test_get_root_serves_the_kiosk_page_uncached(server, web_dir):
+    status, headers, body = http_request(server.port, "/")
+    assert status == 200
+    assert body == (web_dir / "index.html").read_bytes()
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert headers["Cache-Control"] == "no-cache"
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/index.html", "text/html; charset=utf-8"),
+        ("/kiosk.js", "text/javascript; charset=utf-8"),
+        ("/kiosk.css", "text/css; charset=utf-8"),
+        ("/assets/cola.svg", "image/svg+xml"),
+        ("/kiosk.js?v=2", "text/javascript; charset=utf-8"),
+    ],
+)
+def test_web_files_are_served_with_their_content_type(server, web_dir, path, content_type):
+    status, headers, body = http_request(server.port, path)
+    assert status == 200
+    assert headers["Content-Type"] == content_type
+    assert body == (web_dir / path.split("?")[0].lstrip("/")).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/missing.html",
+        "/assets/",
+        "/assets",
+        "/../secret.txt",
+        "/assets/../../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/..%2fsecret.txt",
+        "/assets%2f..%2f..%2fsecret.txt",
+        "/..\\secret.txt",
+        "/escape.txt",
+        "/.env",
+        "/%2eenv",
+        "/index.html%00.txt",
+        "/%ff",
+        "//etc/passwd",
+        "/%2Fetc%2Fpasswd",
+    ],
+)
+def test_paths_outside_web_or_missing_are_404(server, path):
+    status, _, body = http_request(server.port, path)
+    assert status == 404
+    assert b"outside" not in body and b"secret" not in body
+
+
+def test_health_reports_the_state_and_redis(server, pages, broker):
+    on_menu(pages)
+    status, headers, body = http_request(server.port, "/healthz")
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    health = json.loads(body)
+    assert health["ok"] is True and health["redis"] == "ok"
+    assert health["state"] == "SHOW_MENU"
+    assert health["pages"] == 1
+
+
+def test_head_answers_headers_without_a_body(server):
+    status, headers, body = http_request(server.port, "/", method="HEAD")
+    assert status == 200
+    assert headers["Content-Type"] == "text/html; charset=utf-8"
+    assert body == b""
+
+
+def test_other_methods_are_refused_with_405(server):
+    status, headers, _ = http_request(server.port, "/", method="POST")
+    assert status == 405
+    assert headers["Allow"] == "GET, HEAD"
+
+
+def test_plain_get_of_the_websocket_path_asks_for_an_upgrade(server):
+    status, _, _ = http_request(server.port, "/ws")
+    assert status == 426
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+def test_stopping_the_server_closes_pages_with_going_away(start_server, broker):
+    server = start_server(broker.redis)
+    with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
+        assert recv(page)["event"] == "IDLE"
+        server.stop()
+        with pytest.raises(ConnectionClosed) as closed:
+            page.recv(timeout=WAIT_S)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+
+def test_redis_url_comes_from_the_var_dir_file_when_redis_url_is_unset(tmp_path):
+    settings = Settings(var_dir=tmp_path)
+    settings.redis_url_file.write_text("redis://127.0.0.1:7777/0\n")
+    assert redis_url(settings) == "redis://127.0.0.1:7777/0"
+    assert redis_url(settings.replace(redis_url="redis://other:1/0")) == "redis://other:1/0"
+
+
+def test_missing_redis_url_is_a_config_error_naming_redis_url(tmp_path):
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        redis_url(Settings(var_dir=tmp_path))
+
+
+def _entry_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WS_"))}
+    env.update(extra)
+    return env
+
+
+def test_entry_script_exits_2_on_invalid_configuration(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "websocket_server.py")],
+        cwd=tmp_path,
+        env=_entry_env(WS_PORT="not-a-port"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "WS_PORT" in result.stderr
+
+
+def test_entry_script_serves_until_sigterm_then_exits_0(tmp_path, redis_server, real_redis):
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "websocket_server.py"), "--port", str(port)],
+        cwd=tmp_path,
+        env=_entry_env(REDIS_URL=redis_server.url, VAR_DIR=str(tmp_path / "var")),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _wait_for_line(process, "websocket server listening", timeout_s=30)
+        status, _, body = http_request(port, "/healthz")
+        assert status == 200 and json.loads(body)["redis"] == "ok"
+        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=WAIT_S) as page:
+            assert recv(page)["event"] == "IDLE"
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed):
+                page.recv(timeout=WAIT_S)
+        assert process.wait(timeout=30) == 0
+        assert (tmp_path / "var" / "logs" / "websocket.log").exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stderr is not None
+        process.stderr.close()
+
+
+def _wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> bool:
+    assert process.stderr is not None
+    deadline = time.monotonic() + timeout_s
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stderr, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=deadline - time.monotonic()):
+                continue
+            line = process.stderr.readline()
+            if not line:
+                return False
+            if text in line:
+                return True
+    return False
