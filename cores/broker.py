@@ -198,7 +198,7 @@ class Broker:
         The order_id and the charge's Idempotency-Key are stored before any charge is sent
         (money rule 5).
         """
-        order_id = self.new_order_id()
+        order_id = None
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -211,6 +211,7 @@ class Broker:
                         pipe.unwatch()
                         raise _refused(refusal)
                     drink = _drink(json.loads(raw))
+                    order_id = order_id or self.new_order_id()
                     now = self.clock()
                     order_fields = {
                         "order_id": order_id, "drink": json.dumps(drink.public()),

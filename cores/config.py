@@ -175,7 +175,7 @@ class Settings:
                 faults[name] = _parse(var, env[var], kind)
                 _check(faults[name] >= 0, var, "a number >= 0")
         values["sandbox_faults"] = faults
-        if "LOG_LEVEL" in values:
+        if "log_level" in values:
             values["log_level"] = str(values["log_level"]).upper()
             _check(values["log_level"] in ("DEBUG", "INFO", "WARNING", "ERROR"), "LOG_LEVEL",
                    "DEBUG, INFO, WARNING or ERROR")

@@ -79,8 +79,12 @@ class SimulatedDispenser:
 
     def _append(self, entry: dict) -> None:
         self.journal.parent.mkdir(parents=True, exist_ok=True)
-        line = json.dumps(entry, separators=(",", ":")) + "\n"
-        with self._lock, self.journal.open("a", encoding="utf-8") as f:
+        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        with self._lock, self.journal.open("a+b") as f:
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = b"\n" + line  # end a line torn by a crash, so this one is whole
             f.write(line)
             f.flush()
             os.fsync(f.fileno())

@@ -204,18 +204,11 @@ def test_invalid_value_raises_config_error_naming_the_variable(var, raw):
     assert isinstance(info.value, ValueError)
 
 
-LOG_LEVEL_BUG = (
-    'cores/config.py from_env tests `"LOG_LEVEL" in values`, but `values` is keyed by '
-    "attribute name (`log_level`): LOG_LEVEL is never upper-cased nor checked"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=LOG_LEVEL_BUG)
 def test_log_level_is_read_case_insensitively():
     assert Settings.from_env({"LOG_LEVEL": "debug"}).log_level == "DEBUG"
 
 
-@pytest.mark.xfail(strict=True, reason=LOG_LEVEL_BUG)
 def test_unknown_log_level_raises_config_error_naming_the_variable():
     with pytest.raises(ConfigError, match="LOG_LEVEL"):
         Settings.from_env({"LOG_LEVEL": "LOUD"})

@@ -122,11 +122,6 @@ def test_a_torn_last_line_is_ignored(tmp_path, sleeps):
     assert [e["order_id"] for e in dispenser.entries()] == ["o1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cores/dispenser.py _append writes after a torn last line without first ending it "
-    "with a newline: the next record is glued to the fragment and lost",
-)
 def test_a_vend_after_a_torn_line_is_still_recorded(tmp_path, sleeps):
     dispenser = make(tmp_path, sleeps)
     with (tmp_path / JOURNAL_NAME).open("a", encoding="utf-8") as f:
