@@ -1,0 +1,34 @@
+"""Operator sub-commands of main.py: status, stock, maintenance. They act through the Broker."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from constants.services import WORKERS, Service
+from cores.broker import Broker
+
+
+def status(broker: Broker) -> dict:
+    """The machine's state, current order, stock, the operator's queue and worker heartbeats."""
+    snap = broker.snapshot()
+    order = broker.order(snap.order_id)
+    beats = {}
+    for service in (*WORKERS, Service.WEBSOCKET):
+        at = broker.redis.get(broker.heartbeat_key(service))
+        beats[str(service)] = None if at is None else round(time.time() - float(at), 1)
+    return {
+        "machine_id": broker.machine_id,
+        "state": str(snap.state),
+        "since": snap.since,
+        "order": None if order is None else {
+            k: v for k, v in order.fields.items()
+            if k not in ("idempotency_key", "frame_values", "qr_string")},
+        "stock": broker.stock(),
+        "operator_queue": list(broker.operator_queue().values()),
+        "heartbeat_age_s": beats,
+    }
+
+
+def dumps(data: object) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str)

@@ -1,0 +1,187 @@
+"""`python main.py up`: one machine on this computer, its processes kept alive.
+
+Starts Redis (REDIS_URL, or a private redis-server with AOF under VAR_DIR), the local
+Midtrans sandbox when MIDTRANS_SERVER_KEY is unset, the websocket server and the workers.
+Restarts any child that dies (with a growing pause if it keeps dying); stops them all on
+Ctrl-C / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from constants.services import WORKERS, Service
+from cores.config import Settings
+from cores.logs import kv
+from cores.redis_process import RedisProcess, free_port
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Pause before restarting a child that died, growing while it keeps dying quickly.
+RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+#: A child that lived this long is considered healthy again.
+HEALTHY_AFTER_S = 10.0
+#: How often the supervisor looks at its children (process table, not Redis).
+WATCH_INTERVAL_S = 0.2
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    process: subprocess.Popen | None = None
+    started_at: float = 0.0
+    quick_deaths: int = 0
+    restarts: int = 0
+    restart_at: float | None = None
+    log_path: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, python: str = sys.executable) -> None:
+        self.settings = settings
+        self.python = python
+        self.stopping = threading.Event()
+        self.redis: RedisProcess | None = None
+        self.children: list[Child] = []
+        self.env: dict[str, str] = {}
+
+    # --- set-up -----------------------------------------------------------------------------
+
+    def start_redis(self) -> str:
+        if self.settings.redis_url:
+            return self.settings.redis_url
+        data_dir = self.settings.var_dir / "redis"
+        port = _previous_port(self.settings.redis_url_file) or free_port()
+        self.redis = RedisProcess(data_dir, port=port, appendonly=True)
+        try:
+            self.redis.start()
+        except Exception:
+            self.redis = RedisProcess(data_dir, port=free_port(), appendonly=True).start()
+        self.settings.redis_url_file.parent.mkdir(parents=True, exist_ok=True)
+        self.settings.redis_url_file.write_text(self.redis.url + "\n", encoding="utf-8")
+        log.info("redis started", extra=kv(url=self.redis.url, binary=self.redis.binary,
+                                          data=data_dir))
+        return self.redis.url
+
+    def plan(self, redis_url: str) -> None:
+        env = dict(os.environ)
+        env["REDIS_URL"] = redis_url
+        env["VAR_DIR"] = str(self.settings.var_dir)
+        env["PYTHONUNBUFFERED"] = "1"
+        self.env = env
+        main = str(ROOT / "main.py")
+        if self.settings.uses_local_sandbox:
+            self.children.append(Child("SANDBOX", [self.python, main, "--service", "SANDBOX"]))
+        self.children.append(Child("WEBSOCKET", [self.python, str(ROOT / "websocket_server.py")]))
+        for service in WORKERS:
+            self.children.append(Child(str(service), [self.python, main, "--service", service]))
+        if (ROOT / "services" / "notification_service.py").exists():
+            self.children.append(Child(str(Service.NOTIFICATION),
+                                       [self.python, main, "--service", "NOTIFICATION"]))
+
+    def spawn(self, child: Child) -> None:
+        log_dir = self.settings.var_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        child.log_path = log_dir / f"{child.name.lower()}.out"
+        with child.log_path.open("ab") as out:
+            child.process = subprocess.Popen(child.argv, env=self.env, cwd=ROOT,
+                                             stdout=out, stderr=subprocess.STDOUT)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        pid_dir = self.settings.var_dir / "pids"
+        pid_dir.mkdir(parents=True, exist_ok=True)
+        (pid_dir / f"{child.name.lower()}.pid").write_text(f"{child.process.pid}\n")
+        log.info("started", extra=kv(child=child.name, pid=child.process.pid))
+
+    # --- running ----------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self.settings.var_dir.mkdir(parents=True, exist_ok=True)
+        redis_url = self.start_redis()
+        self.plan(redis_url)
+        if self.settings.uses_local_sandbox:
+            banner = ("MIDTRANS_SERVER_KEY is unset: payments go to the LOCAL SANDBOX at "
+                      f"{self.settings.sandbox_url} (no real money). Pay from the simulator.")
+            print("!" * 78 + "\n" + banner + "\n" + "!" * 78, file=sys.stderr, flush=True)
+        for child in self.children:
+            self.spawn(child)
+        print(f"Kiosk:     {self.settings.kiosk_url}", flush=True)
+        if self.settings.uses_local_sandbox:
+            print(f"Simulator: {self.settings.sandbox_url}/simulator", flush=True)
+        print(f"Redis:     {redis_url}", flush=True)
+        print(f"Logs:      {self.settings.var_dir / 'logs'}", flush=True)
+        while not self.stopping.wait(WATCH_INTERVAL_S):
+            self.tend()
+        self.shutdown()
+        return 0
+
+    def tend(self) -> None:
+        if self.redis is not None and not self.redis.alive():
+            log.warning("redis died, restarting", extra=kv(url=self.redis.url))
+            try:
+                self.redis.start()
+            except Exception:
+                log.exception("redis restart failed")
+        now = time.monotonic()
+        for child in self.children:
+            if child.process is None or child.process.poll() is None:
+                continue
+            if child.restart_at is None:
+                code = child.process.returncode
+                lived = now - child.started_at
+                child.quick_deaths = 0 if lived > HEALTHY_AFTER_S else child.quick_deaths + 1
+                pause = RESTART_BACKOFF_S[min(child.quick_deaths, len(RESTART_BACKOFF_S) - 1)]
+                child.restart_at = now + pause
+                log.warning("child died", extra=kv(child=child.name, code=code,
+                                                  restart_in_s=pause))
+            elif now >= child.restart_at:
+                child.restarts += 1
+                self.spawn(child)
+
+    def request_stop(self, *_: object) -> None:
+        self.stopping.set()
+
+    def shutdown(self, timeout_s: float = 10.0) -> None:
+        log.info("stopping")
+        for child in reversed(self.children):
+            if child.process is not None and child.process.poll() is None:
+                child.process.terminate()
+        deadline = time.monotonic() + timeout_s
+        for child in self.children:
+            if child.process is None:
+                continue
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("killing", extra=kv(child=child.name))
+                child.process.kill()
+                child.process.wait()
+        if self.redis is not None:
+            self.redis.stop()
+        log.info("stopped")
+
+
+def _previous_port(url_file: Path) -> int | None:
+    """Reuse the port of the last run so a URL written earlier stays right."""
+    try:
+        return int(url_file.read_text(encoding="utf-8").strip().rsplit(":", 1)[1].split("/")[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run(settings: Settings) -> int:
+    supervisor = Supervisor(settings)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    return supervisor.run()

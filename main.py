@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Drink Machine: run a service, the whole machine, or an operator command.
+
+    python main.py up                       # Redis, sandbox, websocket server, workers
+    python main.py --service ORDER          # one process (ORDER, ORDER_CREATED, DISPENSE,
+                                            #   SCREEN, NOTIFICATION, SANDBOX)
+    python main.py status                   # state, current order, stock as JSON
+    python main.py stock cola 12            # set a drink's stock
+    python main.py maintenance on|off       # OUT_OF_SERVICE / back to IDLE
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from constants.services import Service
+from cores import logs
+from cores.config import ConfigError, Settings
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="main.py", description="Drink Machine")
+    parser.add_argument("--service", choices=[s.value for s in Service if s != Service.WEBSOCKET],
+                        help="run one process of the machine")
+    parser.add_argument("--port", type=int, help="port for SANDBOX / NOTIFICATION")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("up", help="start the whole machine")
+    sub.add_parser("status", help="print the machine's state as JSON")
+    stock = sub.add_parser("stock", help="set the stock of a drink")
+    stock.add_argument("drink")
+    stock.add_argument("units", type=int)
+    maintenance = sub.add_parser("maintenance", help="take the machine out of service, or back")
+    maintenance.add_argument("mode", choices=["on", "off"])
+    args = parser.parse_args(argv)
+    if not args.service and not args.command:
+        parser.error("give --service NAME or a command (up, status, stock, maintenance)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        settings = Settings.from_env()
+        if args.port is not None and args.service == Service.SANDBOX:
+            settings = settings.replace(sandbox_port=args.port)
+        elif args.port is not None and args.service == Service.NOTIFICATION:
+            settings = settings.replace(notification_port=args.port)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    name = args.service or args.command.upper()
+    logs.setup(name, settings.machine_id, settings.log_level,
+               settings.var_dir / "logs" if args.service or args.command == "up" else None)
+    try:
+        return dispatch(args, settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "up":
+        from cores import supervisor
+
+        return supervisor.run(settings)
+    if args.service == Service.SANDBOX:
+        from services import sandbox_service
+
+        sandbox_service.run(settings)
+        return 0
+    if args.service == Service.NOTIFICATION:
+        from services import notification_service
+
+        notification_service.run(settings)
+        return 0
+    from services import runtime
+
+    if args.service:
+        runtime.run_worker(Service(args.service), settings)
+        return 0
+    from cores import operator
+    from cores.broker import CommandRefused
+
+    broker = runtime.broker_for(settings)
+    try:
+        if args.command == "stock":
+            broker.set_stock(args.drink, args.units)
+        elif args.command == "maintenance":
+            broker.set_out_of_service(args.mode == "on")
+    except CommandRefused as exc:
+        print(f"refused: {exc.message}", file=sys.stderr)
+        return 1
+    print(operator.dumps(operator.status(broker)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""How a process of the machine finds its Redis and starts a worker by name."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import redis
+
+from constants.services import Service
+from constants.tunables import REDIS_BLOCK_MAX_MS
+from cores.broker import Broker
+from cores.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+
+def redis_url(settings: Settings) -> str:
+    """REDIS_URL, else the URL `main.py up` wrote for the Redis it started (VAR_DIR/redis.url)."""
+    if settings.redis_url:
+        return settings.redis_url
+    path = settings.redis_url_file
+    if path.exists():
+        url = path.read_text(encoding="utf-8").strip()
+        if url:
+            return url
+    raise ConfigError(f"REDIS_URL is unset and {path} does not exist: start the machine with "
+                      "`python main.py up`, or set REDIS_URL")
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A client whose socket timeout outlasts the longest BLOCK (shared/TESTING.md)."""
+    return redis.Redis.from_url(redis_url(settings), decode_responses=True,
+                                socket_timeout=REDIS_BLOCK_MAX_MS / 1000 + 5,
+                                socket_connect_timeout=5, health_check_interval=30)
+
+
+def load_menu(path: Path) -> list[dict]:
+    try:
+        drinks = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"MENU_FILE {path} is unreadable: {exc}") from None
+    if not isinstance(drinks, list) or not all(
+            isinstance(d, dict) and {"id", "name", "icon", "price"} <= d.keys() for d in drinks):
+        raise ConfigError(f"MENU_FILE {path}: expected a list of drinks with id, name, icon, price")
+    return drinks
+
+
+def broker_for(settings: Settings, client: redis.Redis | None = None) -> Broker:
+    broker = Broker(client or redis_client(settings), settings.machine_id)
+    broker.ensure_ready(load_menu(settings.menu_file))
+    return broker
+
+
+def run_worker(service: Service, settings: Settings) -> None:
+    """`main.py --service NAME` for the Redis workers."""
+    from services import dispense_service, order_created_service, order_service, screen_service
+
+    builders = {
+        Service.ORDER: order_service.build,
+        Service.ORDER_CREATED: order_created_service.build,
+        Service.DISPENSE: dispense_service.build,
+        Service.SCREEN: screen_service.build,
+    }
+    worker = builders[service](settings, broker_for(settings))
+    worker.install_signal_handlers()
+    worker.run()
