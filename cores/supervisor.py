@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 from constants.services import WORKERS, Service
 from cores.config import Settings
 from cores.logs import kv
@@ -74,6 +76,16 @@ class Supervisor:
                                           data=data_dir))
         return self.redis.url
 
+    def prepare(self, redis_url: str) -> None:
+        """Load the menu and put a new machine in IDLE before any page can connect."""
+        from services.runtime import broker_for
+
+        client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
+        try:
+            broker_for(self.settings.replace(redis_url=redis_url), client)
+        finally:
+            client.close()
+
     def plan(self, redis_url: str) -> None:
         env = dict(os.environ)
         env["REDIS_URL"] = redis_url
@@ -109,6 +121,7 @@ class Supervisor:
     def run(self) -> int:
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
         redis_url = self.start_redis()
+        self.prepare(redis_url)
         self.plan(redis_url)
         if self.settings.uses_local_sandbox:
             banner = ("MIDTRANS_SERVER_KEY is unset: payments go to the LOCAL SANDBOX at "

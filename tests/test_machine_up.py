@@ -65,10 +65,11 @@ class Up:
         self.ws_port, self.sandbox_port, self.notify_port = free_port(), free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("MIDTRANS_", "REDIS_", "SANDBOX_"))}
-        self.env.update(VAR_DIR=str(self.var), WS_PORT=str(self.ws_port),
-                        SANDBOX_PORT=str(self.sandbox_port),
-                        NOTIFICATION_PORT=str(self.notify_port), PAYMENT_DEADLINE_S="6",
-                        RESULT_SCREEN_S="1", DISPENSE_S="0.3", MENU_IDLE_S="60", **env)
+        self.env.update({"VAR_DIR": str(self.var), "WS_PORT": str(self.ws_port),
+                         "SANDBOX_PORT": str(self.sandbox_port),
+                         "NOTIFICATION_PORT": str(self.notify_port), "PAYMENT_DEADLINE_S": "6",
+                         "RESULT_SCREEN_S": "1", "DISPENSE_S": "0.3", "MENU_IDLE_S": "60",
+                         **env})
         self.out = (tmp / "up.out").open("wb")
         self.process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "up"],
                                         cwd=tmp, env=self.env, stdout=self.out,
