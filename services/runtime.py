@@ -17,16 +17,22 @@ log = logging.getLogger(__name__)
 
 
 def redis_url(settings: Settings) -> str:
-    """REDIS_URL, else the URL `main.py up` wrote for the Redis it started (VAR_DIR/redis.url)."""
+    """REDIS_URL, else the URL that `main.py up` wrote to VAR_DIR/redis.url."""
     if settings.redis_url:
         return settings.redis_url
-    path = settings.redis_url_file
-    if path.exists():
-        url = path.read_text(encoding="utf-8").strip()
-        if url:
-            return url
-    raise ConfigError(f"REDIS_URL is unset and {path} does not exist: start the machine with "
-                      "`python main.py up`, or set REDIS_URL")
+    file = settings.redis_url_file
+    try:
+        url = file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"REDIS_URL is unset and {file} does not exist: set REDIS_URL, "
+            "or start the machine with `python main.py up`"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"REDIS_URL is unset and {file} cannot be read: {exc}") from None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{file} is invalid: expected a redis://, rediss:// or unix:// URL")
+    return url
 
 
 def redis_client(settings: Settings) -> redis.Redis:

@@ -45,7 +45,7 @@ from websockets.http11 import Request, Response
 from constants.states import ClientEvent, ErrorCode
 from constants.tunables import CLIENT_FRAME_MAX_BYTES, REDIS_BLOCK_MAX_MS
 from cores.broker import Broker, CommandRefused
-from cores.config import ConfigError, Settings
+from cores.config import Settings
 from cores.logs import kv
 from cores.protocol import (
     Command,
@@ -56,6 +56,7 @@ from cores.protocol import (
     error_frame,
     parse_client_frame,
 )
+from services.runtime import redis_url
 
 log = logging.getLogger(__name__)
 
@@ -471,25 +472,6 @@ def _preview(message: str | bytes) -> str:
 # --- the process -----------------------------------------------------------------------------
 
 
-def redis_url(settings: Settings) -> str:
-    """REDIS_URL, else the URL that `main.py up` wrote to VAR_DIR/redis.url."""
-    if settings.redis_url:
-        return settings.redis_url
-    file = settings.redis_url_file
-    try:
-        url = file.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigError(
-            f"REDIS_URL is unset and {file} does not exist: set REDIS_URL, "
-            "or start the machine with `python main.py up`"
-        ) from None
-    except OSError as exc:
-        raise ConfigError(f"REDIS_URL is unset and {file} cannot be read: {exc}") from None
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"{file} is invalid: expected a redis://, rediss:// or unix:// URL")
-    return url
-
-
 def run(settings: Settings) -> int:
     """The websocket server process: serve until SIGTERM or SIGINT. Returns the exit status.
 
@@ -520,4 +502,4 @@ def run(settings: Settings) -> int:
     return 0
 
 
-__all__ = ["WebsocketServer", "redis_url", "run"]
+__all__ = ["WebsocketServer", "run"]

@@ -30,7 +30,8 @@ from constants.tunables import CLIENT_FRAME_MAX_BYTES, CLIENT_FRAMES_PER_S
 from cores.broker import Broker
 from cores.config import ConfigError, Settings
 from cores.redis_process import RedisProcess, find_binary, free_port
-from services.websocket_service import WebsocketServer, redis_url
+from services.runtime import redis_url
+from services.websocket_service import WebsocketServer
 
 ROOT = Path(__file__).resolve().parent.parent
 MENU = [
