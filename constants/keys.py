@@ -19,6 +19,9 @@ COMMANDS = PREFIX + ":commands"
 SALES = PREFIX + ":sales"
 #: hash: order_id -> JSON of what needs a person (refund owed, vend outcome unknown).
 OPERATOR = PREFIX + ":operator"
+#: sorted set: order_id -> unix s when its payment must be read again (closed without the
+#: gateway confirming, so a late settlement is still possible: money rule 4).
+RECHECK = PREFIX + ":recheck"
 #: string with TTL: a worker's heartbeat, `service` is a constants.services.Service.
 HEARTBEAT = PREFIX + ":heartbeat:{service}"
 #: string: counter for order ids.

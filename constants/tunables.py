@@ -31,3 +31,10 @@ HTTP_RETRY_BASE_S = 0.25
 
 #: Refund of a failed vend: attempts before it is recorded as owed.
 REFUND_ATTEMPTS = 5
+
+#: Notification receiver: largest body accepted.
+NOTIFICATION_MAX_BYTES = 64 * 1024
+#: A closed order whose charge could not be confirmed cancelled is read again this long after
+#: its charge's own expiry, and then every RECHECK_EVERY_S while the gateway cannot answer.
+RECHECK_AFTER_EXPIRY_S = 60.0
+RECHECK_EVERY_S = 60.0

@@ -101,6 +101,7 @@ class Broker:
         self.stock_key = k(keys.STOCK)
         self.operator_key = k(keys.OPERATOR)
         self.seq_key = k(keys.ORDER_SEQ)
+        self.recheck_key = k(keys.RECHECK)
 
     def order_key(self, order_id: str) -> str:
         return keys.key(keys.ORDER, self.machine_id, order_id=order_id)
@@ -320,6 +321,21 @@ class Broker:
     def flag_for_operator(self, order_id: str, kind: Sale, **fields: Any) -> None:
         self.redis.hset(self.operator_key, order_id, json.dumps(
             {"kind": str(kind), "order_id": order_id, "at": self.clock(), **fields}))
+
+    def schedule_recheck(self, order_id: str, at: float) -> None:
+        """Read this closed order's payment again at `at` (a late settlement is refunded)."""
+        self.redis.zadd(self.recheck_key, {order_id: at})
+        self._command(self.redis, "RECHECK", order_id)
+
+    def rechecks_due(self, now: float) -> tuple[list[str], float | None]:
+        """Orders due for a recheck, and when the next one falls due (None: none left)."""
+        due = self.redis.zrangebyscore(self.recheck_key, "-inf", now)
+        nxt = self.redis.zrangebyscore(self.recheck_key, f"({now}", "+inf", start=0, num=1,
+                                       withscores=True)
+        return due, (nxt[0][1] if nxt else None)
+
+    def recheck_done(self, order_id: str) -> None:
+        self.redis.zrem(self.recheck_key, order_id)
 
     def heartbeat(self, service: str, ttl_s: int) -> None:
         self.redis.set(self.heartbeat_key(service), self.clock(), ex=ttl_s)

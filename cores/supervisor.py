@@ -91,6 +91,8 @@ class Supervisor:
         env["REDIS_URL"] = redis_url
         env["VAR_DIR"] = str(self.settings.var_dir)
         env["PYTHONUNBUFFERED"] = "1"
+        if not self.settings.sandbox_notification_url:
+            env["SANDBOX_NOTIFICATION_URL"] = self.settings.notification_url
         self.env = env
         main = str(ROOT / "main.py")
         if self.settings.uses_local_sandbox:
@@ -98,9 +100,8 @@ class Supervisor:
         self.children.append(Child("WEBSOCKET", [self.python, str(ROOT / "websocket_server.py")]))
         for service in WORKERS:
             self.children.append(Child(str(service), [self.python, main, "--service", service]))
-        if (ROOT / "services" / "notification_service.py").exists():
-            self.children.append(Child(str(Service.NOTIFICATION),
-                                       [self.python, main, "--service", "NOTIFICATION"]))
+        self.children.append(Child(str(Service.NOTIFICATION),
+                                   [self.python, main, "--service", "NOTIFICATION"]))
 
     def spawn(self, child: Child) -> None:
         log_dir = self.settings.var_dir / "logs"

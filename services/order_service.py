@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from constants.states import FailReason, Sale, State
+from constants.tunables import RECHECK_AFTER_EXPIRY_S
 from cores import rules
 from cores.broker import Broker, Order, Snapshot
 from cores.config import Settings
@@ -121,7 +122,10 @@ class OrderWorker(Worker):
         decision, txn = payment.close_at_gateway(self.client, order, reason, self.clock())
         if decision.step is Step.CLOSE:
             # The gateway could not confirm: nobody saw a QR, so nobody can pay it; the
-            # charge's own expiry ends it, and a late payment would be refunded (rule 4).
+            # charge's own expiry ends it, and a late payment is refunded (money rule 4).
+            expiry = rules.charge_expiry_minutes(self.settings.payment_deadline_s) * 60
+            self.broker.schedule_recheck(order.order_id,
+                                         self.clock() + expiry + RECHECK_AFTER_EXPIRY_S)
             payment.fail(self.broker, order, reason, State.MENU_CLICKED)
             return
         if decision.step is Step.FAIL:

@@ -1,0 +1,208 @@
+"""The notification receiver and the late-payment desk, over real HTTP with the sandbox.
+
+A notification is only a hint: it is verified, answered at once, and the status is read from
+Midtrans before anything is done. A settlement for an order already closed is refunded, or
+recorded as owed when Midtrans refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import requests
+
+from constants.states import FailReason, Sale, State
+from cores.broker import Broker
+from cores.config import LOCAL_SANDBOX_KEY
+from cores.midtrans import MidtransClient, signature
+from cores.sandbox import Sandbox
+from services import payment
+from services.notification_service import NotificationServer
+from services.runtime import load_menu
+from tests.machine_helpers import sale_kinds, wait_for
+
+
+@pytest.fixture
+def sandbox():
+    sb = Sandbox(port=0)
+    sb.start()
+    yield sb
+    sb.stop()
+
+
+@pytest.fixture
+def broker(real_redis, settings):
+    b = Broker(real_redis, settings.machine_id)
+    b.ensure_ready(load_menu(settings.menu_file))
+    return b
+
+
+@pytest.fixture
+def receiver(broker, sandbox):
+    client = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)
+    server = NotificationServer(broker, client, LOCAL_SANDBOX_KEY).start()
+    yield server
+    server.stop()
+    client.close()
+
+
+@pytest.fixture
+def charging(sandbox, receiver):
+    """A client whose charges ask the sandbox to notify our receiver."""
+    client = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY, notification_url=receiver.url)
+    yield client
+    client.close()
+
+
+def closed_unconfirmed_order(broker: Broker, client: MidtransClient) -> str:
+    """An order charged at Midtrans but closed on our side without a confirmed cancel
+    (the gateway stopped answering): the customer can still pay it, late."""
+    broker.show_menu()
+    order_id = broker.place_order("cola")
+    order = broker.order(order_id)
+    client.charge(order_id, 7000, [{"id": "cola", "price": 7000, "quantity": 1,
+                                    "name": "Cola"}], idempotency_key=order.idempotency_key)
+    assert payment.fail(broker, order, FailReason.GATEWAY_UNREACHABLE, State.MENU_CLICKED)
+    return order_id
+
+
+def signed(body: dict) -> dict:
+    return {**body, "signature_key": signature(body["order_id"], body["status_code"],
+                                               body["gross_amount"], LOCAL_SANDBOX_KEY)}
+
+
+def dump(broker: Broker) -> dict:
+    r = broker.redis
+    return {"state": r.hgetall(broker.state_key), "sales": r.xrange(broker.sales_key),
+            "events": r.xlen(broker.events_key), "operator": r.hgetall(broker.operator_key),
+            "stock": r.hgetall(broker.stock_key)}
+
+
+def wait_result(receiver: NotificationServer, order_id: str, timeout_s: float = 10) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for oid, result in list(receiver.desk.handled):
+            if oid == order_id and result not in ("woke_worker",):
+                return result
+        time.sleep(0.02)
+    raise AssertionError(f"not handled: {receiver.desk.handled}")
+
+
+def test_late_payment_on_a_closed_order_is_recorded_and_refunded(broker, sandbox, receiver,
+                                                                 charging):
+    order_id = closed_unconfirmed_order(broker, charging)
+    sandbox.pay(order_id)  # the sandbox notifies the receiver of the settlement
+    assert wait_result(receiver, order_id) == "refunded"
+    assert sale_kinds(broker, order_id)[-2:] == [Sale.LATE_PAYMENT, Sale.REFUNDED]
+    [txn] = [t for t in sandbox.transactions() if t["order_id"] == order_id]
+    assert txn["transaction_status"] == "refund"
+
+
+def test_late_payment_whose_refund_midtrans_refuses_is_recorded_as_owed(broker, sandbox,
+                                                                        receiver, charging):
+    sandbox.set_faults(REFUND_DISABLED=1)
+    order_id = closed_unconfirmed_order(broker, charging)
+    sandbox.pay(order_id)
+    assert wait_result(receiver, order_id) == "refund_owed"
+    assert sale_kinds(broker, order_id)[-2:] == [Sale.LATE_PAYMENT, Sale.REFUND_OWED]
+    assert broker.operator_queue()[order_id]["kind"] == Sale.REFUND_OWED
+
+
+def test_late_payment_is_found_by_the_scheduled_recheck_without_any_notification(
+        broker, sandbox, receiver):
+    quiet = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)  # no notification URL
+    try:
+        order_id = closed_unconfirmed_order(broker, quiet)
+        sandbox.pay(order_id)
+        broker.schedule_recheck(order_id, time.time())
+        assert wait_result(receiver, order_id) == "refunded"
+        assert broker.redis.zscore(broker.recheck_key, order_id) is None
+    finally:
+        quiet.close()
+
+
+def test_forged_notification_is_refused_and_changes_nothing(broker, sandbox, receiver, charging):
+    order_id = closed_unconfirmed_order(broker, charging)
+    wait_result(receiver, order_id)  # the genuine "pending" notification of the charge
+    handled = len(receiver.desk.handled)
+    before = dump(broker)
+    forged = {"order_id": order_id, "status_code": "200", "gross_amount": "7000.00",
+              "transaction_status": "settlement", "signature_key": "0" * 128}
+    answer = requests.post(receiver.url, json=forged, timeout=5)
+    assert answer.status_code == 401
+    tampered = signed({"order_id": order_id, "status_code": "200", "gross_amount": "7000.00",
+                       "transaction_status": "settlement"})
+    tampered["gross_amount"] = "1.00"
+    assert requests.post(receiver.url, json=tampered, timeout=5).status_code == 401
+    time.sleep(0.3)
+    assert dump(broker) == before
+    assert len(receiver.desk.handled) == handled  # never reached the desk
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"order_id": 5}', b"{" * 5000,
+                                 b'"just a string"'])
+def test_malformed_notification_gets_400_and_changes_nothing(broker, receiver, raw):
+    before = dump(broker)
+    answer = requests.post(receiver.url, data=raw, timeout=5,
+                           headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400
+    assert dump(broker) == before
+
+
+def test_oversized_notification_is_refused(receiver):
+    answer = requests.post(receiver.url, data=b"x" * (65 * 1024), timeout=5)
+    assert answer.status_code == 413
+
+
+def test_replayed_settlement_of_a_dispensed_order_changes_nothing(broker, sandbox, receiver,
+                                                                  charging):
+    broker.show_menu()
+    order_id = broker.place_order("cola")
+    order = broker.order(order_id)
+    charging.charge(order_id, 7000, [{"id": "cola", "price": 7000, "quantity": 1,
+                                      "name": "Cola"}], idempotency_key=order.idempotency_key)
+    broker.update_order(order_id, outcome="dispensed")
+    broker.transition(State.IDLE, from_states=(State.MENU_CLICKED,), order_id=order_id,
+                      new_order_id=None, values={})
+    sandbox.pay(order_id)
+    wait_result(receiver, order_id)
+    before = dump(broker)
+    body = signed({"order_id": order_id, "status_code": "200", "gross_amount": "7000.00",
+                   "transaction_status": "settlement"})
+    for _ in range(3):  # a replay, and duplicates, are answered 200 at once
+        assert requests.post(receiver.url, json=body, timeout=5).status_code == 200
+    time.sleep(0.3)
+    assert dump(broker) == before
+    assert [r for oid, r in receiver.desk.handled if oid == order_id][-1] == "nothing_to_do"
+
+
+def test_out_of_order_pending_after_settlement_does_not_regress_a_paid_order(broker, receiver):
+    broker.show_menu()
+    order_id = broker.place_order("cola")
+    broker.update_order(order_id, outcome="paid")
+    broker.transition(State.PAYMENT_SUCCESS, from_states=(State.MENU_CLICKED,),
+                      order_id=order_id, values={})
+    before = dump(broker)
+    body = signed({"order_id": order_id, "status_code": "201", "gross_amount": "7000.00",
+                   "transaction_status": "pending"})
+    assert requests.post(receiver.url, json=body, timeout=5).status_code == 200
+    wait_for(broker, lambda s: bool(receiver.desk.handled), timeout_s=5)
+    assert dump(broker)["state"] == before["state"]
+    assert dump(broker)["sales"] == before["sales"]
+
+
+def test_notification_for_the_order_on_screen_wakes_the_payment_worker(broker, receiver):
+    broker.show_menu()
+    order_id = broker.place_order("cola")
+    cursor = broker.cursor()
+    body = signed({"order_id": order_id, "status_code": "200", "gross_amount": "7000.00",
+                   "transaction_status": "settlement"})
+    start = time.monotonic()
+    assert requests.post(receiver.url, json=body, timeout=5).status_code == 200
+    _, entries = broker.wait(cursor, 5)
+    assert time.monotonic() - start < 2
+    assert {"command": "CHECK", "order_id": order_id} in [f for _, f in entries]
+    assert broker.snapshot().state == State.MENU_CLICKED  # the body itself decided nothing
+    assert json.loads(broker.redis.hget(broker.order_key(order_id), "drink"))["id"] == "cola"
