@@ -1086,6 +1086,14 @@
         event.preventDefault();
       });
     });
+    // Back online: try at once rather than wait out the backoff.
+    window.addEventListener("online", function () {
+      if (socket || !reconnectTimer) return;
+      clearTimeout(reconnectTimer);
+      reconnectTimer = null;
+      attempt = 0;
+      connect();
+    });
     var resizeTimer = null;
     window.addEventListener("resize", function () {
       clearTimeout(resizeTimer);
