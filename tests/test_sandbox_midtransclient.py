@@ -1,0 +1,104 @@
+"""The official `midtransclient` works against the local sandbox unchanged but for the base URL
+(shared/midtrans.md, "The official Python client"): proof that the sandbox speaks Midtrans."""
+
+from __future__ import annotations
+
+import hashlib
+
+import midtransclient
+import pytest
+from midtransclient.error_midtrans import MidtransAPIError
+
+from cores import qris
+from cores.sandbox import Sandbox
+
+SERVER_KEY = "SB-Mid-server-test"
+
+
+@pytest.fixture
+def sandbox():
+    sb = Sandbox(port=0)
+    sb.start()
+    yield sb
+    sb.stop()
+
+
+@pytest.fixture
+def core(sandbox):
+    api = midtransclient.CoreApi(
+        is_production=False, server_key=SERVER_KEY, client_key="SB-Mid-client-test"
+    )
+    api.api_config.CORE_SANDBOX_BASE_URL = sandbox.url
+    return api
+
+
+def charge_params(order_id: str, payment_type: str = "qris") -> dict:
+    return {
+        "payment_type": payment_type,
+        "transaction_details": {"order_id": order_id, "gross_amount": 7000},
+        "item_details": [{"id": "cola", "price": 7000, "quantity": 1, "name": "Cola"}],
+        "customer_details": {"first_name": "Kiosk", "email": "kiosk@example.com"},
+    }
+
+
+def test_official_client_charges_qris_and_reads_the_status(core):
+    charged = core.charge(charge_params("mc-qris-1"))
+    assert charged["status_code"] == "201"
+    assert charged["transaction_status"] == "pending"
+    assert qris.is_valid(charged["qr_string"])
+    status = core.transactions.status("mc-qris-1")
+    assert status["transaction_status"] == "pending"
+    assert status["transaction_id"] == charged["transaction_id"]
+    expected = hashlib.sha512(
+        ("mc-qris-1" + status["status_code"] + status["gross_amount"] + SERVER_KEY).encode()
+    ).hexdigest()
+    assert status["signature_key"] == expected
+
+
+def test_official_client_charges_gopay(core):
+    charged = core.charge(charge_params("mc-gopay-1", "gopay"))
+    assert charged["status_code"] == "201"
+    assert charged["payment_type"] == "gopay"
+    assert {a["name"] for a in charged["actions"]} >= {"generate-qr-code", "cancel"}
+
+
+def test_official_client_cancels_a_pending_charge(core):
+    core.charge(charge_params("mc-cancel-1"))
+    cancelled = core.transactions.cancel("mc-cancel-1")
+    assert (cancelled["status_code"], cancelled["transaction_status"]) == ("200", "cancel")
+
+
+def test_official_client_expires_a_pending_charge(core):
+    charged = core.charge(charge_params("mc-expire-1", "gopay"))
+    expired = core.transactions.expire(charged["transaction_id"])
+    assert (expired["status_code"], expired["transaction_status"]) == ("407", "expire")
+    assert core.transactions.status("mc-expire-1")["transaction_status"] == "expire"
+
+
+def test_official_client_refunds_a_paid_charge(core, sandbox):
+    core.charge(charge_params("mc-refund-1"))
+    sandbox.pay("mc-refund-1")
+    assert core.transactions.status("mc-refund-1")["transaction_status"] == "settlement"
+    refunded = core.transactions.refund(
+        "mc-refund-1", {"refund_key": "mc-refund-1-r1", "amount": 7000, "reason": "test"}
+    )
+    assert (refunded["status_code"], refunded["transaction_status"]) == ("200", "refund")
+    assert refunded["refund_amount"] == "7000.00"
+
+
+def test_official_client_raises_on_sandbox_errors(core):
+    with pytest.raises(MidtransAPIError) as unknown:
+        core.transactions.status("mc-unknown")
+    assert unknown.value.http_status_code == 404
+    core.charge(charge_params("mc-dup-1"))
+    with pytest.raises(MidtransAPIError) as duplicate:
+        core.charge(charge_params("mc-dup-1"))
+    assert duplicate.value.api_response_dict["status_code"] == "406"
+
+
+def test_official_client_with_a_non_sandbox_key_is_refused(sandbox):
+    api = midtransclient.CoreApi(is_production=False, server_key="Mid-server-live")
+    api.api_config.CORE_SANDBOX_BASE_URL = sandbox.url
+    with pytest.raises(MidtransAPIError) as refused:
+        api.charge(charge_params("mc-live-1"))
+    assert refused.value.http_status_code == 401
