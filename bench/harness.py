@@ -32,25 +32,41 @@ class Launched:
         self.folder = Path(folder)
         self.var = self.folder / "var"
         self.ws_port, self.sandbox_port, self.notify_port = free_port(), free_port(), free_port()
-        self.env = {k: v for k, v in os.environ.items()
-                    if not k.startswith(("MIDTRANS_", "REDIS_", "SANDBOX_"))}
-        self.env.update({"VAR_DIR": str(self.var), "WS_PORT": str(self.ws_port),
-                         "SANDBOX_PORT": str(self.sandbox_port),
-                         "NOTIFICATION_PORT": str(self.notify_port), "PAYMENT_DEADLINE_S": "6",
-                         "RESULT_SCREEN_S": "1", "DISPENSE_S": "0.3", "MENU_IDLE_S": "60",
-                         **env})
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("MIDTRANS_", "REDIS_", "SANDBOX_"))
+        }
+        self.env.update(
+            {
+                "VAR_DIR": str(self.var),
+                "WS_PORT": str(self.ws_port),
+                "SANDBOX_PORT": str(self.sandbox_port),
+                "NOTIFICATION_PORT": str(self.notify_port),
+                "PAYMENT_DEADLINE_S": "6",
+                "RESULT_SCREEN_S": "1",
+                "DISPENSE_S": "0.3",
+                "MENU_IDLE_S": "60",
+                **env,
+            }
+        )
         self.out_path = self.folder / "up.out"
         self.out = self.out_path.open("wb")
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "up"],
-                                        cwd=self.folder, env=self.env, stdout=self.out,
-                                        stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "up"],
+            cwd=self.folder,
+            env=self.env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+        )
         self.sandbox = f"http://127.0.0.1:{self.sandbox_port}"
         self.ws_url = f"ws://127.0.0.1:{self.ws_port}/ws"
         self.http = requests.Session()
         self.wait_ready()
         url = (self.var / "redis.url").read_text().strip()
-        self.redis = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10,
-                                          retry_on_timeout=True)
+        self.redis = redis.Redis.from_url(
+            url, decode_responses=True, socket_timeout=10, retry_on_timeout=True
+        )
         self.broker = Broker(self.redis, self.env.get("VENDING_MACHINE_ID", "vm-1"))
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
@@ -60,10 +76,11 @@ class Launched:
                 raise RuntimeError(f"main.py up exited: {self.log()}")
             try:
                 ok = self.http.get(f"http://127.0.0.1:{self.ws_port}/healthz", timeout=1).ok
-                ok = ok and self.http.get(f"{self.sandbox}/simulator/transactions",
-                                          timeout=1).ok
-                if ok and all(self.pid(n) for n in ("order", "order_created", "dispense",
-                                                    "screen", "notification")):
+                ok = ok and self.http.get(f"{self.sandbox}/simulator/transactions", timeout=1).ok
+                if ok and all(
+                    self.pid(n)
+                    for n in ("order", "order_created", "dispense", "screen", "notification")
+                ):
                     return
             except requests.RequestException:
                 pass
@@ -80,8 +97,14 @@ class Launched:
 
     def main(self, *args: str) -> subprocess.CompletedProcess:
         """Run `main.py ARGS` with the machine's environment (operator commands)."""
-        return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], env=self.env,
-                              cwd=self.folder, capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, str(ROOT / "main.py"), *args],
+            env=self.env,
+            cwd=self.folder,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     # --- processes --------------------------------------------------------------------------
 
@@ -94,8 +117,12 @@ class Launched:
 
     def redis_pid(self) -> int | None:
         try:
-            out = subprocess.run(["pgrep", "-f", f"redis-server.*:{self.redis_port()}"],
-                                 capture_output=True, text=True, timeout=5).stdout.split()
+            out = subprocess.run(
+                ["pgrep", "-f", f"redis-server.*:{self.redis_port()}"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.split()
         except (OSError, subprocess.SubprocessError):
             return None
         return int(out[0]) if out else None
@@ -126,12 +153,12 @@ class Launched:
         return self.http.post(f"{self.sandbox}/simulator/pay/{order_id}", timeout=10).status_code
 
     def deny(self, order_id: str) -> int:
-        return self.http.post(f"{self.sandbox}/simulator/deny/{order_id}",
-                              timeout=10).status_code
+        return self.http.post(f"{self.sandbox}/simulator/deny/{order_id}", timeout=10).status_code
 
     def faults(self, **faults: float) -> None:
-        self.http.post(f"{self.sandbox}/simulator/faults", json=faults,
-                       timeout=10).raise_for_status()
+        self.http.post(
+            f"{self.sandbox}/simulator/faults", json=faults, timeout=10
+        ).raise_for_status()
 
     def ledger(self) -> list[dict]:
         return self.http.get(f"{self.sandbox}/simulator/transactions", timeout=10).json()
@@ -195,6 +222,8 @@ class Page:
         self.connect()
 
     def recv(self, timeout_s: float = 10.0) -> dict:
+        if self.ws is None:
+            raise websocket.WebSocketConnectionClosedException("not connected")
         self.ws.settimeout(max(0.05, timeout_s))
         frame = json.loads(self.ws.recv())
         self.frames.append(frame)
@@ -207,8 +236,9 @@ class Page:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"no {events} frame; saw "
-                                   f"{[f['event'] for f in self.frames[-12:]]}")
+                raise TimeoutError(
+                    f"no {events} frame; saw {[f['event'] for f in self.frames[-12:]]}"
+                )
             try:
                 frame = self.recv(left)
             except websocket.WebSocketTimeoutException:

@@ -34,6 +34,7 @@ SANDBOX_FAULTS: dict[str, type] = {
     "NOTIFY_REORDER": int,
     "REFUND_DISABLED": int,
     "CHANNEL_DISABLED": int,
+    "BAD_QR": int,
 }
 
 _MACHINE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
@@ -61,6 +62,7 @@ class Settings:
     midtrans_client_key: str | None = None
     midtrans_is_production: bool = False
     midtrans_base_url_override: str | None = None
+    midtrans_timeout_s: float = 10.0
     payment_type: str = "qris"
     payment_deadline_s: float = 120.0
     menu_idle_s: float = 60.0
@@ -78,6 +80,7 @@ class Settings:
         for name, port in (("WS_PORT", self.ws_port), ("SANDBOX_PORT", self.sandbox_port),
                            ("NOTIFICATION_PORT", self.notification_port)):
             _check(0 <= port <= 65535, name, "a port number from 0 to 65535")
+        _check(0.1 <= self.midtrans_timeout_s <= 60, "MIDTRANS_TIMEOUT_S", "0.1 to 60 seconds")
         _check(self.payment_type in PAYMENT_TYPES, "PAYMENT_TYPE", "qris or gopay")
         _check(1 <= self.payment_deadline_s <= 900, "PAYMENT_DEADLINE_S", "1 to 900 seconds")
         _check(0 < self.menu_idle_s <= 3600, "MENU_IDLE_S", "more than 0, at most 3600 seconds")
@@ -158,6 +161,7 @@ class Settings:
         take("MIDTRANS_CLIENT_KEY", "midtrans_client_key")
         take("MIDTRANS_IS_PRODUCTION", "midtrans_is_production", bool)
         take("MIDTRANS_BASE_URL", "midtrans_base_url_override")
+        take("MIDTRANS_TIMEOUT_S", "midtrans_timeout_s", float)
         take("PAYMENT_TYPE", "payment_type")
         take("PAYMENT_DEADLINE_S", "payment_deadline_s", float)
         take("MENU_IDLE_S", "menu_idle_s", float)

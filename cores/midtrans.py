@@ -448,6 +448,8 @@ class MidtransClient:
             settings.midtrans_base_url,
             settings.server_key,
             session,
+            read_timeout=settings.midtrans_timeout_s,
+            retry_budget_s=2 * settings.midtrans_timeout_s,
             notification_url=notification_url,
         )
 

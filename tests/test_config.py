@@ -141,6 +141,7 @@ def test_sandbox_fault_variables_are_parsed_with_their_types():
         "SANDBOX_FAULT_NOTIFY_REORDER": "1",
         "SANDBOX_FAULT_REFUND_DISABLED": "1",
         "SANDBOX_FAULT_CHANNEL_DISABLED": "0",
+        "SANDBOX_FAULT_BAD_QR": "1",
     }
     faults = Settings.from_env(env).sandbox_faults
     assert set(faults) == set(SANDBOX_FAULTS)

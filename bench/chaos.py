@@ -1,0 +1,443 @@
+#!/usr/bin/env python3
+"""Chaos soak: customers buy drinks from the real machine while everything breaks.
+
+    python bench/chaos.py --purchases 30 --seed 7
+
+Starts the real machine (`main.py up`: Redis with AOF, the sandbox, the websocket server,
+the workers) in a temporary folder, and sends N customers through it one after another over
+the websocket protocol, each doing one of: pay at once, pay late in the window, pay after
+the deadline, never pay, cancel on the QR screen, cancel on the menu, disconnect mid-payment
+and come back. Meanwhile, at random moments, it kill -9's a worker, the websocket server or
+Redis (which `up` restarts; AOF keeps the data), switches the sandbox's faults on for a few
+seconds, and vends fail at DISPENSE_FAILURE_RATE.
+
+At the end it reconciles three independent records: the gateway's ledger (the sandbox's
+`/simulator/transactions`), the vend journal (`VAR_DIR/vends.jsonl`) and the sales stream,
+and exits 1 on any violation of the money rules (shared/DESIGN.md). The seed is printed so
+any failure can be replayed (process timing still varies from run to run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import Launched, Page  # noqa: E402
+
+BEHAVIOURS = (
+    "pay_now",
+    "pay_late",
+    "pay_after_deadline",
+    "never_pay",
+    "cancel_qr",
+    "cancel_menu",
+    "reconnect_pay",
+)
+KILLABLE = ("order", "order_created", "dispense", "screen", "notification", "websocket", "redis")
+#: Sandbox faults (shared/midtrans.md) switched on for a few seconds: kind -> settings.
+SANDBOX_FAULTS = {
+    "latency_above_timeout": {"LATENCY_MS": 2_500},  # MIDTRANS_TIMEOUT_S is 2 here
+    "http_5xx_429": {"ERROR_RATE": 0.5},
+    "dropped_connections": {"DROP_RATE": 0.5},
+    "errors_with_http_200": {"HTTP200_ERRORS": 1, "ERROR_RATE": 0.3},
+    "paid_but_pending": {"PENDING_AFTER_PAY_S": 3},
+    "notify_delayed": {"NOTIFY_DELAY_S": 3},
+    "notify_duplicated": {"NOTIFY_DUPLICATE_RATE": 1},
+    "notify_reordered": {"NOTIFY_REORDER": 1},
+    "refunds_disabled": {"REFUND_DISABLED": 1},
+}
+FAULT_OFF = {
+    "LATENCY_MS": 0,
+    "ERROR_RATE": 0,
+    "DROP_RATE": 0,
+    "HTTP200_ERRORS": 0,
+    "PENDING_AFTER_PAY_S": 0,
+    "NOTIFY_DELAY_S": 0,
+    "NOTIFY_DUPLICATE_RATE": 0,
+    "NOTIFY_REORDER": 0,
+    "REFUND_DISABLED": 0,
+}
+RESULTS = ("DISPENSED", "PAYMENT_FAILED", "DISPENSE_FAILED")
+
+
+@dataclass
+class Config:
+    purchases: int
+    seed: int
+    deadline_s: float = 2.5
+    failure_rate: float = 0.1
+    fault_every_s: float = 2.5
+    customer_timeout_s: float = 120.0
+    settle_s: float = 60.0
+
+
+@dataclass
+class Report:
+    faults: collections.Counter = field(default_factory=collections.Counter)
+    behaviours: collections.Counter = field(default_factory=collections.Counter)
+    outcomes: collections.Counter = field(default_factory=collections.Counter)
+    violations: list[str] = field(default_factory=list)
+    customers_stuck: int = 0
+    reconnects: int = 0
+    late_pay_answers: collections.Counter = field(default_factory=collections.Counter)
+    seconds: dict[str, list[float]] = field(default_factory=lambda: collections.defaultdict(list))
+
+
+class Chaos:
+    """Kills processes and switches sandbox faults at random moments, until stopped."""
+
+    def __init__(
+        self, machine: Launched, rng: random.Random, every_s: float, report: Report
+    ) -> None:
+        self.machine = machine
+        self.rng = rng
+        self.every_s = every_s
+        self.report = report
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.off_at: dict[str, float] = {}
+
+    def run(self) -> None:
+        kinds = [f"kill_{k}" for k in KILLABLE] + list(SANDBOX_FAULTS)
+        while not self.stopping.wait(self.rng.expovariate(1 / self.every_s)):
+            now = time.monotonic()
+            for kind, at in list(self.off_at.items()):
+                if now >= at:
+                    self._set({name: 0 for name in SANDBOX_FAULTS[kind]})
+                    del self.off_at[kind]
+            kind = self.rng.choice(kinds)
+            if kind.startswith("kill_"):
+                if self.machine.kill9(kind.removeprefix("kill_")) is not None:
+                    self.report.faults[kind] += 1
+            elif kind not in self.off_at and self._set(SANDBOX_FAULTS[kind]):
+                self.off_at[kind] = now + self.rng.uniform(1.0, 4.0)
+                self.report.faults[kind] += 1
+        self._set(FAULT_OFF)
+
+    def _set(self, faults: dict) -> bool:
+        try:
+            self.machine.faults(**faults)
+            return True
+        except Exception:
+            return False
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(30)
+        self._set(FAULT_OFF)
+
+
+def serve_customer(
+    machine: Launched, page: Page, behaviour: str, rng: random.Random, cfg: Config, report: Report
+) -> str | None:
+    """One customer from the attract screen to a result; returns their order_id (if any)."""
+    deadline = time.monotonic() + cfg.customer_timeout_s
+    order_id: str | None = None
+    phase = "start"
+    last_sent: dict[str, float] = collections.defaultdict(float)
+    created_at = 0.0
+    pay_at: float | None = None
+    paid = cancelled = reconnected = False
+    qr_seen: str | None = None
+    frame = page.frames[-1] if page.frames else page.connect()
+    while time.monotonic() < deadline:
+        state = frame["event"]
+        values = frame.get("values") or {}
+        now = time.monotonic()
+
+        def due(event: str, now: float = now) -> bool:
+            """A command unanswered for 2 s is sent again."""
+            if now - last_sent[event] > 2.0:
+                last_sent[event] = now
+                return True
+            return False
+
+        if state == "IDLE":
+            if phase == "start" and due("SHOW_MENU"):
+                page.send("SHOW_MENU")
+            elif phase in ("ordered", "done"):
+                return order_id
+        elif state == "SHOW_MENU":
+            if phase == "start":
+                if behaviour == "cancel_menu":
+                    page.send("CANCEL")
+                    phase = "done"
+                elif due("ORDER"):
+                    drinks = [d["id"] for d in values if d.get("stock", 0) > 0]
+                    page.send("ORDER", id=rng.choice(drinks), total=1)
+            elif phase == "done":
+                return order_id
+        elif state == "ORDER_CREATED" and values.get("order_id"):
+            if qr_seen != values["order_id"]:
+                order_id = qr_seen = values["order_id"]
+                phase, created_at = "ordered", now
+                if behaviour == "pay_now":
+                    pay_at = now
+                elif behaviour == "pay_late":
+                    pay_at = now + rng.uniform(0.3, max(0.4, cfg.deadline_s - 1.0))
+                elif behaviour == "reconnect_pay":
+                    pay_at = now + rng.uniform(0.5, 2.0)
+                elif behaviour == "cancel_qr":
+                    pay_at = None
+            if behaviour == "cancel_qr" and not cancelled and now - created_at > 0.3:
+                page.send("CANCEL")
+                cancelled = True
+            if behaviour == "reconnect_pay" and not reconnected:
+                page.close()
+                time.sleep(rng.uniform(0.2, 1.5))
+                snap = page.connect()
+                reconnected = True
+                report.reconnects += 1
+                if snap["event"] == "ORDER_CREATED" and snap["values"]["order_id"] != order_id:
+                    report.violations.append(f"{order_id}: reconnect showed another order")
+                if snap["event"] in ("IDLE", "SHOW_MENU"):
+                    report.violations.append(f"{order_id}: reconnect reset the payment")
+                frame = snap
+                continue
+            if pay_at is not None and not paid and now >= pay_at:
+                machine.pay(order_id)
+                paid = True
+        elif state in RESULTS:
+            if values.get("order_id") == order_id and order_id:
+                if behaviour == "pay_after_deadline" and not paid:
+                    report.late_pay_answers[machine.pay(order_id)] += 1
+                    paid = True
+                if phase != "done":
+                    page.send("SHOW_MENU")  # a tap dismisses the result screen
+                phase = "done"
+        elif state == "MENU_CLICKED" and phase == "start":
+            order_id, phase = values.get("order_id"), "ordered"
+        frame = next_frame(page, 0.3)
+    report.customers_stuck += 1
+    report.violations.append(f"customer {behaviour} stuck at {frame['event']} (order {order_id})")
+    return order_id
+
+
+def next_frame(page: Page, timeout_s: float) -> dict:
+    """The next frame (ERROR frames are skipped), or the last one again after `timeout_s`."""
+    try:
+        return page.until(*STATE_EVENTS, timeout_s=timeout_s, follow=True)
+    except TimeoutError:
+        last = [f for f in page.frames if f["event"] != "ERROR"]
+        return last[-1] if last else page.connect()
+
+
+STATE_EVENTS = (
+    "IDLE",
+    "SHOW_MENU",
+    "MENU_CLICKED",
+    "ORDER_CREATED",
+    "PAYMENT_SUCCESS",
+    "DISPENSING",
+    "DISPENSED",
+    "PAYMENT_FAILED",
+    "DISPENSE_FAILED",
+    "OUT_OF_SERVICE",
+)
+
+
+def reconcile(machine: Launched, order_ids: list[str], report: Report) -> None:
+    """Money rules against three independent records; violations go into the report."""
+    ledger = {t["order_id"]: t for t in machine.ledger()}
+    vends: dict[str, list[str]] = collections.defaultdict(list)
+    journal = machine.var / "vends.jsonl"
+    if journal.exists():
+        for line in journal.read_text().splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            vends[entry["order_id"]].append(entry["result"])
+    sales: dict[str, list[str]] = collections.defaultdict(list)
+    for entry in machine.broker.sales():
+        sales[entry["order_id"]].append(entry["kind"])
+    operator = machine.broker.operator_queue()
+    v = report.violations
+
+    for order_id, txn in ledger.items():
+        settled = bool(txn.get("settlement_time")) or txn["transaction_status"] in (
+            "settlement",
+            "refund",
+            "partial_refund",
+        )
+        vended = vends[order_id].count("vended")
+        refunded = float(txn.get("refund_amount") or 0) >= float(txn["gross_amount"])
+        owed = operator.get(order_id, {}).get("kind") in ("refund_owed", "vend_unknown")
+        if order_id not in sales:
+            v.append(f"{order_id}: charged at the gateway but in no sales record (lost)")
+        if settled and not (vended or refunded or owed):
+            v.append(f"{order_id}: settled payment neither vended, refunded nor owed")
+        if settled and vended and refunded:
+            v.append(f"{order_id}: vended and refunded")
+        if vended and not settled:
+            v.append(f"{order_id}: vended without a settled payment")
+    for order_id, results in vends.items():
+        if results.count("vended") > 1:
+            v.append(f"{order_id}: vended {results.count('vended')} times")
+        if order_id not in ledger:
+            v.append(f"{order_id}: vended but unknown to the gateway")
+    for order_id, kinds in sales.items():
+        if "dispensed" in kinds and vends[order_id].count("vended") != 1:
+            v.append(f"{order_id}: sales say dispensed, journal says {vends[order_id]}")
+        if "charged" in kinds and order_id not in ledger:
+            v.append(f"{order_id}: sales say charged, gateway has no transaction")
+
+    for order_id in order_ids:
+        kinds = sales.get(order_id, [])
+        final = next(
+            (
+                k
+                for k in reversed(kinds)
+                if k
+                in (
+                    "dispensed",
+                    "refunded",
+                    "refund_owed",
+                    "vend_unknown",
+                    "cancelled",
+                    "payment_failed",
+                )
+            ),
+            "no_result",
+        )
+        report.outcomes[final] += 1
+    report.outcomes["cancelled_on_menu"] = report.behaviours["cancel_menu"]
+
+
+def wait_idle(machine: Launched, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if machine.broker.snapshot().state == "IDLE":
+                return True
+        except Exception:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def soak(cfg: Config, folder: Path, out=sys.stdout) -> Report:
+    rng = random.Random(cfg.seed)
+    report = Report()
+    started = time.monotonic()
+    machine = Launched(
+        folder,
+        PAYMENT_DEADLINE_S=str(cfg.deadline_s),
+        RESULT_SCREEN_S="0.5",
+        DISPENSE_S="0.2",
+        DISPENSE_FAILURE_RATE=str(cfg.failure_rate),
+        MENU_IDLE_S="30",
+        MIDTRANS_TIMEOUT_S="2",
+    )
+    try:
+        for drink in machine.broker.stock():
+            machine.broker.set_stock(drink, 100_000)
+        chaos = Chaos(machine, random.Random(cfg.seed + 1), cfg.fault_every_s, report)
+        page = Page(machine.ws_url)
+        order_ids: list[str] = []
+        chaos.start()
+        for n in range(cfg.purchases):
+            behaviour = rng.choice(BEHAVIOURS)
+            report.behaviours[behaviour] += 1
+            began = time.monotonic()
+            order_id = serve_customer(machine, page, behaviour, rng, cfg, report)
+            report.seconds[behaviour].append(time.monotonic() - began)
+            if order_id:
+                order_ids.append(order_id)
+            if (n + 1) % 50 == 0:
+                print(
+                    f"... {n + 1} customers, {time.monotonic() - started:.0f} s",
+                    file=out,
+                    flush=True,
+                )
+        chaos.stop()
+        report.reconnects += page.reconnects
+        page.close()
+        if not wait_idle(machine, cfg.deadline_s + 30):
+            report.violations.append("machine not back to IDLE after the last customer")
+        # Let delayed notifications, retried refunds and rechecks land, then reconcile.
+        settle_until = time.monotonic() + cfg.settle_s
+        while True:
+            trial = Report()
+            trial.behaviours = report.behaviours
+            reconcile(machine, order_ids, trial)
+            if not trial.violations or time.monotonic() > settle_until:
+                break
+            time.sleep(1.0)
+        report.violations += trial.violations
+        report.outcomes = trial.outcomes
+        vend_failures = 0
+        journal = machine.var / "vends.jsonl"
+        if journal.exists():
+            vend_failures = journal.read_text().count('"result":"failed"')
+        report.faults["vend_failures"] = vend_failures
+    finally:
+        code = machine.stop()
+        if code != 0:
+            report.violations.append(f"main.py up exited with {code}")
+    print_report(cfg, report, time.monotonic() - started, out)
+    return report
+
+
+def print_report(cfg: Config, report: Report, elapsed_s: float, out) -> None:
+    def table(title: str, counts: collections.Counter) -> None:
+        print(f"\n{title}", file=out)
+        for name, count in sorted(counts.items()):
+            print(f"  {name:<28}{count:>7}", file=out)
+
+    print(f"\nchaos soak: {cfg.purchases} customers, seed {cfg.seed}, {elapsed_s:.0f} s", file=out)
+    table("faults injected", report.faults)
+    print("\ncustomers                        count  mean s   max s", file=out)
+    for name, count in sorted(report.behaviours.items()):
+        took = report.seconds.get(name) or [0.0]
+        print(f"  {name:<28}{count:>7}{sum(took) / len(took):>8.1f}{max(took):>8.1f}", file=out)
+    table("outcomes (sales record)", report.outcomes)
+    if report.late_pay_answers:
+        table(
+            "pay after the deadline: simulator answers",
+            collections.Counter({str(k): v for k, v in report.late_pay_answers.items()}),
+        )
+    print(f"\npage reconnects: {report.reconnects}", file=out)
+    print(f"violations: {len(report.violations)}", file=out)
+    for line in report.violations:
+        print(f"  - {line}", file=out)
+    print(f"replay: python bench/chaos.py --purchases {cfg.purchases} --seed {cfg.seed}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--purchases", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--deadline", type=float, default=2.5, help="PAYMENT_DEADLINE_S")
+    parser.add_argument("--failure-rate", type=float, default=0.1, help="DISPENSE_FAILURE_RATE")
+    parser.add_argument(
+        "--fault-every", type=float, default=2.5, help="mean seconds between injected faults"
+    )
+    parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.randrange(1_000_000)
+    cfg = Config(args.purchases, seed, args.deadline, args.failure_rate, args.fault_every)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        report = soak(cfg, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="chaos-") as folder:
+            report = soak(cfg, Path(folder))
+    return 1 if report.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
