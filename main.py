@@ -7,6 +7,7 @@
     python main.py status                   # state, current order, stock as JSON
     python main.py stock cola 12            # set a drink's stock
     python main.py maintenance on|off       # OUT_OF_SERVICE / back to IDLE
+    python main.py health                   # exit 0 when every worker has a fresh heartbeat
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("up", help="start the whole machine")
     sub.add_parser("status", help="print the machine's state as JSON")
+    sub.add_parser("health", help="exit 0 when Redis answers and every worker is alive")
     stock = sub.add_parser("stock", help="set the stock of a drink")
     stock.add_argument("drink")
     stock.add_argument("units", type=int)
@@ -84,6 +86,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from cores import operator
     from cores.broker import CommandRefused
 
+    if args.command == "health":
+        return health(settings)
     broker = runtime.broker_for(settings)
     try:
         if args.command == "stock":
@@ -95,6 +99,27 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(operator.dumps(operator.status(broker)))
     return 0
+
+
+def health(settings: Settings) -> int:
+    import redis
+
+    from constants.tunables import HEARTBEAT_TTL_S
+    from cores import operator
+    from cores.broker import Broker
+    from services import runtime
+
+    try:
+        status = operator.status(Broker(runtime.redis_client(settings), settings.machine_id))
+    except redis.RedisError as exc:
+        print(f"unhealthy: redis: {exc}", file=sys.stderr)
+        return 1
+    problems = operator.health(status, HEARTBEAT_TTL_S)
+    for line in problems:
+        print(f"unhealthy: {line}", file=sys.stderr)
+    if not problems:
+        print(f"healthy: {status['state']}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

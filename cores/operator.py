@@ -30,5 +30,15 @@ def status(broker: Broker) -> dict:
     }
 
 
+def health(status_: dict, ttl_s: float) -> list[str]:
+    """What is unhealthy in a `status()` answer: workers whose heartbeat is missing or old."""
+    problems = []
+    for service in WORKERS:
+        age = status_["heartbeat_age_s"].get(str(service))
+        if age is None or age > ttl_s:
+            problems.append(f"{service}: no heartbeat in the last {ttl_s:.0f} s")
+    return problems
+
+
 def dumps(data: object) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str)

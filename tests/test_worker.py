@@ -1,0 +1,164 @@
+"""The lifecycle every worker shares: wake on Redis at once, survive a failing step, finish
+the step in hand on SIGTERM, heartbeat; and the process entry points."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from constants.states import State
+from cores.broker import Broker
+from services.runtime import load_menu
+from services.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Recorder(Worker):
+    service = "RECORDER"
+
+    def __init__(self, broker, fail_times: int = 0, step_s: float = 0.0):
+        super().__init__(broker)
+        self.seen: list[tuple[float, State]] = []
+        self.fail_times = fail_times
+        self.step_s = step_s
+        self.finished_steps = 0
+
+    def step(self, snap, entries):
+        self.seen.append((time.monotonic(), snap.state))
+        if self.fail_times:
+            self.fail_times -= 1
+            raise RuntimeError("boom")
+        time.sleep(self.step_s)
+        self.finished_steps += 1
+        return None
+
+
+@pytest.fixture
+def broker(real_redis, settings):
+    b = Broker(real_redis, settings.machine_id)
+    b.ensure_ready(load_menu(settings.menu_file))
+    return b
+
+
+def start(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_worker_wakes_within_milliseconds_of_a_transition(broker):
+    worker = Recorder(broker)
+    thread = start(worker)
+    try:
+        deadline = time.monotonic() + 5
+        while not worker.seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # now blocked in XREAD
+        changed_at = time.monotonic()
+        broker.show_menu()
+        while not any(s == State.SHOW_MENU for _, s in worker.seen):
+            assert time.monotonic() < deadline, worker.seen
+            time.sleep(0.001)
+        woke_at = next(t for t, s in worker.seen if s == State.SHOW_MENU)
+        # Far below the 1 s BLOCK period: the read returned because of the change.
+        assert woke_at - changed_at < 0.25
+    finally:
+        worker.request_stop()
+        thread.join(5)
+
+
+def test_a_failing_step_is_logged_with_its_traceback_and_the_worker_carries_on(broker, caplog):
+    worker = Recorder(broker, fail_times=2)
+    thread = start(worker)
+    try:
+        deadline = time.monotonic() + 10
+        while worker.finished_steps == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert worker.finished_steps >= 1
+        assert thread.is_alive()
+        failures = [r for r in caplog.records if r.getMessage() == "step failed"]
+        assert len(failures) == 2
+        assert failures[0].exc_info and "boom" in str(failures[0].exc_info[1])
+    finally:
+        worker.request_stop()
+        thread.join(5)
+
+
+def test_stop_lets_the_step_in_hand_finish(broker):
+    worker = Recorder(broker, step_s=0.5)
+    thread = start(worker)
+    deadline = time.monotonic() + 5
+    while not worker.seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.request_stop()  # while the first step is still running
+    thread.join(5)
+    assert not thread.is_alive()
+    assert worker.finished_steps == 1
+
+
+def test_heartbeat_is_written_with_a_ttl(broker):
+    worker = Recorder(broker)
+    thread = start(worker)
+    try:
+        deadline = time.monotonic() + 5
+        key = broker.heartbeat_key("RECORDER")
+        while broker.redis.get(key) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert 0 < broker.redis.ttl(key) <= 15
+    finally:
+        worker.request_stop()
+        thread.join(5)
+
+
+def service_env(redis_url: str, tmp_path: Path, **extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIDTRANS_", "REDIS_"))}
+    env.update(REDIS_URL=redis_url, VAR_DIR=str(tmp_path / "var"), **extra)
+    return env
+
+
+@pytest.mark.parametrize("service", ["ORDER", "ORDER_CREATED", "DISPENSE", "SCREEN"])
+def test_a_worker_process_exits_cleanly_on_sigterm(redis_server, real_redis, tmp_path, service):
+    env = service_env(redis_server.url, tmp_path)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--service", service],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    key = f"vm:{{vm-1}}:heartbeat:{service}"
+    deadline = time.monotonic() + 15
+    while real_redis.get(key) is None:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "no heartbeat"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0, out
+    assert "worker stopped" in out
+
+
+def test_invalid_configuration_stops_a_process_at_start_naming_the_variable(tmp_path):
+    env = service_env("redis://127.0.0.1:1/0", tmp_path, PAYMENT_DEADLINE_S="0")
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--service", "ORDER"],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2
+    assert "PAYMENT_DEADLINE_S" in proc.stderr
+
+
+def test_health_exits_1_without_workers_and_0_with_fresh_heartbeats(redis_server, real_redis,
+                                                                    tmp_path):
+    env = service_env(redis_server.url, tmp_path)
+    cmd = [sys.executable, str(ROOT / "main.py"), "health"]
+    sick = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=20)
+    assert sick.returncode == 1 and "ORDER: no heartbeat" in sick.stderr
+    for service in ("ORDER", "ORDER_CREATED", "DISPENSE", "SCREEN"):
+        real_redis.set(f"vm:{{vm-1}}:heartbeat:{service}", time.time(), ex=15)
+    well = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=20)
+    assert well.returncode == 0, well.stderr
