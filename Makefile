@@ -21,10 +21,18 @@ run: $(VENV)/.runtime
 	$(PY) main.py up
 
 test: $(VENV)/.dev
-	@command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ] || \
-		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } || \
-		echo "Chromium missing: browser tests will skip (they fail when CI=true)"
+	@{ command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ]; } && \
+		command -v zbarimg >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		  apt-get install -y -qq chromium zbar-tools >/dev/null; } || \
+		echo "Chromium or zbarimg missing: browser tests skip (they fail when CI=true)"
 	$(PY) -m pytest
+
+screenshots: $(VENV)/.dev
+	$(PY) docs/screenshots.py
+
+chaos: $(VENV)/.dev
+	$(PY) bench/chaos.py --purchases 1000
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -46,10 +46,12 @@ class LatePayments:
 
     def handle(self, order_id: str) -> str:
         """Act on one order; returns what happened (for logs and tests)."""
+        # State first: the transition that closes an order writes its outcome in the same
+        # MULTI, so an order read after a snapshot that no longer shows it has its outcome.
+        snap = self.broker.snapshot()
         order = self.broker.order(order_id)
         if order is None:
             return "unknown_order"
-        snap = self.broker.snapshot()
         if snap.order_id == order_id and snap.state in ORDER_STATES:
             self.broker.wake("CHECK", order_id)  # the watching worker re-reads the status
             return "woke_worker"

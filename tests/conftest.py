@@ -68,6 +68,17 @@ def settings(tmp_path) -> Settings:
     )
 
 
+@pytest.fixture
+def sandbox():
+    """The local Midtrans sandbox, in-process on a free port, accepting any SB- key."""
+    from cores.sandbox import Sandbox
+
+    sb = Sandbox(port=0)
+    sb.start()
+    yield sb
+    sb.stop()
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args):
     """pytest-playwright: drive Debian's Chromium (never a downloaded browser)."""

@@ -25,14 +25,6 @@ from services.screen_service import ScreenWorker
 from tests.machine_helpers import compress, sale_kinds, states_seen, wait_state
 
 
-@pytest.fixture
-def sandbox():
-    sb = Sandbox(port=0)
-    sb.start()
-    yield sb
-    sb.stop()
-
-
 class Machine:
     """The four workers in threads around one Broker, as `main.py up` runs them."""
 
@@ -197,18 +189,23 @@ def test_refund_refused_by_midtrans_is_recorded_as_owed_for_the_operator(real_re
         m.stop()
 
 
+def paid_then_dispense_worker_died(m: Machine) -> str:
+    """A paid order left in DISPENSING by a DISPENSE worker that died mid-vend."""
+    m.start(OrderWorker, OrderCreatedWorker)
+    order_id = m.order()
+    m.sandbox.pay(order_id)
+    wait_state(m.broker, State.PAYMENT_SUCCESS)
+    order = m.broker.order(order_id)
+    assert m.broker.transition(State.DISPENSING, from_states=(State.PAYMENT_SUCCESS,),
+                               order_id=order_id, values=order.values())
+    return order_id
+
+
 def test_restart_mid_vend_without_journal_entry_goes_to_operator_not_revended(
         real_redis, sandbox, settings):
     m = Machine(real_redis, sandbox, settings)
-    m.start(OrderWorker, OrderCreatedWorker)
     try:
-        order_id = m.order()
-        sandbox.pay(order_id)
-        wait_state(m.broker, State.PAYMENT_SUCCESS)
-        # A DISPENSE worker moved to DISPENSING, then died before the driver answered.
-        order = m.broker.order(order_id)
-        assert m.broker.transition(State.DISPENSING, from_states=(State.PAYMENT_SUCCESS,),
-                                   order_id=order_id, values=order.values())
+        order_id = paid_then_dispense_worker_died(m)
         m.start(DispenseWorker)
         snap = wait_state(m.broker, State.DISPENSE_FAILED)
         assert snap.frame["values"]["refund"] == RefundOutcome.VEND_UNKNOWN
@@ -222,14 +219,8 @@ def test_restart_mid_vend_without_journal_entry_goes_to_operator_not_revended(
 def test_restart_mid_vend_with_journal_entry_finishes_without_vending_again(
         real_redis, sandbox, settings):
     m = Machine(real_redis, sandbox, settings)
-    m.start(OrderWorker, OrderCreatedWorker)
     try:
-        order_id = m.order()
-        sandbox.pay(order_id)
-        wait_state(m.broker, State.PAYMENT_SUCCESS)
-        order = m.broker.order(order_id)
-        m.broker.transition(State.DISPENSING, from_states=(State.PAYMENT_SUCCESS,),
-                            order_id=order_id, values=order.values())
+        order_id = paid_then_dispense_worker_died(m)
         m.dispenser._append({"order_id": order_id, "drink": "cola", "result": "vended",
                              "at": 0})
         m.start(DispenseWorker)

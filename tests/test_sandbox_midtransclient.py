@@ -10,17 +10,8 @@ import pytest
 from midtransclient.error_midtrans import MidtransAPIError
 
 from cores import qris
-from cores.sandbox import Sandbox
 
 SERVER_KEY = "SB-Mid-server-test"
-
-
-@pytest.fixture
-def sandbox():
-    sb = Sandbox(port=0)
-    sb.start()
-    yield sb
-    sb.stop()
 
 
 @pytest.fixture
