@@ -25,6 +25,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--service", choices=[s.value for s in Service if s != Service.WEBSOCKET],
                         help="run one process of the machine")
     parser.add_argument("--port", type=int, help="port for SANDBOX / NOTIFICATION")
+    parser.add_argument("--no-log-file", action="store_true",
+                        help="log to stderr only (`main.py up` keeps its children's files)")
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("up", help="start the whole machine")
     sub.add_parser("status", help="print the machine's state as JSON")
@@ -52,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     name = args.service or args.command.upper()
+    to_file = (args.service or args.command == "up") and not args.no_log_file
     logs.setup(name, settings.machine_id, settings.log_level,
-               settings.var_dir / "logs" if args.service or args.command == "up" else None)
+               settings.var_dir / "logs" if to_file else None)
     try:
         return dispatch(args, settings)
     except ConfigError as exc:

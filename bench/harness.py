@@ -91,7 +91,7 @@ class Launched:
         self.out.flush()
         text = self.out_path.read_text(errors="replace")[-3000:]
         logs = self.var / "logs"
-        for f in sorted(logs.glob("*.out")) if logs.exists() else []:
+        for f in sorted(logs.glob("*.log")) if logs.exists() else []:
             text += f"\n--- {f.name}\n" + f.read_text(errors="replace")[-1500:]
         return text
 

@@ -95,18 +95,22 @@ class Supervisor:
             env["SANDBOX_NOTIFICATION_URL"] = self.settings.notification_url
         self.env = env
         main = str(ROOT / "main.py")
+        # Children log to stderr; the supervisor keeps it, tracebacks of a crash included,
+        # in VAR_DIR/logs/<name>.log.
+        quiet = "--no-log-file"
         if self.settings.uses_local_sandbox:
-            self.children.append(Child("SANDBOX", [self.python, main, "--service", "SANDBOX"]))
-        self.children.append(Child("WEBSOCKET", [self.python, str(ROOT / "websocket_server.py")]))
-        for service in WORKERS:
-            self.children.append(Child(str(service), [self.python, main, "--service", service]))
-        self.children.append(Child(str(Service.NOTIFICATION),
-                                   [self.python, main, "--service", "NOTIFICATION"]))
+            self.children.append(Child("SANDBOX", [self.python, main, "--service", "SANDBOX",
+                                                   quiet]))
+        self.children.append(Child("WEBSOCKET", [self.python, str(ROOT / "websocket_server.py"),
+                                                 quiet]))
+        for service in (*WORKERS, Service.NOTIFICATION):
+            self.children.append(Child(str(service), [self.python, main, "--service", service,
+                                                      quiet]))
 
     def spawn(self, child: Child) -> None:
         log_dir = self.settings.var_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        child.log_path = log_dir / f"{child.name.lower()}.out"
+        child.log_path = log_dir / f"{child.name.lower()}.log"
         with child.log_path.open("ab") as out:
             child.process = subprocess.Popen(child.argv, env=self.env, cwd=ROOT,
                                              stdout=out, stderr=subprocess.STDOUT)
