@@ -83,11 +83,15 @@ def fail(broker: Broker, order: Order, reason: FailReason, from_state: State,
          detail: str | None = None) -> bool:
     message = FAIL_MESSAGES[reason] + (f" ({detail})" if detail else "")
     kind = Sale.CANCELLED if reason == FailReason.CANCELLED else Sale.PAYMENT_FAILED
-    return broker.transition(
+    applied = broker.transition(
         State.PAYMENT_FAILED, from_states=(from_state,), order_id=order.order_id,
         values={**order.values(), "reason": str(reason), "message": message},
         sale={"kind": kind, "amount": order.amount, "reason": str(reason), "detail": detail},
         order_fields={"outcome": f"failed:{reason}", "closed_at": broker.clock()})
+    if applied and reason == FailReason.AMOUNT_MISMATCH:
+        # Money moved but not the price: the late-payment desk refunds what was paid (rule 2).
+        broker.schedule_recheck(order.order_id, broker.clock())
+    return applied
 
 
 def act(broker: Broker, order: Order, decision: Decision, txn: Transaction | None,

@@ -215,3 +215,30 @@ def test_notification_for_the_order_on_screen_wakes_the_payment_worker(broker, r
     assert {"command": "CHECK", "order_id": order_id} in [f for _, f in entries]
     assert broker.snapshot().state == State.MENU_CLICKED  # the body itself decided nothing
     assert json.loads(broker.redis.hget(broker.order_key(order_id), "drink"))["id"] == "cola"
+
+
+def test_a_settlement_of_the_wrong_amount_is_not_vended_but_refunded(broker, sandbox, receiver,
+                                                                     settings):
+    from services.order_created_service import OrderCreatedWorker
+    from tests.machine_helpers import wait_state
+
+    client = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)
+    broker.show_menu()
+    order_id = broker.place_order("cola")
+    order = broker.order(order_id)
+    client.charge(order_id, 7000, [{"id": "cola", "price": 7000, "quantity": 1,
+                                    "name": "Cola"}], idempotency_key=order.idempotency_key)
+    broker.update_order(order_id, amount=6000)  # the price we expect differs from the charge
+    broker.transition(State.ORDER_CREATED, from_states=(State.MENU_CLICKED,),
+                      order_id=order_id, values={},
+                      order_fields={"expires_at": time.time() + 30})
+    sandbox.pay(order_id)
+    worker = OrderCreatedWorker(broker, client, settings)
+    worker.run_until(lambda: broker.snapshot().state == State.PAYMENT_FAILED)
+    snap = wait_state(broker, State.PAYMENT_FAILED, timeout_s=1)
+    assert snap.frame["values"]["reason"] == FailReason.AMOUNT_MISMATCH
+    assert wait_result(receiver, order_id) == "refunded"
+    assert Sale.PAID not in sale_kinds(broker, order_id)
+    [txn] = [t for t in sandbox.transactions() if t["order_id"] == order_id]
+    assert txn["transaction_status"] == "refund" and txn["refund_amount"] == "7000.00"
+    client.close()
