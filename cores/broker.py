@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import time
 import uuid
@@ -200,6 +201,7 @@ class Broker:
         (money rule 5).
         """
         order_id = None
+        tid = uuid.uuid4().hex
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -225,15 +227,18 @@ class Broker:
                     values = {"order_id": order_id, "drink": drink.public(), "amount": drink.price}
                     self._write(pipe, snap, State.MENU_CLICKED, order_id, values, now,
                                 sale={"kind": Sale.ORDERED, "amount": drink.price,
-                                      "drink_id": drink.id})
+                                      "drink_id": drink.id}, tid=tid)
                     pipe.execute()
-                    log.info("order placed", extra=kv(order_id=order_id, drink=drink.id))
-                    return order_id
                 except redis.WatchError:
+                    if order_id and self._applied(tid):
+                        return order_id
                     continue
+                log.info("order placed", extra=kv(order_id=order_id, drink=drink.id))
+                return order_id
 
     def request_cancel(self) -> None:
         """Kiosk CANCEL: on the menu back to IDLE; with an order, ask the workers to close it."""
+        tid = uuid.uuid4().hex
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -241,7 +246,7 @@ class Broker:
                     snap = _snapshot(pipe.hgetall(self.state_key))
                     if snap.state in rules.CANCEL_TO_IDLE_FROM:
                         pipe.multi()
-                        self._write(pipe, snap, State.IDLE, None, {}, self.clock())
+                        self._write(pipe, snap, State.IDLE, None, {}, self.clock(), tid=tid)
                     elif snap.state in rules.CANCEL_REQUEST_FROM and snap.order_id:
                         pipe.multi()
                         pipe.hset(self.order_key(snap.order_id), "cancel_requested", "1")
@@ -250,10 +255,12 @@ class Broker:
                         pipe.unwatch()
                         raise _refused(rules.wrong_state("CANCEL", snap.state))
                     pipe.execute()
-                    log.info("cancel", extra=kv(state=snap.state, order_id=snap.order_id or "-"))
-                    return
                 except redis.WatchError:
+                    if self._applied(tid):
+                        return
                     continue
+                log.info("cancel", extra=kv(state=snap.state, order_id=snap.order_id or "-"))
+                return
 
     def wake(self, command: str, order_id: str) -> None:
         """A hint to the workers (e.g. CHECK after a notification); the truth stays in Redis."""
@@ -275,7 +282,7 @@ class Broker:
                    sale: Mapping[str, Any] | None = None,
                    order_fields: Mapping[str, Any] | None = None,
                    stock_drink: str | None = None, operator: Mapping[str, Any] | None = None,
-                   expect_version: int | None = None) -> bool:
+                   recheck_at: float | None = None, expect_version: int | None = None) -> bool:
         """Compare-and-set: apply only if the machine is in one of `from_states` with `order_id`.
 
         `new_order_id` defaults to keeping `order_id`. Returns False (and changes nothing)
@@ -283,6 +290,7 @@ class Broker:
         """
         from_states = tuple(from_states)
         keep = order_id if new_order_id is ... else new_order_id
+        tid = uuid.uuid4().hex
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -305,14 +313,19 @@ class Broker:
                         pipe.hset(self.operator_key, order_id,
                                   json.dumps({**operator, "order_id": order_id,
                                               "at": self.clock()}))
+                    if recheck_at is not None and order_id:
+                        pipe.zadd(self.recheck_key, {order_id: recheck_at})
+                        self._command(pipe, "RECHECK", order_id)
                     self._write(pipe, snap, to, keep, values, self.clock(), sale=sale,
-                                sale_order=order_id)
+                                sale_order=order_id, tid=tid)
                     pipe.execute()
-                    log.info("transition", extra=kv(
-                        frm=snap.state, to=to, order_id=keep or order_id or "-"))
-                    return True
                 except redis.WatchError:
+                    if self._applied(tid):
+                        break
                     continue
+                break
+        log.info("transition", extra=kv(frm=snap.state, to=to, order_id=keep or order_id or "-"))
+        return True
 
     def record_sale(self, order_id: str, kind: Sale, **fields: Any) -> None:
         """Append to the sales stream outside a transition (e.g. a late payment)."""
@@ -354,7 +367,7 @@ class Broker:
 
         Returns the moved cursor and the entries read as (stream, fields).
         """
-        block_ms = int(timeout_s * 1000)
+        block_ms = math.ceil(timeout_s * 1000)
         if block_ms <= 0:
             return cursor, []
         answer = self.redis.xread(cursor, block=block_ms, count=100)
@@ -370,13 +383,13 @@ class Broker:
 
     def _write(self, pipe: Any, snap: Snapshot, to: State, order_id: str | None, values: Any,
                now: float, sale: Mapping[str, Any] | None = None,
-               sale_order: str | None = None) -> None:
+               sale_order: str | None = None, tid: str = "") -> None:
         frame = {"event": str(to), "values": values}
         frame_text = json.dumps(frame, separators=(",", ":"))
         version = snap.version + 1
         pipe.hset(self.state_key, mapping={
             "state": str(to), "order_id": order_id or "", "version": version,
-            "since": now, "frame": frame_text,
+            "since": now, "frame": frame_text, "tid": tid,
         })
         pipe.xadd(self.events_key, {"state": str(to), "order_id": order_id or "",
                                     "version": version, "frame": frame_text},
@@ -385,6 +398,17 @@ class Broker:
             sale = dict(sale)
             kind = sale.pop("kind")
             pipe.xadd(self.sales_key, _sale_fields(sale_order or order_id or "", kind, sale, now))
+
+    def _applied(self, tid: str) -> bool:
+        """After a WatchError: was our MULTI applied and only its reply lost?
+
+        redis-py raises WatchError when the connection drops while watching, even if EXEC
+        ran; the transition id written with the state tells the two cases apart.
+        """
+        try:
+            return self.redis.hget(self.state_key, "tid") == tid
+        except redis.RedisError:
+            return False
 
     def _command(self, pipe: Any, command: str, order_id: str) -> None:
         pipe.xadd(self.commands_key, {"command": command, "order_id": order_id},

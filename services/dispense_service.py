@@ -47,6 +47,22 @@ class DispenseWorker(Worker):
         order = self.broker.order(snap.order_id)
         if order is None:
             log.error("order missing", extra=kv(order_id=snap.order_id))
+            self.broker.transition(
+                State.DISPENSE_FAILED, from_states=(snap.state,), order_id=snap.order_id,
+                values={"order_id": snap.order_id, "drink": None, "amount": None,
+                        "refund": str(RefundOutcome.VEND_UNKNOWN)},
+                operator={"kind": str(Sale.VEND_UNKNOWN), "detail": "order record missing"})
+            return None
+        journal = self.dispenser.outcome(order.order_id)
+        if journal is not None:
+            # The driver already vended (or failed) this order: a state rolled back, or a
+            # second worker; never vend it again (money rule 6).
+            if snap.state == State.PAYMENT_SUCCESS:
+                self.broker.transition(State.DISPENSING, from_states=(State.PAYMENT_SUCCESS,),
+                                       order_id=order.order_id, values=order.values())
+            log.warning("journal already has this order", extra=kv(
+                order_id=order.order_id, vend=journal.value))
+            self.finish(order, journal)
             return None
         if snap.state == State.PAYMENT_SUCCESS:
             if not self.broker.transition(
@@ -60,8 +76,8 @@ class DispenseWorker(Worker):
                 log.exception("vend raised", extra=kv(order_id=order.order_id))
                 vend = self.dispenser.outcome(order.order_id) or Vend.UNKNOWN
         else:
-            # Restarted mid-vend: only the driver's journal may say what happened.
-            vend = self.dispenser.outcome(order.order_id) or Vend.UNKNOWN
+            # Restarted mid-vend and the journal has no result: only a person can tell.
+            vend = Vend.UNKNOWN
             log.warning("resuming vend", extra=kv(order_id=order.order_id, vend=vend.value))
         self.finish(order, vend)
         return None

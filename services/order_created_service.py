@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from constants.states import FailReason, State
+from constants.tunables import RECHECK_EVERY_S
 from cores import rules
 from cores.broker import Broker, Order, Snapshot
 from cores.config import Settings
@@ -52,20 +53,26 @@ class OrderCreatedWorker(Worker):
         order = self.broker.order(snap.order_id)
         if order is None:
             log.error("order missing", extra=kv(order_id=snap.order_id))
+            payment.order_missing(self.broker, snap.order_id, State.ORDER_CREATED)
             return None
         now = self.clock()
         if self.watch is None or self.watch.order_id != order.order_id:
             self.watch = Watch(order.order_id, 0, now + rules.poll_delay(0))
-        if any(f.get("order_id") == order.order_id and "command" in f for _, f in entries):
+        commands = {f.get("command") for _, f in entries if f.get("order_id") == order.order_id}
+        if commands & {"CHECK", "CANCEL"} and not order.get("closing"):
             self.watch.next_check = now  # a notification or a cancel: look now
+        elif "CHECK" in commands:
+            self.watch.next_check = now  # closing: only news from the gateway cuts the wait
         deadline = order.number("expires_at") or (order.created_at
                                                    + self.settings.payment_deadline_s)
         closing = order.get("closing")
         cancel = order.flag("cancel_requested")
-        if now < self.watch.next_check and now < deadline and not cancel and not closing:
-            return min(self.watch.next_check, deadline)
         if closing:
+            if now < self.watch.next_check:
+                return self.watch.next_check
             return self.close(order, FailReason(closing))
+        if now < self.watch.next_check and now < deadline and not cancel:
+            return min(self.watch.next_check, deadline)
         paid, reason, txn = payment.read_payment(self.client, order)
         self.watch.checks += 1
         self.watch.next_check = now + rules.poll_delay(self.watch.checks)
@@ -90,7 +97,9 @@ class OrderCreatedWorker(Worker):
                         extra=kv(order_id=order.order_id, reason=reason))
             self.watch.next_check = decision.at or self.clock()
             return decision.at
-        payment.act(self.broker, order, decision, txn, State.ORDER_CREATED)
+        # No transaction at the gateway (404): nothing can be paid, but look once more later.
+        recheck_at = self.clock() + RECHECK_EVERY_S if txn is None else None
+        payment.act(self.broker, order, decision, txn, State.ORDER_CREATED, recheck_at)
         return None
 
     def show_closing(self, order: Order, reason: FailReason) -> None:

@@ -44,11 +44,7 @@ class OrderWorker(Worker):
         order = self.broker.order(snap.order_id)
         if order is None:
             log.error("order missing", extra=kv(order_id=snap.order_id))
-            self.broker.transition(State.PAYMENT_FAILED, from_states=(State.MENU_CLICKED,),
-                                   order_id=snap.order_id, values={
-                                       "order_id": snap.order_id, "drink": None, "amount": None,
-                                       "reason": str(FailReason.GATEWAY_REFUSED),
-                                       "message": "The order could not be found."})
+            payment.order_missing(self.broker, snap.order_id, State.MENU_CLICKED)
             return None
         if order.flag("cancel_requested") and not order.flag("charge_sent"):
             # Nothing was sent to Midtrans: no QR exists that could be paid.
@@ -124,14 +120,12 @@ class OrderWorker(Worker):
             # The gateway could not confirm: nobody saw a QR, so nobody can pay it; the
             # charge's own expiry ends it, and a late payment is refunded (money rule 4).
             expiry = rules.charge_expiry_minutes(self.settings.payment_deadline_s) * 60
-            self.broker.schedule_recheck(order.order_id,
-                                         self.clock() + expiry + RECHECK_AFTER_EXPIRY_S)
+            payment.fail(self.broker, order, reason, State.MENU_CLICKED,
+                         recheck_at=self.clock() + expiry + RECHECK_AFTER_EXPIRY_S)
+        elif decision.step is Step.FAIL and decision.reason != FailReason.AMOUNT_MISMATCH:
             payment.fail(self.broker, order, reason, State.MENU_CLICKED)
-            return
-        if decision.step is Step.FAIL:
-            payment.fail(self.broker, order, reason, State.MENU_CLICKED)
-            return
-        payment.act(self.broker, order, decision, txn, State.MENU_CLICKED)
+        else:
+            payment.act(self.broker, order, decision, txn, State.MENU_CLICKED)
 
 
 def build(settings: Settings, broker: Broker) -> OrderWorker:

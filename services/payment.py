@@ -80,27 +80,40 @@ def succeed(broker: Broker, order: Order, txn: Transaction | None, from_state: S
 
 
 def fail(broker: Broker, order: Order, reason: FailReason, from_state: State,
-         detail: str | None = None) -> bool:
+         detail: str | None = None, recheck_at: float | None = None) -> bool:
+    """PAYMENT_FAILED. `recheck_at`: when the late-payment desk reads the payment again (in
+    the same MULTI), for an order closed while money could still move."""
     message = FAIL_MESSAGES[reason] + (f" ({detail})" if detail else "")
     kind = Sale.CANCELLED if reason == FailReason.CANCELLED else Sale.PAYMENT_FAILED
-    applied = broker.transition(
+    if reason == FailReason.AMOUNT_MISMATCH:
+        # Money moved but not the price: the late-payment desk refunds what was paid (rule 2).
+        recheck_at = broker.clock()
+    return broker.transition(
         State.PAYMENT_FAILED, from_states=(from_state,), order_id=order.order_id,
         values={**order.values(), "reason": str(reason), "message": message},
         sale={"kind": kind, "amount": order.amount, "reason": str(reason), "detail": detail},
-        order_fields={"outcome": f"failed:{reason}", "closed_at": broker.clock()})
-    if applied and reason == FailReason.AMOUNT_MISMATCH:
-        # Money moved but not the price: the late-payment desk refunds what was paid (rule 2).
-        broker.schedule_recheck(order.order_id, broker.clock())
-    return applied
+        order_fields={"outcome": f"failed:{reason}", "closed_at": broker.clock()},
+        recheck_at=recheck_at)
+
+
+def order_missing(broker: Broker, order_id: str, from_state: State) -> bool:
+    """The state names an order whose record is gone: close it, and tell the operator."""
+    return broker.transition(
+        State.PAYMENT_FAILED, from_states=(from_state,), order_id=order_id,
+        values={"order_id": order_id, "drink": None, "amount": None,
+                "reason": str(FailReason.GATEWAY_REFUSED),
+                "message": "The order could not be found."},
+        operator={"kind": "order_missing", "detail": "check this order at Midtrans"})
 
 
 def act(broker: Broker, order: Order, decision: Decision, txn: Transaction | None,
-        from_state: State) -> bool:
+        from_state: State, recheck_at: float | None = None) -> bool:
     """Apply SUCCEED or FAIL; returns whether the transition was applied."""
     if decision.step is Step.SUCCEED:
         return succeed(broker, order, txn, from_state)
     if decision.step is Step.FAIL:
-        return fail(broker, order, decision.reason or FailReason.GATEWAY_REFUSED, from_state)
+        return fail(broker, order, decision.reason or FailReason.GATEWAY_REFUSED, from_state,
+                    recheck_at=recheck_at)
     raise ValueError(f"not a final decision: {decision}")
 
 
