@@ -335,10 +335,13 @@ class Broker:
         self.redis.hset(self.operator_key, order_id, json.dumps(
             {"kind": str(kind), "order_id": order_id, "at": self.clock(), **fields}))
 
-    def schedule_recheck(self, order_id: str, at: float) -> None:
-        """Read this closed order's payment again at `at` (a late settlement is refunded)."""
-        self.redis.zadd(self.recheck_key, {order_id: at})
-        self._command(self.redis, "RECHECK", order_id)
+    def schedule_recheck(self, order_id: str, at: float, wake: bool = True) -> None:
+        """Have the late-payment desk read this order's payment at `at` (`wake`: tell it)."""
+        with self.redis.pipeline() as pipe:
+            pipe.zadd(self.recheck_key, {order_id: at})
+            if wake:
+                self._command(pipe, "RECHECK", order_id)
+            pipe.execute()
 
     def rechecks_due(self, now: float) -> tuple[list[str], float | None]:
         """Orders due for a recheck, and when the next one falls due (None: none left)."""

@@ -14,7 +14,7 @@ def status(broker: Broker) -> dict:
     snap = broker.snapshot()
     order = broker.order(snap.order_id)
     beats = {}
-    for service in (*WORKERS, Service.WEBSOCKET):
+    for service in (*WORKERS, Service.NOTIFICATION):
         at = broker.redis.get(broker.heartbeat_key(service))
         beats[str(service)] = None if at is None else round(time.time() - float(at), 1)
     return {
@@ -33,7 +33,7 @@ def status(broker: Broker) -> dict:
 def health(status_: dict, ttl_s: float) -> list[str]:
     """What is unhealthy in a `status()` answer: workers whose heartbeat is missing or old."""
     problems = []
-    for service in WORKERS:
+    for service in (*WORKERS, Service.NOTIFICATION):
         age = status_["heartbeat_age_s"].get(str(service))
         if age is None or age > ttl_s:
             problems.append(f"{service}: no heartbeat in the last {ttl_s:.0f} s")

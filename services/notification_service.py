@@ -1,21 +1,23 @@
 """NOTIFICATION: the Midtrans HTTP notification receiver, and the late-payment desk.
 
-The receiver checks the signature (constant-time), answers 200 at once (duplicates too),
-and hands the order_id to one desk thread. The desk never trusts the notification's body:
-for the order on screen it wakes the ORDER_CREATED worker, which re-reads the status itself;
-for an order already closed it re-reads the status from Midtrans, and a settlement there is
-a late payment: recorded and refunded, or recorded as owed when Midtrans refuses (money
-rule 4). Forged, replayed, out-of-order and malformed notifications change nothing.
+The receiver checks the signature (constant-time), puts the order_id in the RECHECK set
+(durable, in Redis) and answers 200 at once, duplicates too. The desk never trusts the
+notification's body: for the order on screen it wakes the ORDER_CREATED worker, which
+re-reads the status itself; for an order already closed it re-reads the status from
+Midtrans, and a settlement there is a late payment: recorded and refunded, or recorded as
+owed when Midtrans refuses (money rule 4). Forged, replayed, out-of-order and malformed
+notifications change nothing.
 
-The desk also re-reads, on schedule, orders closed without the gateway confirming the
-cancel (the RECHECK set), so a late payment is found even where no notification arrives.
+The same set holds the orders closed while money could still move (a cancel the gateway
+never confirmed, a settlement of the wrong amount), so a late payment is found even where
+no notification arrives (a machine behind NAT).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
-import queue
 import signal
 import threading
 import time
@@ -23,8 +25,16 @@ from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import redis
+
+from constants.services import Service
 from constants.states import ORDER_STATES, Sale
-from constants.tunables import NOTIFICATION_MAX_BYTES, RECHECK_EVERY_S, REDIS_BLOCK_MAX_MS
+from constants.tunables import (
+    HEARTBEAT_TTL_S,
+    NOTIFICATION_MAX_BYTES,
+    RECHECK_EVERY_S,
+    REDIS_BLOCK_MAX_MS,
+)
 from cores import rules
 from cores.broker import Broker
 from cores.config import Settings
@@ -33,6 +43,9 @@ from cores.midtrans import GatewayRefused, MidtransClient, MidtransError, verify
 from cores.rules import Paid
 
 log = logging.getLogger(__name__)
+
+#: The one result of LatePayments.handle that keeps an order in the RECHECK set.
+DEFERRED = "deferred"
 
 
 class LatePayments:
@@ -59,23 +72,23 @@ class LatePayments:
         if not outcome.startswith("failed:"):
             return "nothing_to_do"  # paid and dispensed, or refunded on its own path
         if order.get("late") in ("refunded", "owed"):
-            self.broker.recheck_done(order_id)
             return "already_settled"
         try:
             txn = self.client.status(order_id)
         except GatewayRefused as exc:
             if exc.code == "404":
-                self.broker.recheck_done(order_id)
                 return "no_transaction"
             return self._again(order_id, f"status refused {exc.code}")
         except MidtransError as exc:
             return self._again(order_id, str(exc))
+        if order.get("late") == "pending" and txn.is_refunded:
+            # Our refund went through but its answer was lost last time: record it now.
+            return self._refunded(order_id, txn.amount_idr)
         paid, _ = rules.judge_payment(txn.transaction_status, txn.fraud_status,
                                       txn.amount_idr, order.amount)
         if paid is Paid.PENDING:
             return self._again(order_id, "still pending")
         if paid is Paid.UNPAID:
-            self.broker.recheck_done(order_id)
             return "unpaid"
         # Settled after the order was closed: the customer paid and got nothing.
         if order.get("late") != "pending":
@@ -94,69 +107,72 @@ class LatePayments:
             self.broker.flag_for_operator(order_id, Sale.REFUND_OWED, amount=txn.amount_idr,
                                           drink=order.drink.id,
                                           detail=f"late payment, refund refused ({exc.code})")
-            self.broker.recheck_done(order_id)
             log.warning("late payment: refund owed", extra=kv(order_id=order_id))
             return "refund_owed"
         except MidtransError as exc:
             return self._again(order_id, f"refund failed: {exc}")
+        return self._refunded(order_id, txn.amount_idr)
+
+    def _refunded(self, order_id: str, amount: int) -> str:
         self.broker.update_order(order_id, late="refunded")
-        self.broker.record_sale(order_id, Sale.REFUNDED, amount=txn.amount_idr, refund_key=key)
-        self.broker.recheck_done(order_id)
-        log.info("late payment refunded", extra=kv(order_id=order_id, refund_key=key))
+        self.broker.record_sale(order_id, Sale.REFUNDED, amount=amount,
+                                refund_key=rules.refund_key(order_id))
+        log.info("late payment refunded", extra=kv(order_id=order_id))
         return "refunded"
 
     def _again(self, order_id: str, why: str) -> str:
-        self.broker.schedule_recheck(order_id, self.clock() + RECHECK_EVERY_S)
+        """Not settled yet: the desk keeps the order in the RECHECK set (its lease stands)."""
         log.warning("late payment check deferred", extra=kv(order_id=order_id, why=why))
-        return "deferred"
+        return DEFERRED
 
 
 class Desk:
-    """One thread that works the queue of order_ids from notifications and rechecks."""
+    """One thread that works the RECHECK set: order_ids from notifications (due at once) and
+    from orders closed while money could still move (due later).
 
-    def __init__(self, late: LatePayments) -> None:
+    The set is the queue, in Redis: an order stays in it until it is settled for good, so a
+    crash or a Redis outage loses nothing. Taking an order pushes its time forward (a lease);
+    a final result removes it.
+    """
+
+    def __init__(self, late: LatePayments, clock: Callable[[], float] = time.time) -> None:
         self.late = late
-        self.queue: queue.Queue[str] = queue.Queue()
+        self.broker = late.broker
+        self.clock = clock
         self.stopping = threading.Event()
-        self.handled: list[tuple[str, str]] = []
-
-    def submit(self, order_id: str) -> None:
-        self.queue.put(order_id)
+        #: The latest results, for logs and tests.
+        self.handled: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)
 
     def run(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                order_id = self.queue.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            try:
-                result = self.late.handle(order_id)
-                self.handled.append((order_id, result))
-                log.info("notification handled", extra=kv(order_id=order_id, result=result))
-            except Exception:
-                log.exception("notification handling failed", extra=kv(order_id=order_id))
-                self.late.broker.schedule_recheck(order_id, time.time() + RECHECK_EVERY_S)
-
-    def run_rechecks(self) -> None:
-        """Feed due rechecks to the queue; sleep on Redis until the next one falls due."""
-        broker = self.late.broker
-        cursor = None
+        cursor: dict[str, str] | None = None
+        last_beat = 0.0
         while not self.stopping.is_set():
             try:
                 if cursor is None:
-                    cursor = broker.cursor()
-                due, nxt = broker.rechecks_due(time.time())
+                    cursor = self.broker.cursor()
+                now = self.clock()
+                if now - last_beat >= HEARTBEAT_TTL_S / 3:
+                    self.broker.heartbeat(Service.NOTIFICATION, HEARTBEAT_TTL_S)
+                    last_beat = now
+                due, nxt = self.broker.rechecks_due(now)
                 for order_id in due:
-                    broker.recheck_done(order_id)
-                    self.submit(order_id)
+                    self.work(order_id)
                 wait = REDIS_BLOCK_MAX_MS / 1000
                 if nxt is not None:
-                    wait = min(wait, max(0.0, nxt - time.time()))
-                cursor, _ = broker.wait(cursor, wait)
-            except Exception:
-                log.exception("recheck loop failed")
+                    wait = min(wait, max(0.0, nxt - self.clock()))
+                cursor, _ = self.broker.wait(cursor, wait)
+            except Exception:  # a Redis outage or a bug must not end the desk
+                log.exception("late-payment desk failed, retrying")
                 cursor = None
                 self.stopping.wait(1.0)
+
+    def work(self, order_id: str) -> None:
+        self.broker.schedule_recheck(order_id, self.clock() + RECHECK_EVERY_S, wake=False)
+        result = self.late.handle(order_id)
+        self.handled.append((order_id, result))
+        if result != DEFERRED:
+            self.broker.recheck_done(order_id)
+        log.info("late-payment desk", extra=kv(order_id=order_id, result=result))
 
 
 def make_handler(desk: Desk, server_key: str) -> type[BaseHTTPRequestHandler]:
@@ -182,8 +198,11 @@ def make_handler(desk: Desk, server_key: str) -> type[BaseHTTPRequestHandler]:
             if not verify_signature(body, server_key):
                 log.warning("forged notification", extra=kv(order_id=body["order_id"][:60]))
                 return self._answer(HTTPStatus.UNAUTHORIZED, "invalid signature_key")
+            try:  # durable before the 200: Midtrans does not send a notification twice
+                desk.broker.schedule_recheck(body["order_id"], desk.clock())
+            except redis.RedisError:
+                return self._answer(HTTPStatus.SERVICE_UNAVAILABLE, "try again later")
             self._answer(HTTPStatus.OK, "ok")
-            desk.submit(body["order_id"])
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/healthz":
@@ -221,8 +240,7 @@ class NotificationServer:
         return f"http://{host}:{port}/notification"
 
     def start(self) -> NotificationServer:
-        for target in (self.desk.run, self.desk.run_rechecks,
-                       lambda: self.http.serve_forever(poll_interval=0.1)):
+        for target in (self.desk.run, lambda: self.http.serve_forever(poll_interval=0.1)):
             thread = threading.Thread(target=target, daemon=True)
             thread.start()
             self.threads.append(thread)

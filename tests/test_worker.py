@@ -157,7 +157,7 @@ def test_health_exits_1_without_workers_and_0_with_fresh_heartbeats(redis_server
     sick = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=20)
     assert sick.returncode == 1 and "ORDER: no heartbeat" in sick.stderr
-    for service in ("ORDER", "ORDER_CREATED", "DISPENSE", "SCREEN"):
+    for service in ("ORDER", "ORDER_CREATED", "DISPENSE", "SCREEN", "NOTIFICATION"):
         real_redis.set(f"vm:{{vm-1}}:heartbeat:{service}", time.time(), ex=15)
     well = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=20)
