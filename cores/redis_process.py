@@ -14,6 +14,8 @@ from pathlib import Path
 
 import redis
 
+from cores.process import die_with_parent
+
 
 class RedisUnavailable(RuntimeError):
     """No redis-server binary could be found or started."""
@@ -68,7 +70,7 @@ class RedisProcess:
     def start(self, timeout_s: float = 10.0) -> RedisProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL)
+                                         stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
         self.wait_ready(timeout_s)
         return self
 

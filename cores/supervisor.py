@@ -23,6 +23,7 @@ import redis
 from constants.services import WORKERS, Service
 from cores.config import Settings
 from cores.logs import kv
+from cores.process import InstanceLock, die_with_parent
 from cores.redis_process import RedisProcess, free_port
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class Supervisor:
         self.redis: RedisProcess | None = None
         self.children: list[Child] = []
         self.env: dict[str, str] = {}
+        self.redis_failures = 0
+        self.redis_retry_at = 0.0
+        self.lock: InstanceLock | None = None  # held for the life of the process
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -113,7 +117,8 @@ class Supervisor:
         child.log_path = log_dir / f"{child.name.lower()}.log"
         with child.log_path.open("ab") as out:
             child.process = subprocess.Popen(child.argv, env=self.env, cwd=ROOT,
-                                             stdout=out, stderr=subprocess.STDOUT)
+                                             stdout=out, stderr=subprocess.STDOUT,
+                                             preexec_fn=die_with_parent)
         child.started_at = time.monotonic()
         child.restart_at = None
         pid_dir = self.settings.var_dir / "pids"
@@ -125,6 +130,11 @@ class Supervisor:
 
     def run(self) -> int:
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = lock = InstanceLock(self.settings.var_dir / "up.lock")
+        if not lock.acquire():
+            print(f"another `main.py up` (pid {lock.holder()}) runs this machine with "
+                  f"VAR_DIR={self.settings.var_dir}; stop it first", file=sys.stderr)
+            return 1
         redis_url = self.start_redis()
         self.prepare(redis_url)
         self.plan(redis_url)
@@ -145,13 +155,17 @@ class Supervisor:
         return 0
 
     def tend(self) -> None:
-        if self.redis is not None and not self.redis.alive():
+        now = time.monotonic()
+        if self.redis is not None and not self.redis.alive() and now >= self.redis_retry_at:
             log.warning("redis died, restarting", extra=kv(url=self.redis.url))
             try:
                 self.redis.start()
+                self.redis_failures = 0
             except Exception:
-                log.exception("redis restart failed")
-        now = time.monotonic()
+                pause = RESTART_BACKOFF_S[min(self.redis_failures, len(RESTART_BACKOFF_S) - 1)]
+                self.redis_failures += 1
+                self.redis_retry_at = time.monotonic() + pause
+                log.exception("redis restart failed", extra=kv(retry_in_s=pause))
         for child in self.children:
             if child.process is None or child.process.poll() is None:
                 continue

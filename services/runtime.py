@@ -12,6 +12,8 @@ from constants.services import Service
 from constants.tunables import REDIS_BLOCK_MAX_MS
 from cores.broker import Broker
 from cores.config import ConfigError, Settings
+from cores.logs import kv
+from cores.process import InstanceLock
 
 log = logging.getLogger(__name__)
 
@@ -71,4 +73,22 @@ def run_worker(service: Service, settings: Settings) -> None:
     }
     worker = builders[service](settings, broker_for(settings))
     worker.install_signal_handlers()
-    worker.run()
+    lock = hold_instance_lock(service, settings, worker.stopping)
+    if lock is not None:
+        worker.run()
+        lock.release()
+
+
+def hold_instance_lock(service: Service, settings: Settings, stopping) -> InstanceLock | None:
+    """One process per service and VAR_DIR: a second one waits until the first is gone
+    (two DISPENSE workers would each think the other's vend was interrupted)."""
+    lock = InstanceLock(settings.var_dir / "locks" / f"{service.lower()}.lock")
+    waiting = False
+    while not lock.acquire():
+        if not waiting:
+            log.warning("another instance runs; waiting for it to stop",
+                        extra=kv(service=service, pid=lock.holder()))
+            waiting = True
+        if stopping.wait(1.0):
+            return None
+    return lock

@@ -58,6 +58,12 @@ def test_scripted_kiosk_buys_a_cola_through_main_py_up(up, kiosk):
     assert json.loads(status.stdout)["stock"]["cola"] == stock - 1
 
 
+def test_a_second_up_on_the_same_var_dir_refuses_to_start(up):
+    second = up.main("up")
+    assert second.returncode == 1
+    assert "another `main.py up`" in second.stderr
+
+
 def test_unknown_and_sold_out_drinks_get_error_and_change_nothing(up, kiosk):
     assert up.main("stock", "lemon", "0").returncode == 0
     kiosk.send("SHOW_MENU")

@@ -162,3 +162,28 @@ def test_health_exits_1_without_workers_and_0_with_fresh_heartbeats(redis_server
     well = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=20)
     assert well.returncode == 0, well.stderr
+
+
+def test_a_second_worker_of_the_same_service_waits_for_the_first(redis_server, real_redis,
+                                                                  tmp_path):
+    env = service_env(redis_server.url, tmp_path)
+    cmd = [sys.executable, str(ROOT / "main.py"), "--service", "DISPENSE"]
+    first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    key = "vm:{vm-1}:heartbeat:DISPENSE"
+    deadline = time.monotonic() + 15
+    while real_redis.get(key) is None:
+        assert time.monotonic() < deadline, "no heartbeat"
+        time.sleep(0.05)
+    second = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(2)
+        assert second.poll() is None
+    finally:
+        second.send_signal(signal.SIGTERM)
+        out, _ = second.communicate(timeout=10)
+        first.send_signal(signal.SIGTERM)
+        first.wait(10)
+    assert "another instance runs" in out
+    assert "worker started" not in out
