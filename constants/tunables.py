@@ -38,3 +38,22 @@ NOTIFICATION_MAX_BYTES = 64 * 1024
 #: its charge's own expiry, and then every RECHECK_EVERY_S while the gateway cannot answer.
 RECHECK_AFTER_EXPIRY_S = 60.0
 RECHECK_EVERY_S = 60.0
+
+#: After a failing step, wait this long before the next try (it is logged each time).
+ERROR_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+#: Seconds between refund attempts while the gateway is unreachable.
+REFUND_RETRY_S = 2.0
+
+#: Pause before restarting a child that died, growing while it keeps dying quickly.
+RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+#: A child that lived this long is considered healthy again.
+HEALTHY_AFTER_S = 10.0
+
+#: How often the supervisor looks at its children (process table, not Redis).
+WATCH_INTERVAL_S = 0.2
+
+#: The websocket server's relay retries an unreachable events stream with this backoff.
+RELAY_RETRY_MIN_S = 0.2
+RELAY_RETRY_MAX_S = 5.0

@@ -21,6 +21,7 @@ from pathlib import Path
 import redis
 
 from constants.services import WORKERS, Service
+from constants.tunables import HEALTHY_AFTER_S, RESTART_BACKOFF_S, WATCH_INTERVAL_S
 from cores.config import Settings
 from cores.logs import kv
 from cores.process import InstanceLock, die_with_parent
@@ -29,12 +30,6 @@ from cores.redis_process import RedisProcess, free_port
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parent.parent
-#: Pause before restarting a child that died, growing while it keeps dying quickly.
-RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
-#: A child that lived this long is considered healthy again.
-HEALTHY_AFTER_S = 10.0
-#: How often the supervisor looks at its children (process table, not Redis).
-WATCH_INTERVAL_S = 0.2
 
 
 @dataclass

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from constants.states import RefundOutcome, Sale, State
-from constants.tunables import REFUND_ATTEMPTS
+from constants.tunables import REFUND_ATTEMPTS, REFUND_RETRY_S
 from cores import rules
 from cores.broker import Broker, Order, Snapshot
 from cores.config import Settings
@@ -26,8 +26,6 @@ from services.worker import Worker
 
 log = logging.getLogger(__name__)
 
-#: Seconds between refund attempts while the gateway is unreachable.
-REFUND_RETRY_S = 2.0
 
 
 class DispenseWorker(Worker):

@@ -43,7 +43,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from constants.states import ClientEvent, ErrorCode
-from constants.tunables import CLIENT_FRAME_MAX_BYTES, REDIS_BLOCK_MAX_MS
+from constants.tunables import (
+    CLIENT_FRAME_MAX_BYTES,
+    REDIS_BLOCK_MAX_MS,
+    RELAY_RETRY_MAX_S,
+    RELAY_RETRY_MIN_S,
+)
 from cores.broker import Broker, CommandRefused
 from cores.config import Settings
 from cores.logs import kv
@@ -66,9 +71,6 @@ WS_PATH = "/ws"
 HEALTH_PATH = "/healthz"
 #: Entries read from the events stream per XREAD.
 RELAY_BATCH = 100
-#: The relay's retry delay while Redis is unreachable: doubles from MIN to MAX, with jitter.
-RELAY_RETRY_MIN_S = 0.2
-RELAY_RETRY_MAX_S = 5.0
 #: Close code for a page that keeps flooding (RFC 6455: policy violation).
 CLOSE_POLICY_VIOLATION = 1008
 
@@ -339,7 +341,8 @@ class WebsocketServer:
         if command.event is ClientEvent.SHOW_MENU:
             self.broker.show_menu()
         elif command.event is ClientEvent.ORDER:
-            assert command.drink_id is not None and command.quantity is not None
+            if command.drink_id is None or command.quantity is None:  # parse guarantees both
+                raise CommandRefused(ErrorCode.BAD_VALUES, "ORDER needs id and total")
             self.broker.place_order(command.drink_id, command.quantity)
         elif command.event is ClientEvent.CANCEL:
             self.broker.request_cancel()

@@ -15,14 +15,12 @@ from collections.abc import Callable
 
 import redis
 
-from constants.tunables import HEARTBEAT_TTL_S, REDIS_BLOCK_MAX_MS
+from constants.tunables import ERROR_BACKOFF_S, HEARTBEAT_TTL_S, REDIS_BLOCK_MAX_MS
 from cores.broker import Broker, Snapshot
 from cores.logs import kv
 
 log = logging.getLogger(__name__)
 
-#: After a failing step, wait this long before the next try (it is logged each time).
-ERROR_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
 
 class Worker:
