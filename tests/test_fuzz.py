@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import redis
@@ -77,6 +77,8 @@ fuzz_test = pytest.mark.timeout(TIMEOUT_S)
 PINNED = settings(FUZZ, max_examples=10, phases=[Phase.explicit, Phase.generate])
 
 WAIT_S = 5.0
+#: A page lives shorter than this: the server pings older ones (see Kiosk).
+WATCHER_MAX_AGE_S = 10.0
 MENU = [
     {"id": fz.IN_STOCK, "name": "Cola", "icon": "assets/cola.svg", "price": 7000, "stock": 5},
     {"id": fz.SOLD_OUT, "name": "Iced Tea", "icon": "assets/tea.svg", "price": 6000, "stock": 0},
@@ -149,7 +151,7 @@ class Answer:
         return json.loads(self.body)
 
 
-def exchange(port: int, raw: bytes, *, half_close: bool = True) -> Answer | None:
+def exchange(port: int, raw: bytes) -> Answer | None:
     """Send raw bytes; the first final answer, or None when the server closed without one.
 
     The client's side is shut after sending, so that a server waiting for more body sees the
@@ -158,8 +160,7 @@ def exchange(port: int, raw: bytes, *, half_close: bool = True) -> Answer | None
     with socket.create_connection(("127.0.0.1", port), timeout=WAIT_S) as sock:
         with contextlib.suppress(OSError):  # a server may close before reading everything
             sock.sendall(raw)
-            if half_close:
-                sock.shutdown(socket.SHUT_WR)
+            sock.shutdown(socket.SHUT_WR)
         deadline = time.monotonic() + WAIT_S
         data = b""
         while True:
@@ -268,6 +269,10 @@ class Kiosk:
     machine with one transition and waits until the watcher has seen exactly that frame, so
     no broadcast is in flight when a case starts, and an echo of a case's frames to other
     pages would show up as the watcher's next frame.
+
+    The watcher is replaced every WATCHER_MAX_AGE_S: the server's keepalive ping (every 20 s)
+    draws its payload from the global `random`, and hypothesis fails a test whose strategies
+    see that state move under them.
     """
 
     def __init__(self, server: WebsocketServer, thread: threading.Thread, broker: Broker) -> None:
@@ -276,24 +281,35 @@ class Kiosk:
         self.broker = broker
         self.nonce = 0
         self.watcher: ClientConnection | None = None
+        self._watcher_since = 0.0
+        self._watcher_stack = contextlib.ExitStack()
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.server.port}/ws"
 
     def page(self) -> ClientConnection:
-        """A new page; use it in a `with` block."""
-        return connect(self.url, open_timeout=WAIT_S, close_timeout=1)
+        """A new page; use it in a `with` block. It sends no keepalive pings of its own."""
+        return connect(self.url, open_timeout=WAIT_S, close_timeout=1, ping_interval=None)
 
     @contextlib.contextmanager
     def watching(self) -> Iterator[Kiosk]:
-        with self.page() as watcher:
-            assert recv(watcher) == self.broker.snapshot().frame
-            self.watcher = watcher
+        try:
+            self._new_watcher()
             yield self
+        finally:
+            self._watcher_stack.close()
+
+    def _new_watcher(self) -> None:
+        self._watcher_stack.close()
+        self.watcher = self._watcher_stack.enter_context(self.page())
+        self._watcher_since = time.monotonic()
+        assert recv(self.watcher) == self.broker.snapshot().frame
 
     def put_in(self, state: State) -> None:
         """Move the machine to `state` (an order of its own where the state has one)."""
+        if time.monotonic() - self._watcher_since > WATCHER_MAX_AGE_S:
+            self._new_watcher()
         broker = self.broker
         snap = broker.snapshot()
         self.nonce += 1
@@ -371,6 +387,7 @@ def machine(broker: Broker) -> dict:
         "menu": r.hgetall(broker.menu_key),
         "order": r.hgetall(broker.order_key(snap.order_id)) if snap.order_id else {},
         "operator": r.hgetall(broker.operator_key),
+        "recheck": r.zrange(broker.recheck_key, 0, -1, withscores=True),
     }
 
 
@@ -527,10 +544,7 @@ def test_flooding_page_gets_errors_then_rate_limited_then_1008_and_changes_nothi
     with kiosk.page() as page:
         assert recv(page) == kiosk.broker.snapshot().frame
         for frame in frames:  # all at once, without reading
-            try:
-                send(page, frame)
-            except ConnectionClosed:
-                break
+            send(page, frame)
         for i, frame in enumerate(frames, start=1):
             got = outcome(page, f"flood frame {i}: {frame.label}")
             if i <= LIMIT:
@@ -549,14 +563,6 @@ def test_flooding_page_gets_errors_then_rate_limited_then_1008_and_changes_nothi
 
 
 @pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    sb = Sandbox(port=0)
-    sb.start()
-    yield sb
-    sb.stop()
-
-
-@pytest.fixture
 def receiver(fuzz_broker: Broker, sandbox: Sandbox) -> Iterator[NotificationServer]:
     client = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)
     server = NotificationServer(fuzz_broker, client, LOCAL_SANDBOX_KEY).start()
@@ -572,12 +578,16 @@ def order_on_screen(fuzz_broker: Broker) -> str:
     return fuzz_broker.place_order(fz.IN_STOCK)
 
 
-def wait_handled(receiver: NotificationServer, count_before: int) -> tuple[str, str]:
+def desk_result(receiver: NotificationServer, order_id: str) -> str:
+    """Wait until the desk has worked `order_id` and taken it off the RECHECK set."""
+    broker = receiver.desk.broker
     deadline = time.monotonic() + WAIT_S
-    while len(receiver.desk.handled) <= count_before:
-        assert time.monotonic() < deadline, "a signed notification never reached the desk"
+    while True:
+        results = [r for oid, r in list(receiver.desk.handled) if oid == order_id]
+        if results and broker.redis.zscore(broker.recheck_key, order_id) is None:
+            return results[-1]
+        assert time.monotonic() < deadline, f"the desk never worked {order_id!r}"
         time.sleep(0.005)
-    return receiver.desk.handled[count_before]
 
 
 def notification_port(receiver: NotificationServer) -> int:
@@ -594,21 +604,28 @@ def test_notification_receiver_answers_4xx_json_unless_the_body_is_validly_signe
     ids = st.just(order_on_screen) | fz.notification_text
     unknown = fz.notification_text.filter(lambda oid: oid != order_on_screen)
     case = data.draw(fz.notification_requests(LOCAL_SANDBOX_KEY, ids, unknown))
+    receiver.desk.handled.clear()
     before = machine(fuzz_broker)
-    handled = len(receiver.desk.handled)
     answer = exchange(notification_port(receiver), case.raw)
     assert answer is not None, f"closed without an answer: {case.label} {case.raw[:300]!r}"
     body = answer.json()
     assert body == {"status_code": str(answer.status), "status_message": body["status_message"]}
     assert isinstance(body["status_message"], str) and body["status_message"]
+    after = machine(fuzz_broker)
     if case.may_succeed:
         assert answer.status == 200, (case.label, body, case.raw[:300])
-        # The body decides nothing: the desk reads the order, finds none, and stops there.
-        assert wait_handled(receiver, handled)[1] == "unknown_order"
+        # Accepted: the order goes on the RECHECK set with a hint to the desk, which reads
+        # the order, finds none, and takes it off again. The body itself decides nothing.
+        order_id = json.loads(case.raw.partition(b"\r\n\r\n")[2])["order_id"]
+        assert desk_result(receiver, order_id) == "unknown_order"
+        after = machine(fuzz_broker)
+        hint = fuzz_broker.redis.xrevrange(fuzz_broker.commands_key, count=1)[0][1]
+        assert hint == {"command": "RECHECK", "order_id": order_id}
+        assert after.pop("commands")[0] == before.pop("commands")[0] + 1
     else:
         assert 400 <= answer.status < 500, (case.label, answer.status, body, case.raw[:300])
-        assert len(receiver.desk.handled) == handled and receiver.desk.queue.empty()
-    assert machine(fuzz_broker) == before
+        assert not receiver.desk.handled
+    assert after == before
     errors.check()
 
 
@@ -911,7 +928,10 @@ def test_sandbox_answers_malformed_http_without_crashing_and_keeps_its_ledger(le
         | st.builds(lambda s: "/v2/" + s, fz.path_ids(ledger.known))
         | st.text(
             alphabet="".join(chr(c) for c in range(0x21, 0x7F)), min_size=1, max_size=60
-        ).filter(lambda t: "simulator" not in t)
+        ).filter(
+            # No simulator call, no known transaction: those could legitimately change it.
+            lambda t: "simulator" not in t and not any(k in unquote(t) for k in ledger.known)
+        )
     )
     version = data.draw(
         st.sampled_from(
