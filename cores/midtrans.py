@@ -214,8 +214,11 @@ def verify_signature(body: Mapping[str, Any], server_key: str) -> bool:
     given = body.get("signature_key")
     if not all(isinstance(value, str) for value in fields) or not isinstance(given, str):
         return False
-    expected = signature(*fields, server_key)
-    return hmac.compare_digest(expected.encode(), given.strip().lower().encode("utf-8"))
+    try:
+        expected = signature(*fields, server_key)
+        return hmac.compare_digest(expected.encode(), given.strip().lower().encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate cannot be a genuine Midtrans value
+        return False
 
 
 def refund_idempotency_key(order_id: str, refund_key: str, amount: int) -> str:

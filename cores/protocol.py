@@ -96,7 +96,7 @@ def parse_client_frame(text: str | bytes) -> Command:
     extra = frame.keys() - _TOP_LEVEL_KEYS
     if extra:
         raise ProtocolError(
-            ErrorCode.MALFORMED_FRAME, f"unexpected keys in frame: {', '.join(sorted(extra))}"
+            ErrorCode.MALFORMED_FRAME, f"unexpected keys in frame: {', '.join(sorted(map(ascii, extra)))}"
         )
     event = _client_event(frame.get("event"))
     if event is ClientEvent.ORDER:
@@ -134,7 +134,7 @@ def _order(values: object, present: bool) -> Command:
     extra = values.keys() - _ORDER_KEYS
     if extra:
         raise ProtocolError(
-            ErrorCode.BAD_VALUES, f"unexpected keys in ORDER values: {', '.join(sorted(extra))}"
+            ErrorCode.BAD_VALUES, f"unexpected keys in ORDER values: {', '.join(sorted(map(ascii, extra)))}"
         )
     drink_id = values.get("id")
     if not isinstance(drink_id, str) or not DRINK_ID.fullmatch(drink_id):

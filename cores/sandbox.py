@@ -98,6 +98,8 @@ CONNECTION_TIMEOUT_S = 15.0
 LINGER_S = 1.0
 #: Largest gross_amount accepted, in rupiah.
 MAX_AMOUNT = 999_999_999_999
+#: Objects echoed back (metadata) may nest this deep at most.
+MAX_OBJECT_DEPTH = 10
 ORDER_ID = re.compile(r"^[A-Za-z0-9\-_~.]{1,50}$")
 PAYMENT_TYPES = ("qris", "gopay")
 ACQUIRERS = tuple(qris.GUIDS)
@@ -1242,7 +1244,7 @@ def _validate_charge(data: dict[str, Any]) -> _Charge:
         order_id = details.get("order_id")
         if order_id is None:
             messages.append("transaction_details.order_id is required")
-        elif not isinstance(order_id, str) or not ORDER_ID.match(order_id):
+        elif not isinstance(order_id, str) or not ORDER_ID.fullmatch(order_id):
             messages.append(
                 "transaction_details.order_id must be 1 to 50 letters, digits, '-', '_', '~' or '.'"
             )
@@ -1316,6 +1318,8 @@ def _validate_charge(data: dict[str, Any]) -> _Charge:
     for name in ("customer_details", "gopay", "metadata"):
         if data.get(name) is not None and not isinstance(data[name], dict):
             messages.append(f"{name} must be an object")
+        elif data.get(name) is not None and _depth(data[name]) > MAX_OBJECT_DEPTH:
+            messages.append(f"{name} is nested too deeply")
     if messages:
         raise _invalid(*messages)
     return _Charge(
@@ -1558,3 +1562,11 @@ setInterval(refresh, 2000);
 </script>
 </body></html>
 """
+
+
+def _depth(value: object, limit: int = MAX_OBJECT_DEPTH + 1) -> int:
+    """How deeply `value` nests (counting stops past `limit`, so it never recurses far)."""
+    if limit <= 0 or not isinstance(value, dict | list):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)

@@ -32,6 +32,7 @@ from constants.states import ORDER_STATES, Sale
 from constants.tunables import (
     HEARTBEAT_TTL_S,
     NOTIFICATION_MAX_BYTES,
+    NOTIFICATION_READ_TIMEOUT_S,
     RECHECK_EVERY_S,
     REDIS_BLOCK_MAX_MS,
 )
@@ -178,6 +179,7 @@ class Desk:
 def make_handler(desk: Desk, server_key: str) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        timeout = NOTIFICATION_READ_TIMEOUT_S  # a stalled sender cannot hold a thread
 
         def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
             if self.path.split("?")[0].rstrip("/") not in ("/notification", ""):

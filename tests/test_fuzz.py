@@ -10,9 +10,8 @@ Properties, for every input a client may send:
 - a refused input changes nothing: the machine's state hash, events, sales, commands and
   stock in Redis, or the sandbox's ledger, are as they were.
 
-Inputs that crash a server today are pinned by the xfail(strict=True) tests at the end, each
-naming the defect; the main tests steer clear of those inputs so that they keep guarding the
-rest.
+Inputs that once crashed a server (lone surrogates, a stalled body, an order_id ending in a
+newline, deeply nested metadata) have regression tests of their own at the end.
 
 Profiles: the default runs a few dozen cases per test (the whole file in well under a minute);
 `HYPOTHESIS_PROFILE=long` runs more than ten thousand cases in all. The number of cases run is
@@ -64,7 +63,7 @@ _COMMON = dict(
     print_blob=True,
 )
 settings.register_profile("fuzz", max_examples=25, **_COMMON)
-#: 11 generated tests x 1,000 = 11,000 cases at least (the xfail tests stop at their first).
+#: 11 generated tests x 1,000 = 11,000 cases at least, before the regression tests.
 settings.register_profile("long", max_examples=1000, **_COMMON)
 PROFILE = "long" if os.environ.get("HYPOTHESIS_PROFILE") == "long" else "fuzz"
 # Applied per test rather than loaded globally: the other modules' hypothesis tests keep theirs.
@@ -73,7 +72,7 @@ FUZZ = settings.get_profile(PROFILE)
 TIMEOUT_S = 1800 if PROFILE == "long" else 300
 fuzz_test = pytest.mark.timeout(TIMEOUT_S)
 
-#: Settings of the xfail tests: explicit examples first (they fail at once), no shrinking.
+#: Settings of the regression tests: their explicit examples first, then a few more.
 PINNED = settings(FUZZ, max_examples=10, phases=[Phase.explicit, Phase.generate])
 
 WAIT_S = 5.0
@@ -975,25 +974,18 @@ def test_sandbox_answers_malformed_http_without_crashing_and_keeps_its_ledger(le
     errors.check()
 
 
-# --- known defects, pinned -------------------------------------------------------------------
+# --- defects the fuzzing found (fixed), kept as regressions -------------------------------------------------------------------
 
 surrogates = st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cores/protocol.py copies the page's own keys into the ERROR message ('unexpected "
-    "keys in frame: ...', 'unexpected keys in ORDER values: ...'); a key holding a lone "
-    'surrogate (valid JSON: "\\ud800") cannot be encoded as UTF-8, the send raises inside '
-    "the handler and the page is dropped without a close frame (1006) instead of an ERROR",
-)
 @fuzz_test
 @PINNED
 @given(key=surrogates, order=st.booleans())
 @example(key="\ud800", order=False)
 @example(key="\udfff", order=True)
 def test_frame_whose_keys_hold_lone_surrogates_gets_an_error_frame(kiosk, errors, key, order):
-    count("xfail_surrogate_keys")
+    count("regression_surrogate_keys")
     if order:
         frame = {"event": "ORDER", "values": {"id": "cola", "total": 1, key: 1}}
         code = fz.BAD_VALUES
@@ -1009,12 +1001,6 @@ def test_frame_whose_keys_hold_lone_surrogates_gets_an_error_frame(kiosk, errors
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cores/midtrans.py verify_signature ('never raises') encodes order_id, status_code, "
-    "gross_amount and signature_key as UTF-8; a lone surrogate in any of them (valid JSON) "
-    "raises UnicodeEncodeError, and the receiver drops the connection without an answer",
-)
 @fuzz_test
 @PINNED
 @given(
@@ -1025,7 +1011,7 @@ def test_frame_whose_keys_hold_lone_surrogates_gets_an_error_frame(kiosk, errors
 def test_notification_with_lone_surrogates_gets_a_4xx_answer(
     receiver, fuzz_broker, errors, field, junk
 ):
-    count("xfail_surrogate_notification")
+    count("regression_surrogate_notification")
     body = {
         "order_id": "vm-1-x",
         "status_code": "200",
@@ -1049,16 +1035,10 @@ def test_notification_with_lone_surrogates_gets_a_4xx_answer(
 STALL_BOUND_S = 5.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="services/notification_service.py's handler has no read timeout: a body shorter "
-    "than its Content-Length on a connection left open blocks its thread in rfile.read "
-    "forever (no answer, no close); many such connections pile up threads",
-)
 def test_notification_body_shorter_than_its_content_length_is_answered_or_closed_in_time(
     receiver,
 ):
-    count("xfail_stalled_notification")
+    count("regression_stalled_notification")
     with socket.create_connection(("127.0.0.1", notification_port(receiver))) as sock:
         sock.sendall(b"POST /notification HTTP/1.1\r\nContent-Length: 100\r\n\r\n{}")
         sock.settimeout(STALL_BOUND_S)
@@ -1073,17 +1053,12 @@ def test_notification_body_shorter_than_its_content_length_is_answered_or_closed
             pytest.fail(f"no answer and no close within {STALL_BOUND_S} s")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cores/sandbox.py ORDER_ID ends in '$' and is used with .match(): '$' also "
-    "matches before a final newline, so an order_id such as 'abc\\n' is accepted and charged",
-)
 @fuzz_test
 @PINNED
 @given(order_id=st.text(max_size=52))
 @example(order_id="fuzz\n")
 def test_sandbox_refuses_order_ids_outside_the_midtrans_alphabet(sandbox, errors, order_id):
-    count("xfail_order_id")
+    count("regression_order_id")
     before = sandbox.transactions()
     body = json.dumps(
         {
@@ -1110,20 +1085,13 @@ def ledger_over_http(sandbox: Sandbox) -> list[dict]:
     return ledger
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cores/sandbox.py accepts a charge whose metadata is nested a few hundred levels "
-    "deep, then copies it with copy.deepcopy in _body for every status answer and ledger read: "
-    "RecursionError, so that transaction's status, GET /simulator/transactions and "
-    "Sandbox.transactions() fail (500) from then on",
-)
 @fuzz_test
 @PINNED
 @given(share=st.floats(0.01, 1.0))
 @example(share=0.7)
 @example(share=0.9)
 def test_sandbox_charge_it_accepts_can_be_read_back(sandbox, errors, share):
-    count("xfail_deep_metadata")
+    count("regression_deep_metadata")
     # Nesting relative to the recursion limit in force (hypothesis raises it while a test
     # runs): JSON parsing takes one level of it per level of nesting, a copy takes two.
     depth = max(1, int(share * sys.getrecursionlimit()))
