@@ -186,6 +186,13 @@ def decide_after_close(paid: Paid | None, reason: FailReason | None, closing_rea
     return Decision(Step.CLOSE, closing_reason, at=now + CLOSE_RETRY_S)
 
 
+def stop_closing(now: float, gateway_expiry: float | None, grace_s: float) -> bool:
+    """Give up confirming a cancel: the gateway has not answered, and the charge's own expiry
+    (plus a grace) has passed, so its QR can no longer be paid (money rule 3). The order is
+    then failed with a recheck, and a late settlement is refunded (money rule 4)."""
+    return gateway_expiry is not None and now >= gateway_expiry + grace_s
+
+
 # --- dispensing ------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from constants.states import FailReason, State
-from constants.tunables import RECHECK_EVERY_S
+from constants.tunables import RECHECK_AFTER_EXPIRY_S, RECHECK_EVERY_S
 from cores import rules
 from cores.broker import Broker, Order, Snapshot
 from cores.config import Settings
@@ -93,9 +93,16 @@ class OrderCreatedWorker(Worker):
             self.show_closing(order, reason)
         decision, txn = payment.close_at_gateway(self.client, order, reason, self.clock())
         if decision.step is Step.CLOSE:
+            now = self.clock()
+            if rules.stop_closing(now, order.number("gateway_expiry"), RECHECK_AFTER_EXPIRY_S):
+                log.warning("gateway silent past the charge's expiry; order closed, recheck "
+                            "scheduled", extra=kv(order_id=order.order_id))
+                payment.fail(self.broker, order, FailReason.GATEWAY_UNREACHABLE,
+                             State.ORDER_CREATED, recheck_at=now)
+                return None
             log.warning("close not confirmed, will retry",
                         extra=kv(order_id=order.order_id, reason=reason))
-            self.watch.next_check = decision.at or self.clock()
+            self.watch.next_check = decision.at or now
             return decision.at
         # No transaction at the gateway (404): nothing can be paid, but look once more later.
         recheck_at = self.clock() + RECHECK_EVERY_S if txn is None else None

@@ -112,6 +112,8 @@ class OrderWorker(Worker):
             sale={"kind": Sale.CHARGED, "amount": order.amount,
                   "transaction_id": txn.transaction_id, "payment_type": txn.payment_type},
             order_fields={"transaction_id": txn.transaction_id, "expires_at": expires_at,
+                          "gateway_expiry": txn.expiry_epoch or self.clock() + 60
+                          * rules.charge_expiry_minutes(self.settings.payment_deadline_s),
                           "qr_string": txn.qr_string or "", "frame_values": values})
 
     def close(self, order: Order, reason: FailReason) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -272,5 +273,25 @@ def test_menu_returns_to_idle_after_inactivity(real_redis, sandbox, settings):
         m.broker.show_menu()
         wait_state(m.broker, State.SHOW_MENU)
         wait_state(m.broker, State.IDLE, timeout_s=5)
+    finally:
+        m.stop()
+
+
+def test_a_gateway_silent_past_the_charge_expiry_ends_the_order_with_a_recheck(
+        real_redis, sandbox, settings):
+    m = Machine(real_redis, sandbox, settings)
+    m.start(OrderWorker)
+    try:
+        order_id = m.order()
+        m.stop()
+        sandbox.set_faults(DROP_RATE=1)  # every gateway call is lost
+        expiry = float(m.broker.order(order_id).get("gateway_expiry"))
+        late = OrderCreatedWorker(m.broker, m.client, m.settings,
+                                  clock=lambda: time.time() + (expiry - time.time()) + 3600)
+        late.run_until(lambda: m.broker.snapshot().state == State.PAYMENT_FAILED, 30)
+        snap = m.broker.snapshot()
+        assert snap.state == State.PAYMENT_FAILED
+        assert snap.frame["values"]["reason"] == FailReason.GATEWAY_UNREACHABLE
+        assert m.broker.redis.zscore(m.broker.recheck_key, order_id) is not None
     finally:
         m.stop()

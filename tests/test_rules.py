@@ -30,6 +30,7 @@ from cores.rules import (
     poll_delay,
     refund_key,
     screen_deadline,
+    stop_closing,
     wrong_state,
 )
 
@@ -415,3 +416,9 @@ def test_refund_key_is_the_same_for_the_same_order():
 def test_refund_keys_of_different_orders_differ():
     assert refund_key("vm-1-a") != refund_key("vm-1-b")
     assert refund_key("vm-1-a").startswith("vm-1-a")
+
+
+def test_closing_is_given_up_only_past_the_charge_expiry_plus_grace():
+    assert not stop_closing(1000.0, None, 60)  # expiry unknown: never
+    assert not stop_closing(1000.0, 950.0, 60)
+    assert stop_closing(1010.0, 950.0, 60)
