@@ -35,7 +35,7 @@ REFUND_ATTEMPTS = 5
 #: Notification receiver: largest body accepted.
 NOTIFICATION_MAX_BYTES = 64 * 1024
 #: Notification receiver: a connection silent this long is closed.
-NOTIFICATION_READ_TIMEOUT_S = 5.0
+NOTIFICATION_READ_TIMEOUT_S = 2.0
 #: A closed order whose charge could not be confirmed cancelled is read again this long after
 #: its charge's own expiry, and then every RECHECK_EVERY_S while the gateway cannot answer.
 RECHECK_AFTER_EXPIRY_S = 60.0

@@ -30,18 +30,17 @@ import redis
 from constants.services import Service
 from constants.states import ORDER_STATES, Sale
 from constants.tunables import (
-    HEARTBEAT_TTL_S,
     NOTIFICATION_MAX_BYTES,
     NOTIFICATION_READ_TIMEOUT_S,
     RECHECK_EVERY_S,
-    REDIS_BLOCK_MAX_MS,
 )
 from cores import rules
-from cores.broker import Broker
+from cores.broker import Broker, Snapshot
 from cores.config import Settings
 from cores.logs import kv
 from cores.midtrans import GatewayRefused, MidtransClient, MidtransError, verify_signature
 from cores.rules import Paid
+from services.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -127,45 +126,28 @@ class LatePayments:
         return DEFERRED
 
 
-class Desk:
-    """One thread that works the RECHECK set: order_ids from notifications (due at once) and
+class Desk(Worker):
+    """The worker that works the RECHECK set: order_ids from notifications (due at once) and
     from orders closed while money could still move (due later).
 
     The set is the queue, in Redis: an order stays in it until it is settled for good, so a
     crash or a Redis outage loses nothing. Taking an order pushes its time forward (a lease);
-    a final result removes it.
+    a final result removes it. The loop, heartbeat and error handling are the workers'.
     """
 
+    service = Service.NOTIFICATION
+
     def __init__(self, late: LatePayments, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(late.broker, clock)
         self.late = late
-        self.broker = late.broker
-        self.clock = clock
-        self.stopping = threading.Event()
         #: The latest results, for logs and tests.
         self.handled: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)
 
-    def run(self) -> None:
-        cursor: dict[str, str] | None = None
-        last_beat = 0.0
-        while not self.stopping.is_set():
-            try:
-                if cursor is None:
-                    cursor = self.broker.cursor()
-                now = self.clock()
-                if now - last_beat >= HEARTBEAT_TTL_S / 3:
-                    self.broker.heartbeat(Service.NOTIFICATION, HEARTBEAT_TTL_S)
-                    last_beat = now
-                due, nxt = self.broker.rechecks_due(now)
-                for order_id in due:
-                    self.work(order_id)
-                wait = REDIS_BLOCK_MAX_MS / 1000
-                if nxt is not None:
-                    wait = min(wait, max(0.0, nxt - self.clock()))
-                cursor, _ = self.broker.wait(cursor, wait)
-            except Exception:  # a Redis outage or a bug must not end the desk
-                log.exception("late-payment desk failed, retrying")
-                cursor = None
-                self.stopping.wait(1.0)
+    def step(self, snap: Snapshot, entries: list) -> float | None:
+        due, nxt = self.broker.rechecks_due(self.clock())
+        for order_id in due:
+            self.work(order_id)
+        return nxt
 
     def work(self, order_id: str) -> None:
         self.broker.schedule_recheck(order_id, self.clock() + RECHECK_EVERY_S, wake=False)
@@ -249,7 +231,7 @@ class NotificationServer:
         return self
 
     def stop(self) -> None:
-        self.desk.stopping.set()
+        self.desk.request_stop()
         self.http.shutdown()
         self.http.server_close()
         for thread in self.threads:
