@@ -20,6 +20,7 @@ import requests
 import websocket
 
 from cores.broker import Broker
+from cores.process import die_with_parent
 from cores.redis_process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,7 @@ class Launched:
             env=self.env,
             stdout=self.out,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,  # a killed soak or test leaves no machine behind
         )
         self.sandbox = f"http://127.0.0.1:{self.sandbox_port}"
         self.ws_url = f"ws://127.0.0.1:{self.ws_port}/ws"
