@@ -199,6 +199,10 @@ def make_handler(desk: Desk, server_key: str) -> type[BaseHTTPRequestHandler]:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if status >= HTTPStatus.BAD_REQUEST:
+                # The body may be unread: never parse its rest as a next request.
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(data)
 
