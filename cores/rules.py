@@ -193,6 +193,50 @@ def stop_closing(now: float, gateway_expiry: float | None, grace_s: float) -> bo
     return gateway_expiry is not None and now >= gateway_expiry + grace_s
 
 
+# --- late payments (money rule 4) -----------------------------------------------------------
+
+
+class Late(Enum):
+    """What a notification or a recheck means for an order, before any gateway call."""
+
+    WAKE_WORKER = "woke_worker"  # the order is on screen: its worker reads the status
+    NOTHING = "nothing_to_do"  # paid and vended, or refunded on its own path
+    SETTLED = "already_settled"  # a late payment already refunded, or owed
+    READ_STATUS = "read_status"  # closed as failed: did money move after all?
+
+
+def late_triage(on_screen: bool, outcome: str | None, late: str | None) -> Late:
+    if on_screen:
+        return Late.WAKE_WORKER
+    if not (outcome or "").startswith("failed:"):
+        return Late.NOTHING
+    if late in ("refunded", "owed"):
+        return Late.SETTLED
+    return Late.READ_STATUS
+
+
+class LateStatus(Enum):
+    """What the gateway's status of a closed order asks for."""
+
+    REFUND = "refund"  # settled after the order was closed: refund what was paid
+    RECORD_REFUNDED = "record_refunded"  # our refund went through, its answer was lost
+    PENDING = "pending"  # look again later
+    UNPAID = "unpaid"  # nothing moved: done
+
+
+def late_status(late: str | None, transaction_status: str, fraud_status: str | None,
+                paid_amount: int | None, order_amount: int) -> LateStatus:
+    status = transaction_status.lower()
+    if late == "pending" and status in ("refund", "partial_refund"):
+        return LateStatus.RECORD_REFUNDED
+    paid, _ = judge_payment(status, fraud_status, paid_amount, order_amount)
+    if paid is Paid.PENDING:
+        return LateStatus.PENDING
+    if paid is Paid.UNPAID:
+        return LateStatus.UNPAID
+    return LateStatus.REFUND  # paid, of the right amount or not: it was not vended
+
+
 # --- dispensing ------------------------------------------------------------------------------
 
 

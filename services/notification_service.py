@@ -39,7 +39,7 @@ from cores.broker import Broker, Snapshot
 from cores.config import Settings
 from cores.logs import kv
 from cores.midtrans import GatewayRefused, MidtransClient, MidtransError, verify_signature
-from cores.rules import Paid
+from cores.rules import Late, LateStatus
 from services.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,12 @@ class LatePayments:
         order = self.broker.order(order_id)
         if order is None:
             return "unknown_order"
-        if snap.order_id == order_id and snap.state in ORDER_STATES:
-            self.broker.wake("CHECK", order_id)  # the watching worker re-reads the status
-            return "woke_worker"
-        outcome = order.get("outcome") or ""
-        if not outcome.startswith("failed:"):
-            return "nothing_to_do"  # paid and dispensed, or refunded on its own path
-        if order.get("late") in ("refunded", "owed"):
-            return "already_settled"
+        on_screen = snap.order_id == order_id and snap.state in ORDER_STATES
+        triage = rules.late_triage(on_screen, order.get("outcome"), order.get("late"))
+        if triage is Late.WAKE_WORKER:
+            self.broker.wake("CHECK", order_id)
+        if triage is not Late.READ_STATUS:
+            return triage.value
         try:
             txn = self.client.status(order_id)
         except GatewayRefused as exc:
@@ -81,14 +79,13 @@ class LatePayments:
             return self._again(order_id, f"status refused {exc.code}")
         except MidtransError as exc:
             return self._again(order_id, str(exc))
-        if order.get("late") == "pending" and txn.is_refunded:
-            # Our refund went through but its answer was lost last time: record it now.
+        verdict = rules.late_status(order.get("late"), txn.transaction_status,
+                                    txn.fraud_status, txn.amount_idr, order.amount)
+        if verdict is LateStatus.RECORD_REFUNDED:
             return self._refunded(order_id, txn.amount_idr)
-        paid, _ = rules.judge_payment(txn.transaction_status, txn.fraud_status,
-                                      txn.amount_idr, order.amount)
-        if paid is Paid.PENDING:
+        if verdict is LateStatus.PENDING:
             return self._again(order_id, "still pending")
-        if paid is Paid.UNPAID:
+        if verdict is LateStatus.UNPAID:
             return "unpaid"
         # Settled after the order was closed: the customer paid and got nothing.
         if order.get("late") != "pending":

@@ -16,6 +16,8 @@ from constants.tunables import (
 from cores.rules import (
     SHOW_MENU_MOVES,
     Decision,
+    Late,
+    LateStatus,
     Paid,
     Refusal,
     Step,
@@ -27,6 +29,8 @@ from cores.rules import (
     decide_payment,
     judge_payment,
     kiosk_deadline,
+    late_status,
+    late_triage,
     poll_delay,
     refund_key,
     screen_deadline,
@@ -422,3 +426,36 @@ def test_closing_is_given_up_only_past_the_charge_expiry_plus_grace():
     assert not stop_closing(1000.0, None, 60)  # expiry unknown: never
     assert not stop_closing(1000.0, 950.0, 60)
     assert stop_closing(1010.0, 950.0, 60)
+
+
+@pytest.mark.parametrize(("on_screen", "outcome", "late", "expected"), [
+    (True, None, None, Late.WAKE_WORKER),
+    (True, "failed:timeout", None, Late.WAKE_WORKER),
+    (False, None, None, Late.NOTHING),
+    (False, "dispensed", None, Late.NOTHING),
+    (False, "dispense_failed:refunded", None, Late.NOTHING),
+    (False, "failed:cancelled", None, Late.READ_STATUS),
+    (False, "failed:amount_mismatch", "pending", Late.READ_STATUS),
+    (False, "failed:cancelled", "refunded", Late.SETTLED),
+    (False, "failed:cancelled", "owed", Late.SETTLED),
+])
+def test_late_triage_reads_the_gateway_only_for_orders_closed_as_failed(on_screen, outcome,
+                                                                       late, expected):
+    assert late_triage(on_screen, outcome, late) is expected
+
+
+@pytest.mark.parametrize(("late", "status", "fraud", "paid", "expected"), [
+    (None, "settlement", None, 7000, LateStatus.REFUND),
+    (None, "settlement", None, 6000, LateStatus.REFUND),  # wrong amount: still refunded
+    (None, "capture", "accept", 7000, LateStatus.REFUND),
+    (None, "capture", "challenge", 7000, LateStatus.PENDING),
+    (None, "pending", None, 7000, LateStatus.PENDING),
+    (None, "cancel", None, 7000, LateStatus.UNPAID),
+    (None, "expire", None, 7000, LateStatus.UNPAID),
+    ("pending", "refund", None, 7000, LateStatus.RECORD_REFUNDED),
+    ("pending", "partial_refund", None, 7000, LateStatus.RECORD_REFUNDED),
+    ("pending", "settlement", None, 7000, LateStatus.REFUND),  # re-send the same refund
+])
+def test_late_status_refunds_any_settlement_of_a_closed_order(late, status, fraud, paid,
+                                                              expected):
+    assert late_status(late, status, fraud, paid, 7000) is expected
