@@ -110,6 +110,12 @@ def bare_reader_latency(client: redis.Redis, n: int) -> list[float]:
     return got
 
 
+def to_idle(broker: Broker) -> None:
+    """Whatever the state, back to IDLE (a benchmark's reset, not a kiosk command)."""
+    broker.transition(State.IDLE, from_states=tuple(State), order_id=broker.snapshot().order_id,
+                      new_order_id=None, values={})
+
+
 class Stamp(Worker):
     service = "BENCH"
 
@@ -130,13 +136,7 @@ def bench_worker_wake(broker: Broker, base: list[float], n: int) -> None:
     time.sleep(0.3)
     ours = []
     for i in range(n):
-        broker.transition(
-            State.IDLE,
-            from_states=tuple(State),
-            order_id=broker.snapshot().order_id,
-            new_order_id=None,
-            values={},
-        )
+        to_idle(broker)
         time.sleep(0.002)
         start = time.perf_counter()
         broker.transition(
@@ -170,13 +170,7 @@ def bench_event_to_page(client: redis.Redis, broker: Broker, base: list[float], 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     ready.wait(10)
-    broker.transition(
-        State.IDLE,
-        from_states=tuple(State),
-        order_id=broker.snapshot().order_id,
-        new_order_id=None,
-        values={},
-    )
+    to_idle(broker)
     page = websocket.create_connection(f"ws://127.0.0.1:{ports[0]}/ws", timeout=5)
     page.recv()
     ours = []
