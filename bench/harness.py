@@ -21,7 +21,7 @@ import websocket
 
 from cores.broker import Broker
 from cores.process import die_with_parent
-from cores.redis_process import free_port
+from cores.redis_process import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,7 +32,7 @@ class Launched:
     def __init__(self, folder: Path, **env: str) -> None:
         self.folder = Path(folder)
         self.var = self.folder / "var"
-        self.ws_port, self.sandbox_port, self.notify_port = free_port(), free_port(), free_port()
+        self.ws_port, self.sandbox_port, self.notify_port = free_ports(3)
         self.env = {
             k: v
             for k, v in os.environ.items()
@@ -64,7 +64,12 @@ class Launched:
         self.sandbox = f"http://127.0.0.1:{self.sandbox_port}"
         self.ws_url = f"ws://127.0.0.1:{self.ws_port}/ws"
         self.http = requests.Session()
-        self.wait_ready()
+        self.redis: redis.Redis | None = None
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()  # leave no machine, no open file behind
+            raise
         url = (self.var / "redis.url").read_text().strip()
         self.redis = redis.Redis.from_url(
             url, decode_responses=True, socket_timeout=10, retry_on_timeout=True
@@ -175,7 +180,8 @@ class Launched:
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait()
-        self.redis.close()
+        if self.redis is not None:
+            self.redis.close()
         self.http.close()
         self.out.close()
         return code

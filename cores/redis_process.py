@@ -34,10 +34,28 @@ def find_binary() -> str | None:
     return path if path and Path(path).exists() else None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+def free_ports(count: int, host: str = "127.0.0.1", exclude: frozenset[int] = frozenset()
+               ) -> list[int]:
+    """`count` distinct ports free now (held open together, so no two are the same), none
+    of them in `exclude` (ports already promised to other servers)."""
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            sock = socket.socket()
+            held.append(sock)
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+            if port not in exclude:
+                ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    return ports
+
+
+def free_port(host: str = "127.0.0.1", exclude: frozenset[int] = frozenset()) -> int:
+    return free_ports(1, host, exclude)[0]
 
 
 class RedisProcess:

@@ -63,12 +63,18 @@ class Supervisor:
         if self.settings.redis_url:
             return self.settings.redis_url
         data_dir = self.settings.var_dir / "redis"
-        port = _previous_port(self.settings.redis_url_file) or free_port()
+        # Never a port promised to the machine's own servers, which bind it a moment later.
+        taken = frozenset({self.settings.ws_port, self.settings.sandbox_port,
+                           self.settings.notification_port})
+        port = _previous_port(self.settings.redis_url_file)
+        if port is None or port in taken:
+            port = free_port(exclude=taken)
         self.redis = RedisProcess(data_dir, port=port, appendonly=True)
         try:
             self.redis.start()
         except Exception:
-            self.redis = RedisProcess(data_dir, port=free_port(), appendonly=True).start()
+            self.redis = RedisProcess(data_dir, port=free_port(exclude=taken),
+                                      appendonly=True).start()
         self.settings.redis_url_file.parent.mkdir(parents=True, exist_ok=True)
         self.settings.redis_url_file.write_text(self.redis.url + "\n", encoding="utf-8")
         log.info("redis started", extra=kv(url=self.redis.url, binary=self.redis.binary,
