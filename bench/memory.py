@@ -61,7 +61,6 @@ def one_order(broker: Broker) -> dict:
             sale=None if sale is None else {"kind": sale, "amount": 7000},
             order_fields={
                 "transaction_id": "0d8178e1-aaaa-bbbb-cccc-1234",
-                "qr_string": QR,
                 "frame_values": created,
             },
         )

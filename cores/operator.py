@@ -23,7 +23,7 @@ def status(broker: Broker) -> dict:
         "since": snap.since,
         "order": None if order is None else {
             k: v for k, v in order.fields.items()
-            if k not in ("idempotency_key", "frame_values", "qr_string")},
+            if k not in ("idempotency_key", "frame_values")},
         "stock": broker.stock(),
         "operator_queue": list(broker.operator_queue().values()),
         "heartbeat_age_s": beats,

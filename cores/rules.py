@@ -246,7 +246,6 @@ class Vend(Enum):
     VENDED = "vended"
     FAILED = "failed"
     UNKNOWN = "unknown"  # started, outcome not recorded: only a person can tell
-    NOT_STARTED = "not_started"
 
 
 def after_vend(vend: Vend) -> tuple[State, bool, RefundOutcome | None]:

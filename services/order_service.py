@@ -114,7 +114,7 @@ class OrderWorker(Worker):
             order_fields={"transaction_id": txn.transaction_id, "expires_at": expires_at,
                           "gateway_expiry": txn.expiry_epoch or self.clock() + 60
                           * rules.charge_expiry_minutes(self.settings.payment_deadline_s),
-                          "qr_string": txn.qr_string or "", "frame_values": values})
+                          "frame_values": values})
 
     def close(self, order: Order, reason: FailReason) -> None:
         decision, txn = payment.close_at_gateway(self.client, order, reason, self.clock())

@@ -48,7 +48,7 @@ def read_payment(client: MidtransClient, order: Order, *, closing: bool = False
         log.warning("status unreadable", extra=kv(order_id=order.order_id, error=str(exc)))
         return None, None, None
     paid, reason = rules.judge_payment(txn.transaction_status, txn.fraud_status,
-                                       _amount(txn), order.amount)
+                                       txn.amount_idr, order.amount)
     return paid, reason, txn
 
 
@@ -116,9 +116,3 @@ def act(broker: Broker, order: Order, decision: Decision, txn: Transaction | Non
                     recheck_at=recheck_at)
     raise ValueError(f"not a final decision: {decision}")
 
-
-def _amount(txn: Transaction) -> int | None:
-    try:
-        return txn.amount_idr
-    except (TypeError, ValueError):
-        return None
