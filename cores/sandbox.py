@@ -557,7 +557,7 @@ class Sandbox:
         with self._lock:
             self._expire_due(self._clock())
 
-    def _pending(self, ident: str) -> tuple[_Txn, float]:
+    def _pending_txn(self, ident: str) -> tuple[_Txn, float]:
         """The pending transaction `ident` and the time now (call with the lock held);
         404 when unknown, 412 when it is no longer pending."""
         now = self._clock()
@@ -569,7 +569,7 @@ class Sandbox:
 
     def _settle(self, ident: str, status: str) -> dict[str, Any]:
         with self._lock:
-            txn, now = self._pending(ident)
+            txn, now = self._pending_txn(ident)
             if status == "settlement":
                 txn.paid_at = now
                 # A GoPay QR scanned by any QRIS app settles as qris (shared/midtrans.md).
@@ -1031,7 +1031,7 @@ class Sandbox:
     def _cancel_or_expire(self, req: _Request, key: str, ident: str, action: str) -> _Reply:
         parsed, problem = _try_json(req.body)
         with self._lock:
-            txn, now = self._pending(ident)
+            txn, now = self._pending_txn(ident)
             if problem is not None or not isinstance(parsed, dict | None):
                 raise _invalid(problem or "request body must be a JSON object")
             if action == "cancel":
