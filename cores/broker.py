@@ -146,6 +146,16 @@ class Broker:
         last = self.redis.xrevrange(self.events_key, count=1)
         return last[0][0] if last else "0-0"
 
+    def read_events(self, last_id: str, block_ms: int, count: int = 100
+                    ) -> list[tuple[str, dict]]:
+        """Entries of the events stream after `last_id`, blocking up to `block_ms` for one."""
+        answer = self.redis.xread({self.events_key: last_id}, count=count, block=block_ms)
+        if not answer:
+            return []
+        if isinstance(answer, dict):  # RESP3
+            return list(answer.get(self.events_key, [[]])[0])
+        return [entry for _, entries in answer for entry in entries]
+
     # --- set-up and operator ----------------------------------------------------------------
 
     def ensure_ready(self, drinks: Iterable[Mapping[str, Any]]) -> None:
