@@ -1,7 +1,9 @@
 """A small Midtrans Core API client: timeouts on every call, deliberate retries, typed errors.
 
 The subset and its quirks are described in shared/midtrans.md: charge (qris, gopay), status,
-cancel, expire, refund, and the SHA-512 signature of notifications. The official
+cancel, expire, refund. The wire facts this client shares with the local sandbox (times,
+amounts, the SHA-512 signature, status codes) live in `cores/midtrans_wire.py`; `signature`,
+`verify_signature`, `JAKARTA` and the status sets are re-exported here. The official
 `midtransclient` is not used: it has no timeouts, no retries, no Idempotency-Key and no
 configurable base URL.
 
@@ -56,15 +58,12 @@ of attempts and the elapsed milliseconds; never the server key.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -81,6 +80,18 @@ from constants.tunables import (
     HTTP_RETRY_BUDGET_S,
 )
 from cores.logs import kv
+from cores.midtrans_wire import (
+    FINAL_UNPAID_STATUSES,
+    IDEMPOTENCY_KEY_MAX_LEN,
+    JAKARTA,
+    PAID_STATUSES,
+    REFUNDED_STATUSES,
+    STATUS_READ_CODES,
+    amount_text,
+    jakarta_epoch,
+    signature,
+    verify_signature,
+)
 
 if TYPE_CHECKING:
     from cores.config import Settings
@@ -104,18 +115,8 @@ __all__ = [
     "verify_signature",
 ]
 
-#: Midtrans writes times as "YYYY-MM-DD HH:MM:SS" in Jakarta time (WIB, UTC+7), no zone suffix.
-JAKARTA = timezone(timedelta(hours=7), "WIB")
-#: transaction_status values meaning the money arrived ("capture" only with fraud_status accept).
-PAID_STATUSES = frozenset({"settlement", "capture"})
-#: transaction_status values meaning the order is over and was not paid.
-FINAL_UNPAID_STATUSES = frozenset({"deny", "cancel", "expire", "failure"})
-#: Idempotency-Key: at most 46 characters (shared/midtrans.md).
-IDEMPOTENCY_KEY_MAX_LEN = 46
-
 # Success status_code values per call (shared/midtrans.md, "Status codes").
 _CHARGE_OK = frozenset({"200", "201", "202"})
-_STATUS_OK = frozenset({"200", "201", "202", "407"})
 _CANCEL_OK = frozenset({"200"})
 _EXPIRE_OK = frozenset({"407", "200"})
 _REFUND_OK = frozenset({"200"})
@@ -193,32 +194,7 @@ class MalformedAnswer(MidtransError):
 
 
 # --------------------------------------------------------------------------------------------
-# Signatures
-
-
-def signature(order_id: str, status_code: str, gross_amount: str, server_key: str) -> str:
-    """Lowercase hex SHA-512 of the plain concatenation, as Midtrans signs its notifications."""
-    text = order_id + status_code + gross_amount + server_key
-    return hashlib.sha512(text.encode("utf-8")).hexdigest()
-
-
-def verify_signature(body: Mapping[str, Any], server_key: str) -> bool:
-    """True when `body["signature_key"]` is the signature of its own fields; never raises.
-
-    The fields must be the exact strings Midtrans sent (gross_amount "7000.00", not a number):
-    a missing or mistyped field, or an empty server key, is a failed verification.
-    """
-    if not isinstance(body, Mapping) or not isinstance(server_key, str) or not server_key:
-        return False
-    fields = [body.get(name) for name in ("order_id", "status_code", "gross_amount")]
-    given = body.get("signature_key")
-    if not all(isinstance(value, str) for value in fields) or not isinstance(given, str):
-        return False
-    try:
-        expected = signature(*fields, server_key)
-        return hmac.compare_digest(expected.encode(), given.strip().lower().encode("utf-8"))
-    except UnicodeEncodeError:  # a lone surrogate cannot be a genuine Midtrans value
-        return False
+# Idempotency keys
 
 
 def refund_idempotency_key(order_id: str, refund_key: str, amount: int) -> str:
@@ -310,7 +286,7 @@ class Transaction:
     @property
     def is_refunded(self) -> bool:
         """Paid, then refunded in whole or in part."""
-        return self.transaction_status in ("refund", "partial_refund")
+        return self.transaction_status in REFUNDED_STATUSES
 
     @property
     def qr_image_url(self) -> str | None:
@@ -321,15 +297,7 @@ class Transaction:
     def expiry_epoch(self) -> int | None:
         """expiry_time (Jakarta time when it has no zone) as Unix seconds; None when absent
         or unreadable (Midtrans does not promise the field)."""
-        if not self.expiry_time:
-            return None
-        try:
-            moment = datetime.fromisoformat(self.expiry_time.strip())
-        except ValueError:
-            return None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=JAKARTA)
-        return int(moment.timestamp())
+        return jakarta_epoch(self.expiry_time) if self.expiry_time else None
 
 
 def _text(body: dict[str, Any], name: str, *, required: bool) -> str:
@@ -367,7 +335,7 @@ def _amount_text(body: dict[str, Any], name: str, *, required: bool) -> str | No
         raise MalformedAnswer(f"answer field {name} is not an amount: {value!r}") from None
     if not amount.is_finite() or amount < 0 or amount != amount.to_integral_value():
         raise MalformedAnswer(f"answer field {name} is not whole rupiah: {value!r}")
-    return value if isinstance(value, str) else f"{amount:.2f}"
+    return value if isinstance(value, str) else amount_text(amount)
 
 
 def _actions(body: dict[str, Any]) -> dict[str, str]:
@@ -512,7 +480,7 @@ class MidtransClient:
 
     def status(self, order_id: str) -> Transaction:
         """GET /v2/{order_id}/status. Unknown order: GatewayRefused code "404"."""
-        return self._call("status", "GET", _path(order_id, "status"), order_id, _STATUS_OK)
+        return self._call("status", "GET", _path(order_id, "status"), order_id, STATUS_READ_CODES)
 
     def cancel(self, order_id: str) -> Transaction:
         """POST /v2/{order_id}/cancel of a pending transaction. Not pending (or cancelled by
