@@ -1,12 +1,14 @@
 """Checks of the kiosk page (web/) and menu.json that need no browser.
 
-The QR encoder (web/qr.js) and the page's pure helpers (web/kiosk.js) are run under Node and
-compared with segno and with the names in constants/states.py. Without Node those tests skip
-on a laptop and fail in CI (CI=true), like the other tests that need a tool.
+The payment QR (web/kiosk.js over the vendored qrcode-generator) and the page's pure helpers
+(web/kiosk.js) are run under Node and compared with segno and with the names in
+constants/states.py. Without Node those tests skip on a laptop and fail in CI (CI=true), like
+the other tests that need a tool.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -27,7 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
 NODE = shutil.which("node")
 IN_CI = os.environ.get("CI", "").lower() == "true"
-SCRIPTS = ("kiosk.js", "qr.js")
+QR_LIBRARY = "vendor/qrcode-generator/qrcode.js"
+SCRIPTS = ("kiosk.js", QR_LIBRARY)
 
 EXPECTED_MENU = [
     ("cola", "Cola", 7000),
@@ -50,7 +53,7 @@ def need_node() -> str:
     if NODE:
         return NODE
     if IN_CI:
-        pytest.fail("required in CI: node, to run web/qr.js and web/kiosk.js")
+        pytest.fail("required in CI: node, to run web/kiosk.js and its QR library")
     pytest.skip("node is not installed")
 
 
@@ -70,34 +73,55 @@ def run_node(script: str, payload: Any) -> Any:
     return json.loads(done.stdout)
 
 
-def qr_js(texts: list[str], mask: int | None = None) -> list[dict[str, Any]]:
-    script = """
-const QR = require('./web/qr.js');
-const out = input.texts.map((t) => {
-  const code = QR.encode(t, input.mask === null ? {} : {mask: input.mask});
-  return {version: code.version, mask: code.mask, rows: code.modules.map((r) => r.join(''))};
-});
+def qr_js(texts: list[str]) -> list[dict[str, Any]]:
+    """The symbols kiosk.js draws for `texts` (qrModules with the vendored library)."""
+    script = f"""
+const k = require('./web/kiosk.js');
+const qrcode = require('./web/{QR_LIBRARY}');
+const out = input.texts.map((t) => {{
+  const rows = k.qrModules(qrcode, t).map((r) => r.map((dark) => (dark ? '1' : '0')).join(''));
+  return {{version: (rows.length - 17) / 4, rows: rows}};
+}});
 process.stdout.write(JSON.stringify(out));
 """
-    return run_node(script, {"texts": texts, "mask": mask})
+    return run_node(script, {"texts": texts})
 
 
-def segno_rows(text: str, version: int | None = None, mask: int | None = None) -> dict[str, Any]:
-    code = segno.make(
-        text, error="m", mode="byte", boost_error=False, micro=False, version=version, mask=mask
-    )
+def mask_at_level_m(rows: list[str]) -> int:
+    """The mask named by the format information next to the top-left finder (ISO/IEC 18004
+    7.9: bits 14-7 along row 8, bits 6-0 up column 8, as segno places them); fails unless the
+    error correction level it names is M."""
+    bits = [rows[8][col] for col in (0, 1, 2, 3, 4, 5, 7, 8)]
+    bits += [rows[row][8] for row in (7, 5, 4, 3, 2, 1, 0)]
+    fmt = segno_consts.FORMAT_INFO.index(int("".join(bits), 2))
+    # segno's index: the mask plus 0x00 for level M (0x08 L, 0x10 H, 0x18 Q).
+    assert fmt & 0x18 == 0x00, f"format information {fmt:#04x} is not level M"
+    return fmt & 0x07
+
+
+def segno_rows(text: str, mask: int) -> dict[str, Any]:
+    """segno's symbol for `text` (byte mode, level M, the smallest version) with `mask`."""
+    code = segno.make(text, error="m", mode="byte", boost_error=False, micro=False, mask=mask)
     return {
         "version": code.version,
-        "mask": code.mask,
         "rows": ["".join(str(bit) for bit in row) for row in code.matrix],
     }
+
+
+def assert_same_symbol_as_segno(text: str, ours: dict[str, Any]) -> None:
+    """The library chooses its mask by its own penalty score, not that of ISO/IEC 18004
+    7.8.3.1, so compare with segno's symbol for the mask it chose: level M, byte mode, the
+    smallest version, standard padding and Reed-Solomon blocks then agree module for module."""
+    mask = mask_at_level_m(ours["rows"])
+    assert ours == segno_rows(text, mask=mask), f"{len(text)} characters"
 
 
 @pytest.fixture
 def segno_standard_padding(monkeypatch: pytest.MonkeyPatch) -> None:
     """segno adds a whole zero byte when the bit stream already ends on a codeword boundary
     (segno issues #123 and #148); ISO/IEC 18004 7.4.10 adds padding bits only up to that
-    boundary, as qr.js does. Byte mode always ends on it, so compare with segno corrected."""
+    boundary, as qrcode-generator does. Byte mode always ends on it, so compare with segno
+    corrected."""
 
     def write_padding_bits(buff: Any, version: int, length: int) -> None:
         buff.extend([0] * (-length % 8))
@@ -141,7 +165,7 @@ def test_every_asset_the_page_references_exists() -> None:
     referenced = set(re.findall(r'(?:src|href)="([^"]+)"', html))
     referenced |= set(re.findall(r"url\(['\"]?([^'\")]+)", css))
     referenced |= set(re.findall(r'"(assets/[\w./-]+)"', js))
-    assert {"kiosk.css", "kiosk.js", "qr.js"} <= referenced
+    assert {"kiosk.css", "kiosk.js", QR_LIBRARY} <= referenced
     for ref in referenced:
         assert (WEB / ref).is_file(), f"{ref} is referenced but not in web/"
 
@@ -174,15 +198,15 @@ def test_page_carries_the_test_hooks() -> None:
     assert "document.body.dataset.screen" in js and "window.kiosk" in js
 
 
-# --- web/qr.js against segno ------------------------------------------------------------------
+# --- the payment QR (kiosk.js with web/vendor/qrcode-generator) against segno ---------------
 
 
 def test_qr_matches_segno_for_payloads_that_fill_each_version() -> None:
     """A payload that fills its version exactly has no padding, so plain segno must agree
-    module for module, with the same version and the same mask."""
+    module for module, in the same version."""
     texts = [(QRIS_SAMPLE * 20)[: byte_capacity(v)] for v in range(1, 41)]
     for version, (text, ours) in enumerate(zip(texts, qr_js(texts), strict=True), start=1):
-        assert ours == segno_rows(text), f"version {version}"
+        assert_same_symbol_as_segno(text, ours)
         assert ours["version"] == version
 
 
@@ -196,26 +220,29 @@ def test_qr_matches_segno_for_qris_payloads() -> None:
     texts += ["https://example.com/pay?order=vm-1-0001", "Selamat menikmati! ☕"]
     ours = qr_js(texts)
     for text, code in zip(texts, ours, strict=True):
-        assert code == segno_rows(text), f"{len(text)} characters"
+        assert_same_symbol_as_segno(text, code)
     assert {code["version"] for code in ours} >= set(range(1, 11))
 
 
-@pytest.mark.usefixtures("segno_standard_padding")
-def test_qr_matches_segno_with_every_forced_mask() -> None:
-    text = QRIS_SAMPLE + "C0DE"
-    for mask in range(8):
-        (code,) = qr_js([text], mask=mask)
-        assert code == segno_rows(text, version=code["version"], mask=mask)
-
-
 def test_qr_refuses_a_payload_too_long_for_version_40() -> None:
-    script = """
-const QR = require('./web/qr.js');
-try { QR.encode('x'.repeat(input.n)); process.stdout.write('"encoded"'); }
-catch (e) { process.stdout.write(JSON.stringify(e.name)); }
+    script = f"""
+const k = require('./web/kiosk.js');
+const qrcode = require('./web/{QR_LIBRARY}');
+try {{ k.qrModules(qrcode, 'x'.repeat(input.n)); process.stdout.write('"encoded"'); }}
+catch (e) {{ process.stdout.write('"refused"'); }}
 """
-    assert run_node(script, {"n": byte_capacity(40) + 1}) == "RangeError"
+    assert run_node(script, {"n": byte_capacity(40) + 1}) == "refused"
     assert run_node(script, {"n": byte_capacity(40)}) == "encoded"
+
+
+def test_the_vendored_qr_library_is_the_recorded_release() -> None:
+    """web/vendor/README.md records where the file came from; the file must still be that one."""
+    readme = (WEB / "vendor" / "README.md").read_text(encoding="utf-8")
+    recorded = re.search(r"`qrcode\.js` SHA-256 \| `([0-9a-f]{64})`", readme)
+    assert recorded, "web/vendor/README.md records no SHA-256 for qrcode.js"
+    assert hashlib.sha256((WEB / QR_LIBRARY).read_bytes()).hexdigest() == recorded.group(1)
+    assert "| Version | 2.0.4 |" in readme
+    assert (WEB / "vendor" / "qrcode-generator" / "LICENSE").is_file()
 
 
 # --- web/kiosk.js helpers -----------------------------------------------------------------------

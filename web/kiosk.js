@@ -284,6 +284,27 @@
     return /^[\w./-]+$/.test(url) && url.indexOf("..") === -1 ? url : null;
   }
 
+  /**
+   * The payment QR as rows of modules (true = dark), without the quiet zone: `text` in byte
+   * mode as UTF-8, error correction level M, in the smallest version that holds it.
+   * `qrcode` is the qrcode-generator factory (web/vendor/qrcode-generator/qrcode.js, the
+   * global `qrcode` in the page). Throws when the text does not fit in version 40.
+   */
+  function qrModules(qrcode, text) {
+    qrcode.stringToBytes = qrcode.stringToBytesFuncs["UTF-8"];
+    var code = qrcode(0, "M");
+    code.addData(String(text), "Byte");
+    code.make();
+    var size = code.getModuleCount();
+    var rows = [];
+    for (var r = 0; r < size; r++) {
+      var row = [];
+      for (var c = 0; c < size; c++) row.push(code.isDark(r, c));
+      rows.push(row);
+    }
+    return rows;
+  }
+
   if (typeof document === "undefined") {
     module.exports = {
       STRINGS: STRINGS,
@@ -299,6 +320,7 @@
       reconnectDelay: reconnectDelay,
       translate: translate,
       safeImageUrl: safeImageUrl,
+      qrModules: qrModules,
     };
     return;
   }
@@ -621,7 +643,7 @@
     var qrBox = el("div", { class: "qr-box" });
     var qrText = typeof values.qr_string === "string" && values.qr_string ? values.qr_string : null;
     var qrAlt = t("pay.qrAlt", { amount: formatRupiah(amount) });
-    if (qrText && window.QR) {
+    if (qrText && window.qrcode) {
       var canvas = el("canvas", { class: "qr-canvas", "data-testid": "qr-canvas", role: "img", "aria-label": qrAlt });
       canvas.dataset.payload = qrText;
       qrBox.appendChild(canvas);
@@ -849,11 +871,36 @@
     var size = Math.floor(Math.min(box.clientWidth, box.clientHeight));
     if (!(size > 0)) size = 480;
     try {
-      window.QR.draw(canvas, window.QR.encode(canvas.dataset.payload), { cssSize: size, quiet: 4 });
+      paintQr(canvas, qrModules(window.qrcode, canvas.dataset.payload), size, 4);
     } catch (err) {
       // A payload beyond version 40 cannot be drawn; say so rather than show a broken code.
       console.error("kiosk: QR encode failed", err);
       box.replaceChildren(el("p", { class: "qr-missing", "data-testid": "qr-missing", text: t("pay.qrMissing") }));
+    }
+  }
+
+  /**
+   * Paints QR modules, black on white, with a quiet zone of `quiet` modules. Every module gets
+   * the same whole number of device pixels so that edges stay sharp; the canvas is then shown
+   * at (at most) cssSize CSS pixels.
+   */
+  function paintQr(canvas, modules, cssSize, quiet) {
+    var total = modules.length + quiet * 2;
+    var ratio = window.devicePixelRatio || 1;
+    var scale = Math.max(1, Math.floor((cssSize * ratio) / total));
+    var px = total * scale;
+    canvas.width = px;
+    canvas.height = px;
+    canvas.style.width = px / ratio + "px";
+    canvas.style.height = px / ratio + "px";
+    var ctx = canvas.getContext("2d");
+    ctx.fillStyle = "#ffffff";
+    ctx.fillRect(0, 0, px, px);
+    ctx.fillStyle = "#000000";
+    for (var r = 0; r < modules.length; r++) {
+      for (var c = 0; c < modules.length; c++) {
+        if (modules[r][c]) ctx.fillRect((c + quiet) * scale, (r + quiet) * scale, scale, scale);
+      }
     }
   }
 
