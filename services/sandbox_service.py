@@ -1,7 +1,8 @@
-"""The SANDBOX service: the local Midtrans sandbox (cores/sandbox.py) as a process.
+"""The SANDBOX service: the local Midtrans sandbox (the sandbox/ package) as a process.
 
 `python main.py --service SANDBOX` builds the settings and calls `run(settings)`, which serves
-until SIGTERM or SIGINT and then stops cleanly (open connections closed, threads ended).
+until SIGTERM or SIGINT and then stops cleanly (open connections closed, threads ended). The
+ledger lives under VAR_DIR/sandbox and survives a restart.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from types import FrameType
 
 from cores.config import SANDBOX_KEY_PREFIX, Settings
 from cores.logs import kv
-from cores.sandbox import Sandbox
+from sandbox import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ def build(settings: Settings) -> Sandbox:
         server_key=settings.midtrans_server_key,
         notification_url=settings.sandbox_notification_url,
         faults=settings.sandbox_faults,
+        directory=settings.var_dir / "sandbox",
     )
 
 

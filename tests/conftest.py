@@ -71,7 +71,7 @@ def settings(tmp_path) -> Settings:
 @pytest.fixture
 def sandbox():
     """The local Midtrans sandbox, in-process on a free port, accepting any SB- key."""
-    from cores.sandbox import Sandbox
+    from sandbox import Sandbox
 
     sb = Sandbox(port=0)
     sb.start()

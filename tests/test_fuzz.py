@@ -49,7 +49,7 @@ from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY, Settings
 from cores.midtrans import MidtransClient
 from cores.protocol import FLOOD_CLOSE_FACTOR
-from cores.sandbox import Sandbox
+from sandbox import Sandbox
 from services.notification_service import NotificationServer
 from services.websocket_service import WebsocketServer
 from tests import fuzz_strategies as fz

@@ -24,7 +24,7 @@ from cores.midtrans import (
     Transaction,
     verify_signature,
 )
-from cores.sandbox import Sandbox
+from sandbox import Sandbox
 
 KEY = "SB-Mid-server-client-tests"
 ITEMS = [{"id": "cola", "price": 7000, "quantity": 1, "name": "Cola"}]

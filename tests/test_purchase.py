@@ -17,7 +17,7 @@ from constants.states import FailReason, RefundOutcome, Sale, State
 from cores.broker import Broker
 from cores.dispenser import SimulatedDispenser
 from cores.midtrans import MidtransClient
-from cores.sandbox import Sandbox
+from sandbox import Sandbox
 from services.dispense_service import DispenseWorker
 from services.order_created_service import OrderCreatedWorker
 from services.order_service import OrderWorker

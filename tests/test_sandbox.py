@@ -30,7 +30,7 @@ import requests
 
 from cores import qris
 from cores.config import Settings
-from cores.sandbox import FAULTS, Sandbox, SandboxError
+from sandbox import FAULTS, Sandbox, SandboxError
 from services.sandbox_service import build
 
 KEY = "SB-Mid-server-unit-test-key"
