@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "up":
-        from cores import supervisor
+        from services import supervisor
 
         return supervisor.run(settings)
     if args.service == Service.SANDBOX:

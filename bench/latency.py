@@ -31,6 +31,7 @@ import redis  # noqa: E402
 import websocket  # noqa: E402
 
 from constants.states import State  # noqa: E402
+from cores.machine import Effects, Transition
 from cores.broker import Broker  # noqa: E402
 from cores.config import Settings  # noqa: E402
 from cores.redis_process import RedisProcess  # noqa: E402
@@ -57,13 +58,7 @@ def bench_transitions(client: redis.Redis, broker: Broker, n: int) -> None:
         to = State.SHOW_MENU if i % 2 == 0 else State.IDLE
         frm = State.IDLE if i % 2 == 0 else State.SHOW_MENU
         start = time.perf_counter()
-        assert broker.transition(
-            to,
-            from_states=(frm,),
-            order_id=None,
-            values={"i": i},
-            sale={"kind": "bench", "amount": 1},
-        )
+        assert broker.transition(Transition(to, (frm,), None, {"i": i}, Effects(sale={"kind": "bench", "amount": 1})))
         ours.append((time.perf_counter() - start) * 1000)
     for i in range(n):
         start = time.perf_counter()
@@ -112,8 +107,7 @@ def bare_reader_latency(client: redis.Redis, n: int) -> list[float]:
 
 def to_idle(broker: Broker) -> None:
     """Whatever the state, back to IDLE (a benchmark's reset, not a kiosk command)."""
-    broker.transition(State.IDLE, from_states=tuple(State), order_id=broker.snapshot().order_id,
-                      new_order_id=None, values={})
+    broker.transition(Transition(State.IDLE, tuple(State), broker.snapshot().order_id, {}, new_order_id=None))
 
 
 class Stamp(Worker):
@@ -139,9 +133,7 @@ def bench_worker_wake(broker: Broker, base: list[float], n: int) -> None:
         to_idle(broker)
         time.sleep(0.002)
         start = time.perf_counter()
-        broker.transition(
-            State.SHOW_MENU, from_states=(State.IDLE,), order_id=None, values={"i": i}
-        )
+        broker.transition(Transition(State.SHOW_MENU, (State.IDLE,), None, {"i": i}))
         while i not in worker.seen:
             time.sleep(0.0002)
         ours.append((worker.seen[i] - start) * 1000)
@@ -178,7 +170,7 @@ def bench_event_to_page(client: redis.Redis, broker: Broker, base: list[float], 
         to = State.SHOW_MENU if i % 2 == 0 else State.IDLE
         frm = State.IDLE if i % 2 == 0 else State.SHOW_MENU
         start = time.perf_counter()
-        broker.transition(to, from_states=(frm,), order_id=None, values={"i": i})
+        broker.transition(Transition(to, (frm,), None, {"i": i}))
         while True:
             frame = json.loads(page.recv())
             if frame["values"] == {"i": i}:

@@ -24,6 +24,7 @@ import redis  # noqa: E402
 
 from bench.harness import Launched  # noqa: E402
 from constants.states import Sale, State  # noqa: E402
+from cores.machine import Effects, Transition
 from cores.broker import Broker  # noqa: E402
 from cores.config import Settings  # noqa: E402
 from cores.redis_process import RedisProcess  # noqa: E402
@@ -53,20 +54,11 @@ def one_order(broker: Broker) -> dict:
         (State.DISPENSED, State.DISPENSING, order.values(), Sale.DISPENSED),
     ]
     for to, frm, values, sale in steps:
-        broker.transition(
-            to,
-            from_states=(frm,),
-            order_id=order_id,
-            values=values,
-            sale=None if sale is None else {"kind": sale, "amount": 7000},
-            order_fields={
+        broker.transition(Transition(to, (frm,), order_id, values, Effects(sale=None if sale is None else {"kind": sale, "amount": 7000}, order_fields={
                 "transaction_id": "0d8178e1-aaaa-bbbb-cccc-1234",
                 "frame_values": created,
-            },
-        )
-    broker.transition(
-        State.IDLE, from_states=(State.DISPENSED,), order_id=order_id, new_order_id=None, values={}
-    )
+            })))
+    broker.transition(Transition(State.IDLE, (State.DISPENSED,), order_id, {}, new_order_id=None))
     return {"order": broker.redis.hgetall(broker.order_key(order_id)), "frames": 7}
 
 

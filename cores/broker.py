@@ -1,10 +1,15 @@
 """Every Redis access of a machine: state, orders, menu, stock, and the three streams.
 
 A transition is a compare-and-set on (state, order_id), done with WATCH/MULTI so that the
-rules stay in Python (cores/rules.py). In the same MULTI it writes the new state with the
-frame of its screen, appends that frame to the events stream (which the websocket server
-relays and the workers wake on), and, where money is involved, appends to the sales stream.
-A transition from a state the machine is no longer in is refused, never applied.
+rules stay in Python (cores/rules.py, cores/machine.py). In the same MULTI it writes the new
+state with the frame of its screen, appends that frame to the events stream (which the
+websocket server relays and the workers wake on), and the transition's effects (a sales
+entry, the order's fields, stock, the operator's queue, the recheck set). A transition from a
+state the machine is no longer in is refused, never applied.
+
+Every write that depends on what it read goes through one helper, `_compare_and_set`: read
+under WATCH, judge, write in MULTI; on a race, read and judge again. So a kiosk command that
+loses a race is judged against the state that now holds, never refused for a stale one.
 """
 
 from __future__ import annotations
@@ -16,18 +21,24 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis
+from redis.client import Pipeline
 
 from constants import keys
-from constants.states import ORDER_STATES, ErrorCode, Sale, State
+from constants.orders import Command, OrderField
+from constants.states import ErrorCode, Sale, State
 from constants.tunables import COMMANDS_MAXLEN, EVENTS_MAXLEN, ORDER_KEEP_S
 from cores import rules
 from cores.logs import kv
+from cores.machine import OUT_OF_SERVICE_FROM, Effects, Transition
+from cores.models import Drink, Order, Snapshot, text
 
 log = logging.getLogger(__name__)
+
+#: What a judge returns: the writes to queue in MULTI, or None to change nothing.
+Writes = Callable[[Pipeline], None] | None
 
 
 class CommandRefused(Exception):
@@ -39,52 +50,6 @@ class CommandRefused(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    state: State
-    order_id: str | None
-    version: int
-    since: float
-    frame: dict
-
-
-@dataclass(frozen=True)
-class Drink:
-    id: str
-    name: str
-    icon: str
-    price: int
-
-    def public(self) -> dict:
-        return {"id": self.id, "name": self.name, "icon": self.icon, "price": self.price}
-
-
-@dataclass
-class Order:
-    """The current order's fields as stored in its hash (strings in Redis, typed here)."""
-
-    order_id: str
-    drink: Drink
-    amount: int
-    idempotency_key: str
-    created_at: float
-    fields: dict[str, str] = field(default_factory=dict)
-
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self.fields.get(name, default)
-
-    def flag(self, name: str) -> bool:
-        return self.fields.get(name) == "1"
-
-    def number(self, name: str) -> float | None:
-        raw = self.fields.get(name)
-        return float(raw) if raw not in (None, "") else None
-
-    def values(self) -> dict:
-        """What every screen of an order shows."""
-        return {"order_id": self.order_id, "drink": self.drink.public(), "amount": self.amount}
-
-
 class Broker:
     """The machine's state in Redis. Clients are passed in: fakeredis, or a real server."""
 
@@ -93,31 +58,33 @@ class Broker:
         self.redis = client
         self.machine_id = machine_id
         self.clock = clock
-        k = lambda template, **parts: keys.key(template, machine_id, **parts)  # noqa: E731
-        self.state_key = k(keys.STATE)
-        self.events_key = k(keys.EVENTS)
-        self.commands_key = k(keys.COMMANDS)
-        self.sales_key = k(keys.SALES)
-        self.menu_key = k(keys.MENU)
-        self.stock_key = k(keys.STOCK)
-        self.operator_key = k(keys.OPERATOR)
-        self.seq_key = k(keys.ORDER_SEQ)
-        self.recheck_key = k(keys.RECHECK)
+        self.state_key = self._key(keys.STATE)
+        self.events_key = self._key(keys.EVENTS)
+        self.commands_key = self._key(keys.COMMANDS)
+        self.sales_key = self._key(keys.SALES)
+        self.menu_key = self._key(keys.MENU)
+        self.stock_key = self._key(keys.STOCK)
+        self.operator_key = self._key(keys.OPERATOR)
+        self.seq_key = self._key(keys.ORDER_SEQ)
+        self.recheck_key = self._key(keys.RECHECK)
+
+    def _key(self, template: str, **parts: str) -> str:
+        return keys.key(template, self.machine_id, **parts)
 
     def order_key(self, order_id: str) -> str:
-        return keys.key(keys.ORDER, self.machine_id, order_id=order_id)
+        return self._key(keys.ORDER, order_id=order_id)
 
     def heartbeat_key(self, service: str) -> str:
-        return keys.key(keys.HEARTBEAT, self.machine_id, service=service)
+        return self._key(keys.HEARTBEAT, service=service)
 
     # --- reading ----------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        return _snapshot(self.redis.hgetall(self.state_key))
+        return Snapshot.parse(self.redis.hgetall(self.state_key))
 
     def menu(self) -> list[Drink]:
         raw = self.redis.hgetall(self.menu_key)
-        drinks = [_drink(json.loads(v)) for v in raw.values()]
+        drinks = [Drink.parse(json.loads(v)) for v in raw.values()]
         return sorted(drinks, key=lambda d: (d.price, d.id))
 
     def stock(self) -> dict[str, int]:
@@ -131,7 +98,7 @@ class Broker:
     def order(self, order_id: str | None) -> Order | None:
         if not order_id:
             return None
-        return _order(self.redis.hgetall(self.order_key(order_id)))
+        return Order.parse(self.redis.hgetall(self.order_key(order_id)))
 
     def current_order(self) -> Order | None:
         return self.order(self.snapshot().order_id)
@@ -142,9 +109,14 @@ class Broker:
     def operator_queue(self) -> dict[str, dict]:
         return {k: json.loads(v) for k, v in self.redis.hgetall(self.operator_key).items()}
 
+    def heartbeats(self, services: Iterable[str]) -> dict[str, float | None]:
+        """The last heartbeat (unix s) of each service; None when it has expired."""
+        services = list(services)
+        at = self.redis.mget([self.heartbeat_key(s) for s in services])
+        return {str(s): None if a is None else float(a) for s, a in zip(services, at, strict=True)}
+
     def last_event_id(self) -> str:
-        last = self.redis.xrevrange(self.events_key, count=1)
-        return last[0][0] if last else "0-0"
+        return self._last_id(self.events_key)
 
     def read_events(self, last_id: str, block_ms: int, count: int = 100
                     ) -> list[tuple[str, dict]]:
@@ -164,13 +136,13 @@ class Broker:
         if not self.redis.exists(self.menu_key):
             with self.redis.pipeline() as pipe:
                 for d in drinks:
-                    drink = _drink(d)
+                    drink = Drink.parse(d)
                     pipe.hset(self.menu_key, drink.id, json.dumps(drink.public()))
                     pipe.hsetnx(self.stock_key, drink.id, int(d.get("stock", 0)))
                 pipe.execute()
             log.info("menu loaded", extra=kv(drinks=len(drinks)))
         if not self.redis.exists(self.state_key):
-            self.transition(State.IDLE, from_states=(State.IDLE,), order_id=None, values={})
+            self.transition(Transition(State.IDLE, (State.IDLE,), None, {}))
 
     def set_stock(self, drink_id: str, units: int) -> None:
         if not self.redis.hexists(self.menu_key, drink_id):
@@ -180,29 +152,18 @@ class Broker:
         self.redis.hset(self.stock_key, drink_id, units)
 
     def set_out_of_service(self, out: bool) -> None:
-        snap = self.snapshot()
-        if out:
-            ok = self.transition(State.OUT_OF_SERVICE, from_states=rules.OUT_OF_SERVICE_FROM,
-                                 order_id=snap.order_id, new_order_id=None, values={})
-        else:
-            ok = self.transition(State.IDLE, from_states=(State.OUT_OF_SERVICE,),
-                                 order_id=snap.order_id, values={})
-        if not ok:
-            raise CommandRefused(ErrorCode.WRONG_STATE,
-                                 f"not possible while the machine is {self.snapshot().state}")
+        """Maintenance on (only between customers) or off (back to IDLE)."""
+        frm = OUT_OF_SERVICE_FROM if out else (State.OUT_OF_SERVICE,)
+        to = State.OUT_OF_SERVICE if out else State.IDLE
+        command = "maintenance " + ("on" if out else "off")
+        self._move(lambda snap: to if snap.state in frm else None, command, clear_order=True)
 
     # --- kiosk commands ---------------------------------------------------------------------
 
     def show_menu(self) -> None:
         """Kiosk SHOW_MENU: open (or re-send) the menu, or dismiss a result screen."""
-        snap = self.snapshot()
-        to = rules.SHOW_MENU_MOVES.get(snap.state)
-        if to is None:
-            raise _refused(rules.wrong_state("SHOW_MENU", snap.state))
-        values: Any = self.menu_values() if to == State.SHOW_MENU else {}
-        if not self.transition(to, from_states=(snap.state,), order_id=snap.order_id,
-                               new_order_id=None, values=values, expect_version=snap.version):
-            raise _refused(rules.wrong_state("SHOW_MENU", self.snapshot().state))
+        self._move(lambda snap: rules.SHOW_MENU_MOVES.get(snap.state), "SHOW_MENU",
+                   clear_order=True)
 
     def place_order(self, drink_id: str, quantity: int = 1) -> str:
         """Kiosk ORDER: check the drink and its stock, create the order, -> MENU_CLICKED.
@@ -210,69 +171,65 @@ class Broker:
         The order_id and the charge's Idempotency-Key are stored before any charge is sent
         (money rule 5).
         """
-        order_id = None
+        order_id: str | None = None
         tid = uuid.uuid4().hex
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(self.state_key, self.stock_key, self.menu_key)
-                    snap = _snapshot(pipe.hgetall(self.state_key))
-                    raw = pipe.hget(self.menu_key, drink_id)
-                    stock = int(pipe.hget(self.stock_key, drink_id) or 0)
-                    refusal = rules.check_order(snap.state, raw is not None, stock, quantity)
-                    if refusal:
-                        pipe.unwatch()
-                        raise _refused(refusal)
-                    drink = _drink(json.loads(raw))
-                    order_id = order_id or self.new_order_id()
-                    now = self.clock()
-                    order_fields = {
-                        "order_id": order_id, "drink": json.dumps(drink.public()),
-                        "amount": drink.price, "idempotency_key": str(uuid.uuid4()),
-                        "created_at": now,
-                    }
-                    pipe.multi()
-                    pipe.hset(self.order_key(order_id), mapping=order_fields)
-                    pipe.expire(self.order_key(order_id), ORDER_KEEP_S)
-                    values = {"order_id": order_id, "drink": drink.public(), "amount": drink.price}
-                    self._write(pipe, snap, State.MENU_CLICKED, order_id, values, now,
-                                sale={"kind": Sale.ORDERED, "amount": drink.price,
-                                      "drink_id": drink.id}, tid=tid)
-                    pipe.execute()
-                except redis.WatchError:
-                    if order_id and self._applied(tid):
-                        return order_id
-                    continue
-                log.info("order placed", extra=kv(order_id=order_id, drink=drink.id))
-                return order_id
+
+        def judge(pipe: Pipeline) -> Writes:
+            nonlocal order_id
+            snap = Snapshot.parse(pipe.hgetall(self.state_key))
+            raw = pipe.hget(self.menu_key, drink_id)
+            stock = int(pipe.hget(self.stock_key, drink_id) or 0)
+            refusal = rules.check_order(snap.state, raw is not None, stock, quantity)
+            if refusal:
+                raise _refused(refusal)
+            drink = Drink.parse(json.loads(raw))
+            order_id = order_id or self.new_order_id()
+            now = self.clock()
+            order = Order(order_id, drink, drink.price, str(uuid.uuid4()), now)
+            fields = {OrderField.ORDER_ID: order_id, OrderField.DRINK: json.dumps(drink.public()),
+                      OrderField.AMOUNT: drink.price,
+                      OrderField.IDEMPOTENCY_KEY: order.idempotency_key,
+                      OrderField.CREATED_AT: now}
+            move = Transition(State.MENU_CLICKED, (State.SHOW_MENU,), None, order.values(),
+                              Effects(sale={"kind": Sale.ORDERED, "amount": drink.price,
+                                            "drink_id": drink.id}),
+                              new_order_id=order_id)
+
+            def write(p: Pipeline) -> None:
+                p.hset(self.order_key(order_id), mapping=fields)
+                p.expire(self.order_key(order_id), ORDER_KEEP_S)
+                self._queue(p, snap, move, now, tid, sale_order=order_id)
+            return write
+
+        self._compare_and_set((self.state_key, self.stock_key, self.menu_key), judge, tid)
+        assert order_id is not None  # judge either set it or raised
+        log.info("order placed", extra=kv(order_id=order_id, drink=drink_id))
+        return order_id
 
     def request_cancel(self) -> None:
         """Kiosk CANCEL: on the menu back to IDLE; with an order, ask the workers to close it."""
         tid = uuid.uuid4().hex
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(self.state_key)
-                    snap = _snapshot(pipe.hgetall(self.state_key))
-                    if snap.state in rules.CANCEL_TO_IDLE_FROM:
-                        pipe.multi()
-                        self._write(pipe, snap, State.IDLE, None, {}, self.clock(), tid=tid)
-                    elif snap.state in rules.CANCEL_REQUEST_FROM and snap.order_id:
-                        pipe.multi()
-                        pipe.hset(self.order_key(snap.order_id), "cancel_requested", "1")
-                        self._command(pipe, "CANCEL", snap.order_id)
-                    else:
-                        pipe.unwatch()
-                        raise _refused(rules.wrong_state("CANCEL", snap.state))
-                    pipe.execute()
-                except redis.WatchError:
-                    if self._applied(tid):
-                        return
-                    continue
-                log.info("cancel", extra=kv(state=snap.state, order_id=snap.order_id or "-"))
-                return
+        seen: list[Snapshot] = []
 
-    def wake(self, command: str, order_id: str) -> None:
+        def judge(pipe: Pipeline) -> Writes:
+            snap = Snapshot.parse(pipe.hgetall(self.state_key))
+            seen.append(snap)
+            if snap.state in rules.CANCEL_TO_IDLE_FROM:
+                move = Transition(State.IDLE, (snap.state,), snap.order_id, {})
+                return lambda p: self._queue(p, snap, move, self.clock(), tid)
+            if snap.state in rules.CANCEL_REQUEST_FROM and snap.order_id:
+                order_id = snap.order_id
+
+                def ask_workers(p: Pipeline) -> None:
+                    p.hset(self.order_key(order_id), OrderField.CANCEL_REQUESTED, "1")
+                    self._command(p, Command.CANCEL, order_id)
+                return ask_workers
+            raise _refused(rules.wrong_state("CANCEL", snap.state))
+
+        self._compare_and_set((self.state_key,), judge, tid)
+        log.info("cancel", extra=kv(state=seen[-1].state, order_id=seen[-1].order_id or "-"))
+
+    def wake(self, command: Command, order_id: str) -> None:
         """A hint to the workers (e.g. CHECK after a notification); the truth stays in Redis."""
         self._command(self.redis, command, order_id)
 
@@ -285,94 +242,70 @@ class Broker:
         return f"{self.machine_id}-{stamp}-{seq:06d}-{secrets.token_hex(2)}"
 
     def update_order(self, order_id: str, **fields: Any) -> None:
-        self.redis.hset(self.order_key(order_id), mapping={k: _text(v) for k, v in fields.items()})
+        self.redis.hset(self.order_key(order_id), mapping={k: text(v) for k, v in fields.items()})
 
-    def transition(self, to: State, *, from_states: Iterable[State], order_id: str | None,
-                   new_order_id: str | None | type[...] = ..., values: Any,
-                   sale: Mapping[str, Any] | None = None,
-                   order_fields: Mapping[str, Any] | None = None,
-                   stock_drink: str | None = None, operator: Mapping[str, Any] | None = None,
-                   recheck_at: float | None = None, expect_version: int | None = None) -> bool:
-        """Compare-and-set: apply only if the machine is in one of `from_states` with `order_id`.
-
-        `new_order_id` defaults to keeping `order_id`. Returns False (and changes nothing)
-        when the machine has moved on.
+    def transition(self, move: Transition) -> bool:
+        """Compare-and-set: apply `move` only if the machine is in one of its from_states with
+        its order_id (and version, when pinned). Returns False, changing nothing, when the
+        machine has moved on. Raises IllegalTransition for a move the machine does not have.
         """
-        from_states = tuple(from_states)
-        keep = order_id if new_order_id is ... else new_order_id
+        move.check()
         tid = uuid.uuid4().hex
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(self.state_key)
-                    snap = _snapshot(pipe.hgetall(self.state_key))
-                    if (snap.state not in from_states or snap.order_id != order_id
-                            or (expect_version is not None and snap.version != expect_version)):
-                        pipe.unwatch()
-                        log.info("transition refused", extra=kv(
-                            to=to, state=snap.state, order_id=order_id or "-",
-                            current_order=snap.order_id or "-"))
-                        return False
-                    pipe.multi()
-                    if order_fields and order_id:
-                        pipe.hset(self.order_key(order_id),
-                                  mapping={k: _text(v) for k, v in order_fields.items()})
-                    if stock_drink:
-                        pipe.hincrby(self.stock_key, stock_drink, -1)
-                    if operator and order_id:
-                        pipe.hset(self.operator_key, order_id,
-                                  json.dumps({**operator, "order_id": order_id,
-                                              "at": self.clock()}))
-                    if recheck_at is not None and order_id:
-                        pipe.zadd(self.recheck_key, {order_id: recheck_at})
-                        self._command(pipe, "RECHECK", order_id)
-                    self._write(pipe, snap, to, keep, values, self.clock(), sale=sale,
-                                sale_order=order_id, tid=tid)
-                    pipe.execute()
-                except redis.WatchError:
-                    if self._applied(tid):
-                        break
-                    continue
-                break
-        log.info("transition", extra=kv(frm=snap.state, to=to, order_id=keep or order_id or "-"))
-        return True
+        seen: list[Snapshot] = []
+
+        def judge(pipe: Pipeline) -> Writes:
+            snap = Snapshot.parse(pipe.hgetall(self.state_key))
+            seen.append(snap)
+            if (snap.state not in move.from_states or snap.order_id != move.order_id
+                    or move.expect_version not in (None, snap.version)):
+                return None
+            return lambda p: self._queue(p, snap, move, self.clock(), tid)
+
+        applied = self._compare_and_set((self.state_key,), judge, tid)
+        snap = seen[-1] if seen else None
+        if applied:
+            log.info("transition", extra=kv(frm=snap.state if snap else "-", to=move.to,
+                                            order_id=move.next_order_id or move.order_id or "-"))
+        else:
+            log.info("transition refused", extra=kv(
+                to=move.to, state=snap.state if snap else "-", order_id=move.order_id or "-",
+                current_order=(snap.order_id if snap else None) or "-"))
+        return applied
 
     def record_sale(self, order_id: str, kind: Sale, **fields: Any) -> None:
         """Append to the sales stream outside a transition (e.g. a late payment)."""
         self.redis.xadd(self.sales_key, _sale_fields(order_id, kind, fields, self.clock()))
 
-    def flag_for_operator(self, order_id: str, kind: Sale, **fields: Any) -> None:
-        self.redis.hset(self.operator_key, order_id, json.dumps(
-            {"kind": str(kind), "order_id": order_id, "at": self.clock(), **fields}))
+    def flag_for_operator(self, order_id: str, kind: str, **fields: Any) -> None:
+        self.redis.hset(self.operator_key, order_id, self._operator_entry(order_id, {
+            "kind": str(kind), **fields}))
 
     def schedule_recheck(self, order_id: str, at: float, wake: bool = True) -> None:
         """Have the late-payment desk read this order's payment at `at` (`wake`: tell it)."""
         with self.redis.pipeline() as pipe:
             pipe.zadd(self.recheck_key, {order_id: at})
             if wake:
-                self._command(pipe, "RECHECK", order_id)
+                self._command(pipe, Command.RECHECK, order_id)
             pipe.execute()
 
     def rechecks_due(self, now: float) -> tuple[list[str], float | None]:
         """Orders due for a recheck, and when the next one falls due (None: none left)."""
-        due = self.redis.zrangebyscore(self.recheck_key, "-inf", now)
-        nxt = self.redis.zrangebyscore(self.recheck_key, f"({now}", "+inf", start=0, num=1,
-                                       withscores=True)
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zrangebyscore(self.recheck_key, "-inf", now)
+            pipe.zrangebyscore(self.recheck_key, f"({now}", "+inf", start=0, num=1,
+                               withscores=True)
+            due, nxt = pipe.execute()
         return due, (nxt[0][1] if nxt else None)
 
     def recheck_done(self, order_id: str) -> None:
         self.redis.zrem(self.recheck_key, order_id)
 
-    def heartbeat(self, service: str, ttl_s: int) -> None:
-        self.redis.set(self.heartbeat_key(service), self.clock(), ex=ttl_s)
+    def heartbeat(self, service: str, ttl_s: float) -> None:
+        self.redis.set(self.heartbeat_key(service), self.clock(), ex=math.ceil(ttl_s))
 
     def cursor(self) -> dict[str, str]:
         """Where a worker's next `wait` starts: just after the newest entries of both streams."""
-        ids = {}
-        for stream in (self.events_key, self.commands_key):
-            last = self.redis.xrevrange(stream, count=1)
-            ids[stream] = last[0][0] if last else "0-0"
-        return ids
+        return {stream: self._last_id(stream) for stream in (self.events_key, self.commands_key)}
 
     def wait(self, cursor: dict[str, str], timeout_s: float
              ) -> tuple[dict[str, str], list[tuple[str, dict]]]:
@@ -392,25 +325,95 @@ class Broker:
                 entries.append((stream, fields))
         return cursor, entries
 
+    def interrupt(self) -> None:
+        """End a blocking `wait` or `read_events` now, from another thread or a signal
+        handler: its connection is closed, so the read fails at once (the caller is stopping)."""
+        self.redis.connection_pool.disconnect(inuse_connections=True)
+
     # --- internals --------------------------------------------------------------------------
 
-    def _write(self, pipe: Any, snap: Snapshot, to: State, order_id: str | None, values: Any,
-               now: float, sale: Mapping[str, Any] | None = None,
-               sale_order: str | None = None, tid: str = "") -> None:
-        frame = {"event": str(to), "values": values}
-        frame_text = json.dumps(frame, separators=(",", ":"))
+    def _move(self, judge: Callable[[Snapshot], State | None], command: str,
+              clear_order: bool) -> None:
+        """A command that moves the machine from whatever state holds: `judge` names the
+        state to go to, or None when the command is wrong for it (re-judged after a race)."""
+        tid = uuid.uuid4().hex
+
+        def plan(pipe: Pipeline) -> Writes:
+            snap = Snapshot.parse(pipe.hgetall(self.state_key))
+            to = judge(snap)
+            if to is None:
+                raise _refused(rules.wrong_state(command, snap.state))
+            values: Any = self.menu_values() if to == State.SHOW_MENU else {}
+            move = Transition(to, (snap.state,), snap.order_id, values,
+                              new_order_id=None if clear_order else snap.order_id)
+            move.check()
+            return lambda p: self._queue(p, snap, move, self.clock(), tid)
+
+        self._compare_and_set((self.state_key,), plan, tid)
+
+    def _compare_and_set(self, watch: tuple[str, ...], judge: Callable[[Pipeline], Writes],
+                         tid: str) -> bool:
+        """Read under WATCH with `judge`, then apply its writes in one MULTI.
+
+        Returns False when `judge` returns None (nothing to do). A refusal `judge` raises
+        propagates, changing nothing. On a race (WatchError) `judge` runs again on what now
+        holds, unless our MULTI was applied and only its reply was lost (see `_applied`).
+        """
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(*watch)
+                    try:
+                        writes = judge(pipe)
+                    except Exception:
+                        pipe.unwatch()
+                        raise
+                    if writes is None:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    writes(pipe)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    if self._applied(tid):
+                        return True
+
+    def _queue(self, pipe: Pipeline, snap: Snapshot, move: Transition, now: float, tid: str,
+               sale_order: str | None = None) -> None:
+        """Queue a transition's writes: its effects, the state, the frame on the events stream
+        and, where money moves, the sales entry."""
+        order_id, effects = move.order_id, move.effects
+        if effects.order_fields and order_id:
+            pipe.hset(self.order_key(order_id),
+                      mapping={k: text(v) for k, v in effects.order_fields.items()})
+        if effects.stock_drink:
+            pipe.hincrby(self.stock_key, effects.stock_drink, -1)
+        if effects.operator and order_id:
+            pipe.hset(self.operator_key, order_id,
+                      self._operator_entry(order_id, effects.operator))
+        if effects.recheck_at is not None and order_id:
+            pipe.zadd(self.recheck_key, {order_id: effects.recheck_at})
+            self._command(pipe, Command.RECHECK, order_id)
+        frame_text = json.dumps({"event": str(move.to), "values": move.values},
+                                separators=(",", ":"))
         version = snap.version + 1
+        next_order = move.next_order_id or ""
         pipe.hset(self.state_key, mapping={
-            "state": str(to), "order_id": order_id or "", "version": version,
+            "state": str(move.to), "order_id": next_order, "version": version,
             "since": now, "frame": frame_text, "tid": tid,
         })
-        pipe.xadd(self.events_key, {"state": str(to), "order_id": order_id or "",
+        pipe.xadd(self.events_key, {"state": str(move.to), "order_id": next_order,
                                     "version": version, "frame": frame_text},
                   maxlen=EVENTS_MAXLEN, approximate=True)
-        if sale is not None:
-            sale = dict(sale)
+        if effects.sale is not None:
+            sale = dict(effects.sale)
             kind = sale.pop("kind")
-            pipe.xadd(self.sales_key, _sale_fields(sale_order or order_id or "", kind, sale, now))
+            pipe.xadd(self.sales_key, _sale_fields(sale_order or order_id or next_order, kind,
+                                                   sale, now))
+
+    def _operator_entry(self, order_id: str, entry: Mapping[str, Any]) -> str:
+        return json.dumps({**entry, "order_id": order_id, "at": self.clock()})
 
     def _applied(self, tid: str) -> bool:
         """After a WatchError: was our MULTI applied and only its reply lost?
@@ -423,45 +426,22 @@ class Broker:
         except redis.RedisError:
             return False
 
-    def _command(self, pipe: Any, command: str, order_id: str) -> None:
-        pipe.xadd(self.commands_key, {"command": command, "order_id": order_id},
+    def _last_id(self, stream: str) -> str:
+        last = self.redis.xrevrange(stream, count=1)
+        return last[0][0] if last else "0-0"
+
+    def _command(self, pipe: Any, command: Command, order_id: str) -> None:
+        pipe.xadd(self.commands_key, {"command": str(command), "order_id": order_id},
                   maxlen=COMMANDS_MAXLEN, approximate=True)
-
-
-def _snapshot(raw: Mapping[str, str]) -> Snapshot:
-    if not raw:
-        return Snapshot(State.IDLE, None, 0, 0.0, {"event": str(State.IDLE), "values": {}})
-    return Snapshot(State(raw["state"]), raw.get("order_id") or None, int(raw["version"]),
-                    float(raw["since"]), json.loads(raw["frame"]))
-
-
-def _drink(d: Mapping[str, Any]) -> Drink:
-    return Drink(id=str(d["id"]), name=str(d["name"]), icon=str(d["icon"]), price=int(d["price"]))
-
-
-def _order(raw: Mapping[str, str]) -> Order | None:
-    if not raw or "order_id" not in raw:
-        return None
-    return Order(order_id=raw["order_id"], drink=_drink(json.loads(raw["drink"])),
-                 amount=int(raw["amount"]), idempotency_key=raw["idempotency_key"],
-                 created_at=float(raw["created_at"]), fields=dict(raw))
 
 
 def _sale_fields(order_id: str, kind: Any, fields: Mapping[str, Any], now: float) -> dict:
     return {"kind": str(kind), "order_id": order_id, "at": now,
-            **{k: _text(v) for k, v in fields.items() if v is not None}}
-
-
-def _text(value: Any) -> str | int | float:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int | float | str):
-        return value
-    return json.dumps(value)
+            **{k: text(v) for k, v in fields.items() if v is not None}}
 
 
 def _refused(refusal: rules.Refusal) -> CommandRefused:
     return CommandRefused(refusal.code, refusal.message)
 
 
-__all__ = ["Broker", "CommandRefused", "Drink", "Order", "ORDER_STATES", "Snapshot"]
+__all__ = ["Broker", "CommandRefused", "Drink", "Order", "Snapshot"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+from constants.orders import OrderField
 from constants.services import WORKERS, Service
 from cores.broker import Broker
 
@@ -13,17 +14,16 @@ def status(broker: Broker) -> dict:
     """The machine's state, current order, stock, the operator's queue and worker heartbeats."""
     snap = broker.snapshot()
     order = broker.order(snap.order_id)
-    beats = {}
-    for service in (*WORKERS, Service.NOTIFICATION):
-        at = broker.redis.get(broker.heartbeat_key(service))
-        beats[str(service)] = None if at is None else round(time.time() - float(at), 1)
+    now = time.time()
+    beats = {service: None if at is None else round(now - at, 1)
+             for service, at in broker.heartbeats((*WORKERS, Service.NOTIFICATION)).items()}
     return {
         "machine_id": broker.machine_id,
         "state": str(snap.state),
         "since": snap.since,
         "order": None if order is None else {
             k: v for k, v in order.fields.items()
-            if k not in ("idempotency_key", "frame_values")},
+            if k not in (OrderField.IDEMPOTENCY_KEY, OrderField.FRAME_VALUES)},
         "stock": broker.stock(),
         "operator_queue": list(broker.operator_queue().values()),
         "heartbeat_age_s": beats,

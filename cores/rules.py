@@ -8,15 +8,19 @@ those of shared/DESIGN.md.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
-from constants.states import RESULT_STATES, ErrorCode, FailReason, RefundOutcome, State
+from constants.orders import Command, LateRefund, OperatorKind, outcome_is_failed
+from constants.states import RESULT_STATES, ErrorCode, FailReason, RefundOutcome, Sale, State
 from constants.tunables import (
     CHARGE_EXPIRY_MARGIN_MIN,
     CLOSE_RETRY_S,
     PAYMENT_POLL_MAX_S,
     PAYMENT_POLL_SCHEDULE_S,
+    RECHECK_AFTER_EXPIRY_S,
+    RECHECK_EVERY_S,
+    REFUND_RETRY_S,
 )
 
 # --- kiosk commands --------------------------------------------------------------------------
@@ -34,9 +38,6 @@ ORDER_FROM = (State.SHOW_MENU,)
 #: Kiosk CANCEL on the menu goes straight back to IDLE; with an order it asks the workers.
 CANCEL_TO_IDLE_FROM = (State.SHOW_MENU,)
 CANCEL_REQUEST_FROM = (State.MENU_CLICKED, State.ORDER_CREATED)
-
-#: Operator maintenance: only when no customer is in the middle of something.
-OUT_OF_SERVICE_FROM = (State.IDLE, State.SHOW_MENU, *RESULT_STATES)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ class Step(Enum):
     FAIL = "fail"  # -> PAYMENT_FAILED with a reason
     CLOSE = "close"  # cancel at Midtrans, then re-read the status (money rule 3)
     WAIT = "wait"  # check again at `at`
+    READ = "read"  # read the payment's status now
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,51 @@ class Decision:
     step: Step
     reason: FailReason | None = None
     at: float | None = None
+    #: With FAIL: when the late-payment desk reads the payment again (money rule 4).
+    recheck_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Watch:
+    """The schedule of status reads of the order on screen (in memory; a restarted worker
+    starts a new one, and reads at once)."""
+
+    order_id: str
+    checks: int
+    next_check: float
+
+
+def watch_schedule(watch: Watch | None, order_id: str, now: float, commands: set[str],
+                   closing: bool) -> Watch:
+    """The schedule for the order on screen, after the worker woke with `commands`.
+
+    A notification (CHECK) or the customer's CANCEL cuts the wait short; while the order is
+    closing, only news from the gateway (CHECK) does: the cancel is already under way.
+    """
+    if watch is None or watch.order_id != order_id:
+        watch = Watch(order_id, 0, now + poll_delay(0))
+    cut_short = {Command.CHECK} if closing else {Command.CHECK, Command.CANCEL}
+    if commands & cut_short:
+        watch = replace(watch, next_check=now)
+    return watch
+
+
+def after_read(watch: Watch, now: float) -> Watch:
+    """The schedule after a status read: the next read backs off (poll_delay)."""
+    return Watch(watch.order_id, watch.checks + 1, now + poll_delay(watch.checks + 1))
+
+
+def next_payment_step(now: float, watch: Watch, deadline: float, cancel_requested: bool,
+                      closing: FailReason | None) -> Decision:
+    """Before any gateway call: WAIT until `at`, READ the status now, or (while the order is
+    closing) CLOSE again: the cancel at Midtrans is retried on the schedule."""
+    if closing is not None:
+        if now < watch.next_check:
+            return Decision(Step.WAIT, at=watch.next_check)
+        return Decision(Step.CLOSE, closing)
+    if now < watch.next_check and now < deadline and not cancel_requested:
+        return Decision(Step.WAIT, at=min(watch.next_check, deadline))
+    return Decision(Step.READ)
 
 
 def decide_payment(now: float, deadline: float, cancel_requested: bool, paid: Paid,
@@ -193,6 +240,66 @@ def stop_closing(now: float, gateway_expiry: float | None, grace_s: float) -> bo
     return gateway_expiry is not None and now >= gateway_expiry + grace_s
 
 
+def closing_outcome(decision: Decision, now: float, gateway_expiry: float | None,
+                    transaction_found: bool) -> Decision:
+    """How closing the order on screen ends, after decide_after_close (money rules 3, 4).
+
+    While the gateway cannot confirm, keep closing until the charge's own expiry and a grace
+    have passed; then fail with a recheck at once. A transaction the gateway does not know
+    (404) can no longer be paid, but is read once more later.
+    """
+    if decision.step is Step.CLOSE:
+        if stop_closing(now, gateway_expiry, RECHECK_AFTER_EXPIRY_S):
+            return Decision(Step.FAIL, FailReason.GATEWAY_UNREACHABLE, recheck_at=now)
+        return decision
+    if decision.step is Step.FAIL and not transaction_found:
+        return replace(decision, recheck_at=now + RECHECK_EVERY_S)
+    return decision
+
+
+def charge_error(refused_code: str | None) -> tuple[Decision, bool]:
+    """A charge that failed: refused with `refused_code`, or unreachable (None).
+
+    Returns what to do and whether the failed charge goes in the sales record. A charge that
+    may exist unseen (unreachable) is closed so it can never be paid; so is an order_id
+    already charged (406: a retry beyond the idempotency window), and honoured if paid.
+    """
+    if refused_code is None:
+        return Decision(Step.CLOSE, FailReason.GATEWAY_UNREACHABLE), True
+    if refused_code == "406":
+        return Decision(Step.CLOSE, FailReason.GATEWAY_REFUSED), False
+    return Decision(Step.FAIL, FailReason.GATEWAY_REFUSED), True
+
+
+def unseen_charge_outcome(decision: Decision, reason: FailReason, now: float,
+                          payment_deadline_s: float) -> Decision:
+    """How closing a charge whose QR was never shown ends (the ORDER worker's close).
+
+    Nobody saw the QR, so nobody can pay it: where the gateway cannot confirm the cancel the
+    order fails at once, rechecked after the charge's own expiry (money rule 4); where it
+    failed, the screen says why we closed it. A payment (or a wrong amount) is honoured.
+    """
+    if decision.step is Step.CLOSE:
+        expiry_s = charge_expiry_minutes(payment_deadline_s) * 60
+        return Decision(Step.FAIL, reason, recheck_at=now + expiry_s + RECHECK_AFTER_EXPIRY_S)
+    if decision.step is Step.FAIL and decision.reason != FailReason.AMOUNT_MISMATCH:
+        return Decision(Step.FAIL, reason)
+    return decision
+
+
+def failure_record(reason: FailReason, now: float, recheck_at: float | None
+                   ) -> tuple[Sale, float | None]:
+    """The sales entry of a failed payment, and when its payment is read again.
+
+    A settlement of the wrong amount moved money that was not the price: the late-payment
+    desk refunds it at once (money rule 2).
+    """
+    kind = Sale.CANCELLED if reason == FailReason.CANCELLED else Sale.PAYMENT_FAILED
+    if reason == FailReason.AMOUNT_MISMATCH:
+        return kind, now
+    return kind, recheck_at
+
+
 # --- late payments (money rule 4) -----------------------------------------------------------
 
 
@@ -208,9 +315,9 @@ class Late(Enum):
 def late_triage(on_screen: bool, outcome: str | None, late: str | None) -> Late:
     if on_screen:
         return Late.WAKE_WORKER
-    if not (outcome or "").startswith("failed:"):
+    if not outcome_is_failed(outcome):
         return Late.NOTHING
-    if late in ("refunded", "owed"):
+    if late in (LateRefund.REFUNDED, LateRefund.OWED):
         return Late.SETTLED
     return Late.READ_STATUS
 
@@ -227,7 +334,7 @@ class LateStatus(Enum):
 def late_status(late: str | None, transaction_status: str, fraud_status: str | None,
                 paid_amount: int | None, order_amount: int) -> LateStatus:
     status = transaction_status.lower()
-    if late == "pending" and status in ("refund", "partial_refund"):
+    if late == LateRefund.PENDING and status in ("refund", "partial_refund"):
         return LateStatus.RECORD_REFUNDED
     paid, _ = judge_payment(status, fraud_status, paid_amount, order_amount)
     if paid is Paid.PENDING:
@@ -256,6 +363,40 @@ def after_vend(vend: Vend) -> tuple[State, bool, RefundOutcome | None]:
         return State.DISPENSE_FAILED, True, None
     # Never re-vend nor refund on a guess: the operator decides.
     return State.DISPENSE_FAILED, False, RefundOutcome.VEND_UNKNOWN
+
+
+def vend_record(outcome: RefundOutcome) -> tuple[Sale, OperatorKind | None, str | None]:
+    """The sales entry of a vend that did not give a drink, and what it asks of a person."""
+    if outcome is RefundOutcome.REFUNDED:
+        return Sale.REFUNDED, None, None
+    if outcome is RefundOutcome.OWED:
+        return Sale.REFUND_OWED, OperatorKind.REFUND_OWED, "refund refused or unreachable"
+    return Sale.VEND_UNKNOWN, OperatorKind.VEND_UNKNOWN, "check the machine, then refund"
+
+
+# --- refunds: one policy for a failed vend and a late payment ----------------------------
+
+
+class RefundTry(Enum):
+    """What one refund call at Midtrans came to."""
+
+    DONE = "done"
+    REFUSED = "refused"  # Midtrans said no (4xx): asking again changes nothing
+    UNREACHABLE = "unreachable"  # no answer: the refund may or may not have happened
+
+
+def refund_next(result: RefundTry, attempt: int) -> tuple[RefundOutcome | None, float | None]:
+    """After refund attempt `attempt` (0-based): the outcome, or the pause before the next.
+
+    Midtrans refusing is final: the refund is owed, for the operator. An unreachable gateway
+    is tried again on the REFUND_RETRY_S schedule with the same refund key (the same refund
+    at Midtrans), then owed. Money rule 2: refunded, or recorded.
+    """
+    if result is RefundTry.DONE:
+        return RefundOutcome.REFUNDED, None
+    if result is RefundTry.UNREACHABLE and attempt < len(REFUND_RETRY_S):
+        return None, REFUND_RETRY_S[attempt]
+    return RefundOutcome.OWED, None
 
 
 def refund_key(order_id: str) -> str:

@@ -12,20 +12,21 @@ import logging
 import time
 from collections.abc import Callable
 
+from constants.orders import OperatorKind, OrderField, Outcome
 from constants.states import RefundOutcome, Sale, State
-from constants.tunables import REFUND_ATTEMPTS, REFUND_RETRY_S
 from cores import rules
 from cores.broker import Broker, Order, Snapshot
 from cores.config import Settings
 from cores.dispenser import Dispenser
 from cores.dispenser import from_settings as dispenser_from_settings
 from cores.logs import kv
-from cores.midtrans import GatewayRefused, MidtransClient, MidtransError
+from cores.machine import Effects, Transition
+from cores.midtrans import MidtransClient
 from cores.rules import Vend
+from services.refunds import Refunder
 from services.worker import Worker
 
 log = logging.getLogger(__name__)
-
 
 
 class DispenseWorker(Worker):
@@ -33,11 +34,10 @@ class DispenseWorker(Worker):
 
     def __init__(self, broker: Broker, client: MidtransClient, dispenser: Dispenser,
                  clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] | None = None) -> None:
+                 sleep: Callable[[float], object] | None = None) -> None:
         super().__init__(broker, clock)
-        self.client = client
         self.dispenser = dispenser
-        self.sleep = sleep or self.stopping.wait
+        self.refunder = Refunder(client, sleep or self.stopping.wait)
 
     def step(self, snap: Snapshot, entries: list) -> float | None:
         if snap.state not in (State.PAYMENT_SUCCESS, State.DISPENSING) or not snap.order_id:
@@ -45,90 +45,73 @@ class DispenseWorker(Worker):
         order = self.broker.order(snap.order_id)
         if order is None:
             log.error("order missing", extra=kv(order_id=snap.order_id))
-            self.broker.transition(
-                State.DISPENSE_FAILED, from_states=(snap.state,), order_id=snap.order_id,
-                values={"order_id": snap.order_id, "drink": None, "amount": None,
-                        "refund": str(RefundOutcome.VEND_UNKNOWN)},
-                operator={"kind": str(Sale.VEND_UNKNOWN), "detail": "order record missing"})
+            self.broker.transition(Transition(
+                State.DISPENSE_FAILED, (snap.state,), snap.order_id,
+                {"order_id": snap.order_id, "drink": None, "amount": None,
+                 "refund": str(RefundOutcome.VEND_UNKNOWN)},
+                Effects(operator={"kind": OperatorKind.VEND_UNKNOWN,
+                                  "detail": "order record missing"})))
             return None
         journal = self.dispenser.outcome(order.order_id)
         if journal is not None:
             # The driver already vended (or failed) this order: a state rolled back, or a
             # second worker; never vend it again (money rule 6).
             if snap.state == State.PAYMENT_SUCCESS:
-                self.broker.transition(State.DISPENSING, from_states=(State.PAYMENT_SUCCESS,),
-                                       order_id=order.order_id, values=order.values())
+                self.broker.transition(Transition(State.DISPENSING, (State.PAYMENT_SUCCESS,),
+                                                  order.order_id, order.values()))
             log.warning("journal already has this order", extra=kv(
                 order_id=order.order_id, vend=journal.value))
             self.finish(order, journal)
-            return None
-        if snap.state == State.PAYMENT_SUCCESS:
-            if not self.broker.transition(
-                    State.DISPENSING, from_states=(State.PAYMENT_SUCCESS,),
-                    order_id=order.order_id, values=order.values(),
-                    order_fields={"vend_started_at": self.clock()}):
-                return None
-            try:
-                vend = self.dispenser.vend(order.order_id, order.drink.id)
-            except Exception:
-                log.exception("vend raised", extra=kv(order_id=order.order_id))
-                vend = self.dispenser.outcome(order.order_id) or Vend.UNKNOWN
+        elif snap.state == State.PAYMENT_SUCCESS:
+            if self.broker.transition(Transition(
+                    State.DISPENSING, (State.PAYMENT_SUCCESS,), order.order_id, order.values(),
+                    Effects(order_fields={OrderField.VEND_STARTED_AT: self.clock()}))):
+                self.finish(order, self.vend(order))
         else:
             # Restarted mid-vend and the journal has no result: only a person can tell.
-            vend = Vend.UNKNOWN
-            log.warning("resuming vend", extra=kv(order_id=order.order_id, vend=vend.value))
-        self.finish(order, vend)
+            log.warning("resuming vend", extra=kv(order_id=order.order_id,
+                                                  vend=Vend.UNKNOWN.value))
+            self.finish(order, Vend.UNKNOWN)
         return None
+
+    def vend(self, order: Order) -> Vend:
+        try:
+            return self.dispenser.vend(order.order_id, order.drink.id)
+        except Exception:
+            log.exception("vend raised", extra=kv(order_id=order.order_id))
+            return self.dispenser.outcome(order.order_id) or Vend.UNKNOWN
 
     def finish(self, order: Order, vend: Vend) -> None:
         to, refund, outcome = rules.after_vend(vend)
         if to == State.DISPENSED:
-            self.broker.transition(
-                State.DISPENSED, from_states=(State.DISPENSING,), order_id=order.order_id,
-                values=order.values(), stock_drink=order.drink.id,
-                sale={"kind": Sale.DISPENSED, "amount": order.amount, "drink_id": order.drink.id},
-                order_fields={"outcome": "dispensed"})
+            self.broker.transition(Transition(
+                State.DISPENSED, (State.DISPENSING,), order.order_id, order.values(),
+                Effects(sale={"kind": Sale.DISPENSED, "amount": order.amount,
+                              "drink_id": order.drink.id},
+                        order_fields={OrderField.OUTCOME: Outcome.DISPENSED},
+                        stock_drink=order.drink.id)))
             return
-        operator = None
+        detail = None
         if refund:
-            if not order.flag("dispense_failed_recorded"):
+            if not order.flag(OrderField.DISPENSE_FAILED_RECORDED):
                 self.broker.record_sale(order.order_id, Sale.DISPENSE_FAILED, amount=order.amount)
-                self.broker.update_order(order.order_id, dispense_failed_recorded=1)
-            outcome = self.refund(order)
+                self.broker.update_order(order.order_id,
+                                         **{OrderField.DISPENSE_FAILED_RECORDED: 1})
+            result = self.refunder.refund(order.order_id, order.amount, "dispense failed")
+            outcome, detail = result.outcome, result.detail
+        assert outcome is not None  # after_vend names it unless a refund was asked for
+        kind, operator_kind, operator_detail = rules.vend_record(outcome)
+        sale: dict = {"kind": kind, "amount": order.amount}
         if outcome is RefundOutcome.REFUNDED:
-            sale = {"kind": Sale.REFUNDED, "amount": order.amount,
-                    "refund_key": rules.refund_key(order.order_id)}
-        elif outcome is RefundOutcome.OWED:
-            sale = {"kind": Sale.REFUND_OWED, "amount": order.amount}
-            operator = {"kind": str(Sale.REFUND_OWED), "amount": order.amount,
-                        "drink": order.drink.id, "detail": "refund refused or unreachable"}
-        else:
-            sale = {"kind": Sale.VEND_UNKNOWN, "amount": order.amount}
-            operator = {"kind": str(Sale.VEND_UNKNOWN), "amount": order.amount,
-                        "drink": order.drink.id, "detail": "check the machine, then refund"}
-        self.broker.transition(
-            State.DISPENSE_FAILED, from_states=(State.DISPENSING,), order_id=order.order_id,
-            values={**order.values(), "refund": str(outcome)}, sale=sale, operator=operator,
-            order_fields={"outcome": f"dispense_failed:{outcome}"})
-
-    def refund(self, order: Order) -> RefundOutcome:
-        key = rules.refund_key(order.order_id)
-        for attempt in range(REFUND_ATTEMPTS):
-            try:
-                self.client.refund(order.order_id, refund_key=key, amount=order.amount,
-                                   reason="dispense failed")
-                log.info("refunded", extra=kv(order_id=order.order_id, refund_key=key))
-                return RefundOutcome.REFUNDED
-            except GatewayRefused as exc:
-                log.warning("refund refused", extra=kv(order_id=order.order_id, code=exc.code,
-                                                      message=exc.message))
-                return RefundOutcome.OWED
-            except MidtransError as exc:
-                log.warning("refund failed", extra=kv(order_id=order.order_id, attempt=attempt,
-                                                     error=str(exc)))
-                if attempt + 1 < REFUND_ATTEMPTS:
-                    self.sleep(REFUND_RETRY_S)
-        return RefundOutcome.OWED
+            sale["refund_key"] = rules.refund_key(order.order_id)
+        operator = None if operator_kind is None else {
+            "kind": operator_kind, "amount": order.amount, "drink": order.drink.id,
+            "detail": f"{operator_detail}: {detail}" if detail else operator_detail}
+        self.broker.transition(Transition(
+            State.DISPENSE_FAILED, (State.DISPENSING,), order.order_id,
+            {**order.values(), "refund": str(outcome)},
+            Effects(sale=sale, operator=operator,
+                    order_fields={OrderField.OUTCOME: Outcome.DISPENSE_FAILED.detail(outcome)})))
 
 
 def build(settings: Settings, broker: Broker) -> DispenseWorker:

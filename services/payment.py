@@ -2,17 +2,19 @@
 
 Money rule 3 (shared/DESIGN.md): before PAYMENT_FAILED for a timeout or a cancel, the
 transaction is cancelled at Midtrans and its status read again; a payment that settled in
-between is honoured.
+between is honoured. The decisions are cores.rules'; this module does the calls and writes.
 """
 
 from __future__ import annotations
 
 import logging
 
+from constants.orders import OperatorKind, OrderField, Outcome
 from constants.states import FailReason, Sale, State
 from cores import rules
 from cores.broker import Broker, Order
 from cores.logs import kv
+from cores.machine import Effects, Transition
 from cores.midtrans import GatewayRefused, MidtransClient, MidtransError, Transaction
 from cores.rules import Decision, Paid, Step
 
@@ -72,47 +74,48 @@ def succeed(broker: Broker, order: Order, txn: Transaction | None, from_state: S
         extra = {"transaction_id": txn.transaction_id, "transaction_status":
                  txn.transaction_status, "settlement_time": txn.settlement_time,
                  "payment_type": txn.payment_type}
-    return broker.transition(
-        State.PAYMENT_SUCCESS, from_states=(from_state,), order_id=order.order_id,
-        values=order.values(),
-        sale={"kind": Sale.PAID, "amount": order.amount, "drink_id": order.drink.id, **extra},
-        order_fields={"outcome": "paid", "paid_at": broker.clock()})
+    return broker.transition(Transition(
+        State.PAYMENT_SUCCESS, (from_state,), order.order_id, order.values(),
+        Effects(sale={"kind": Sale.PAID, "amount": order.amount, "drink_id": order.drink.id,
+                      **extra},
+                order_fields={OrderField.OUTCOME: Outcome.PAID,
+                              OrderField.PAID_AT: broker.clock()})))
 
 
 def fail(broker: Broker, order: Order, reason: FailReason, from_state: State,
          detail: str | None = None, recheck_at: float | None = None) -> bool:
     """PAYMENT_FAILED. `recheck_at`: when the late-payment desk reads the payment again (in
     the same MULTI), for an order closed while money could still move."""
+    now = broker.clock()
+    kind, recheck_at = rules.failure_record(reason, now, recheck_at)
     message = FAIL_MESSAGES[reason] + (f" ({detail})" if detail else "")
-    kind = Sale.CANCELLED if reason == FailReason.CANCELLED else Sale.PAYMENT_FAILED
-    if reason == FailReason.AMOUNT_MISMATCH:
-        # Money moved but not the price: the late-payment desk refunds what was paid (rule 2).
-        recheck_at = broker.clock()
-    return broker.transition(
-        State.PAYMENT_FAILED, from_states=(from_state,), order_id=order.order_id,
-        values={**order.values(), "reason": str(reason), "message": message},
-        sale={"kind": kind, "amount": order.amount, "reason": str(reason), "detail": detail},
-        order_fields={"outcome": f"failed:{reason}", "closed_at": broker.clock()},
-        recheck_at=recheck_at)
+    return broker.transition(Transition(
+        State.PAYMENT_FAILED, (from_state,), order.order_id,
+        {**order.values(), "reason": str(reason), "message": message},
+        Effects(sale={"kind": kind, "amount": order.amount, "reason": str(reason),
+                      "detail": detail},
+                order_fields={OrderField.OUTCOME: Outcome.FAILED.detail(reason),
+                              OrderField.CLOSED_AT: now},
+                recheck_at=recheck_at)))
 
 
 def order_missing(broker: Broker, order_id: str, from_state: State) -> bool:
     """The state names an order whose record is gone: close it, and tell the operator."""
-    return broker.transition(
-        State.PAYMENT_FAILED, from_states=(from_state,), order_id=order_id,
-        values={"order_id": order_id, "drink": None, "amount": None,
-                "reason": str(FailReason.GATEWAY_REFUSED),
-                "message": "The order could not be found."},
-        operator={"kind": "order_missing", "detail": "check this order at Midtrans"})
+    log.error("order missing", extra=kv(order_id=order_id))
+    return broker.transition(Transition(
+        State.PAYMENT_FAILED, (from_state,), order_id,
+        {"order_id": order_id, "drink": None, "amount": None,
+         "reason": str(FailReason.GATEWAY_REFUSED), "message": "The order could not be found."},
+        Effects(operator={"kind": OperatorKind.ORDER_MISSING,
+                          "detail": "check this order at Midtrans"})))
 
 
 def act(broker: Broker, order: Order, decision: Decision, txn: Transaction | None,
-        from_state: State, recheck_at: float | None = None) -> bool:
+        from_state: State) -> bool:
     """Apply SUCCEED or FAIL; returns whether the transition was applied."""
     if decision.step is Step.SUCCEED:
         return succeed(broker, order, txn, from_state)
     if decision.step is Step.FAIL:
         return fail(broker, order, decision.reason or FailReason.GATEWAY_REFUSED, from_state,
-                    recheck_at=recheck_at)
+                    recheck_at=decision.recheck_at)
     raise ValueError(f"not a final decision: {decision}")
-

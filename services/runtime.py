@@ -9,7 +9,7 @@ from pathlib import Path
 import redis
 
 from constants.services import Service
-from constants.tunables import REDIS_BLOCK_MAX_MS
+from constants.tunables import WORKER_SOCKET_TIMEOUT_S
 from cores.broker import Broker
 from cores.config import ConfigError, Settings
 from cores.logs import kv
@@ -37,11 +37,12 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
-def redis_client(settings: Settings) -> redis.Redis:
-    """A client whose socket timeout outlasts the longest BLOCK (shared/TESTING.md)."""
+def redis_client(settings: Settings, name: str | None = None) -> redis.Redis:
+    """A client whose socket timeout outlasts the longest BLOCK (shared/TESTING.md), named
+    after its process in CLIENT LIST (`bench/idle.py` counts commands by name)."""
     return redis.Redis.from_url(redis_url(settings), decode_responses=True,
-                                socket_timeout=REDIS_BLOCK_MAX_MS / 1000 + 5,
-                                socket_connect_timeout=5, health_check_interval=30)
+                                socket_timeout=WORKER_SOCKET_TIMEOUT_S,
+                                socket_connect_timeout=5, client_name=name)
 
 
 def load_menu(path: Path) -> list[dict]:
@@ -55,8 +56,9 @@ def load_menu(path: Path) -> list[dict]:
     return drinks
 
 
-def broker_for(settings: Settings, client: redis.Redis | None = None) -> Broker:
-    broker = Broker(client or redis_client(settings), settings.machine_id)
+def broker_for(settings: Settings, client: redis.Redis | None = None,
+               name: str | None = None) -> Broker:
+    broker = Broker(client or redis_client(settings, name), settings.machine_id)
     broker.ensure_ready(load_menu(settings.menu_file))
     return broker
 
@@ -71,7 +73,7 @@ def run_worker(service: Service, settings: Settings) -> None:
         Service.DISPENSE: dispense_service.build,
         Service.SCREEN: screen_service.build,
     }
-    worker = builders[service](settings, broker_for(settings))
+    worker = builders[service](settings, broker_for(settings, name=service.lower()))
     worker.install_signal_handlers()
     lock = hold_instance_lock(service, settings, worker.stopping)
     if lock is not None:

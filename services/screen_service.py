@@ -13,6 +13,7 @@ from constants.states import State
 from cores import rules
 from cores.broker import Broker, Snapshot
 from cores.config import Settings
+from cores.machine import Transition
 from services.worker import Worker
 
 
@@ -32,8 +33,8 @@ class ScreenWorker(Worker):
         if self.clock() < deadline:
             return deadline
         # Compare-and-set on the version: a tap that re-sent the menu restarted the timer.
-        self.broker.transition(State.IDLE, from_states=(snap.state,), order_id=snap.order_id,
-                               new_order_id=None, values={}, expect_version=snap.version)
+        self.broker.transition(Transition(State.IDLE, (snap.state,), snap.order_id, {},
+                                          new_order_id=None, expect_version=snap.version))
         return None
 
 

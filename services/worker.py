@@ -2,7 +2,12 @@
 
 A worker is level-triggered: each time it wakes it reads the machine's state and does the
 step that state asks of it. So a worker restarted after a crash carries on from what Redis
-holds, and a lost wake-up costs at most one BLOCK period, never an order.
+holds, and a lost wake-up costs at most one heartbeat period, never an order.
+
+An idle worker costs nothing: it blocks on the events and commands streams until an entry
+arrives, its step's timer falls due, or its next heartbeat (HEARTBEAT_EVERY_S): three Redis
+commands per heartbeat period. SIGTERM interrupts the block at once; a step in hand is
+finished first.
 """
 
 from __future__ import annotations
@@ -15,58 +20,76 @@ from collections.abc import Callable
 
 import redis
 
-from constants.tunables import ERROR_BACKOFF_S, HEARTBEAT_TTL_S, REDIS_BLOCK_MAX_MS
+from constants.tunables import ERROR_BACKOFF_S, HEARTBEAT_EVERY_S, HEARTBEAT_TTL_S
 from cores.broker import Broker, Snapshot
 from cores.logs import kv
 
 log = logging.getLogger(__name__)
 
 
+class Stopping(BaseException):
+    """Raised by the signal handler into a blocking read (never caught as an Exception)."""
+
 
 class Worker:
     """Subclasses set `service` and implement `step`."""
 
     service = "WORKER"
+    #: The longest sleep on Redis; tests that stop a worker from another thread shorten it.
+    max_block_s: float = HEARTBEAT_EVERY_S
 
     def __init__(self, broker: Broker, clock: Callable[[], float] = time.time) -> None:
         self.broker = broker
         self.clock = clock
         self.stopping = threading.Event()
         self.steps = 0
+        self._blocking = False
 
     def step(self, snap: Snapshot, entries: list[tuple[str, dict]]) -> float | None:
         """Do what `snap` asks of this worker. Return when to run again (None: on a change)."""
         raise NotImplementedError
 
     def request_stop(self, *_: object) -> None:
+        """Stop after the step in hand. From another thread, a block in progress ends at its
+        timeout (at most `max_block_s`); from a signal, at once (see `_on_signal`)."""
         self.stopping.set()
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, *_: object) -> None:
+        self.request_stop()
+        if self._blocking:  # sleeping on Redis: nothing is in hand, leave now
+            raise Stopping
 
     def run(self) -> None:
         """Serve until `request_stop` (SIGTERM finishes the step in hand, then returns)."""
         log.info("worker started", extra=kv(worker=self.service))
+        try:
+            self._loop()
+        except Stopping:
+            pass
+        log.info("worker stopped", extra=kv(worker=self.service))
+
+    def _loop(self) -> None:
         failures = 0
         cursor: dict[str, str] | None = None
         entries: list[tuple[str, dict]] = []
-        last_beat = 0.0
+        next_beat = 0.0
         while not self.stopping.is_set():
             try:
                 if cursor is None:
                     cursor = self.broker.cursor()
                 now = self.clock()
-                if now - last_beat >= HEARTBEAT_TTL_S / 3:
+                if now >= next_beat:
                     self.broker.heartbeat(self.service, HEARTBEAT_TTL_S)
-                    last_beat = now
+                    next_beat = now + HEARTBEAT_EVERY_S
                 wake_at = self.step(self.broker.snapshot(), entries)
                 self.steps += 1
                 failures = 0
-                block_s = REDIS_BLOCK_MAX_MS / 1000
-                if wake_at is not None:
-                    block_s = min(block_s, wake_at - self.clock())
-                cursor, entries = self.broker.wait(cursor, block_s)
+                until = next_beat if wake_at is None else min(next_beat, wake_at)
+                cursor, entries = self._wait(cursor, min(until - self.clock(), self.max_block_s))
             except Exception as exc:  # a failing step must not kill the worker
                 delay = ERROR_BACKOFF_S[min(failures, len(ERROR_BACKOFF_S) - 1)]
                 failures += 1
@@ -77,16 +100,13 @@ class Worker:
                     log.exception("step failed", extra=kv(worker=self.service, retry_s=delay))
                 entries = []
                 self.stopping.wait(delay)
-        log.info("worker stopped", extra=kv(worker=self.service))
 
-    def run_until(self, done: Callable[[], bool], timeout_s: float = 10.0) -> None:
-        """For tests: run in a thread until `done()` or the timeout; then stop."""
-        thread = threading.Thread(target=self.run, daemon=True)
-        thread.start()
-        deadline = time.monotonic() + timeout_s
+    def _wait(self, cursor: dict[str, str], block_s: float
+              ) -> tuple[dict[str, str], list[tuple[str, dict]]]:
+        self._blocking = True
         try:
-            while not done() and time.monotonic() < deadline:
-                time.sleep(0.02)
+            if self.stopping.is_set():
+                return cursor, []
+            return self.broker.wait(cursor, block_s)
         finally:
-            self.request_stop()
-            thread.join(5)
+            self._blocking = False

@@ -15,6 +15,7 @@ import pytest
 
 from constants.states import RESULT_STATES, ErrorCode, FailReason, Sale, State
 from constants.tunables import ORDER_KEEP_S
+from cores.machine import Effects, IllegalTransition, Transition
 from cores.broker import Broker, CommandRefused, Snapshot
 
 MACHINE = "vm-1"
@@ -86,20 +87,24 @@ def events(broker: Broker) -> list[dict]:
 def to_order_created(broker: Broker, drink: str = "cola") -> str:
     broker.show_menu()
     oid = broker.place_order(drink)
-    assert broker.transition(
-        State.ORDER_CREATED,
-        from_states=(State.MENU_CLICKED,),
-        order_id=oid,
-        values={"order_id": oid, "qr_string": "000201"},
-    )
+    assert broker.transition(Transition(State.ORDER_CREATED, (State.MENU_CLICKED,), oid, {"order_id": oid, "qr_string": "000201"}))
     return oid
+
+
+#: The legal way from ORDER_CREATED to each result screen (cores.machine.TRANSITIONS).
+PATHS = {
+    State.PAYMENT_FAILED: (State.PAYMENT_FAILED,),
+    State.DISPENSED: (State.PAYMENT_SUCCESS, State.DISPENSING, State.DISPENSED),
+    State.DISPENSE_FAILED: (State.PAYMENT_SUCCESS, State.DISPENSING, State.DISPENSE_FAILED),
+}
 
 
 def to_result(broker: Broker, state: State = State.PAYMENT_FAILED) -> str:
     oid = to_order_created(broker)
-    assert broker.transition(
-        state, from_states=(State.ORDER_CREATED,), order_id=oid, values={"order_id": oid}
-    )
+    frm = State.ORDER_CREATED
+    for to in PATHS[state]:
+        assert broker.transition(Transition(to, (frm,), oid, {"order_id": oid}))
+        frm = to
     return oid
 
 
@@ -385,30 +390,32 @@ def test_cancel_with_nothing_to_cancel_is_refused_and_changes_nothing(broker, cl
 def test_transition_from_a_state_the_machine_is_not_in_is_refused(broker, client):
     oid = to_order_created(broker)
     before = dump(client)
-    assert not broker.transition(
-        State.DISPENSING,
-        from_states=(State.PAYMENT_SUCCESS,),
-        order_id=oid,
-        values={},
-        sale={"kind": Sale.PAID},
-        order_fields={"x": 1},
-        stock_drink="cola",
-        operator={"kind": "x"},
-    )
+    assert not broker.transition(Transition(State.DISPENSED, (State.DISPENSING,), oid, {}, Effects(sale={"kind": Sale.PAID}, order_fields={"x": 1}, stock_drink="cola")))
+    assert dump(client) == before
+
+
+def test_a_move_the_machine_does_not_have_is_a_bug_raised_and_changes_nothing(broker, client):
+    oid = to_order_created(broker)
+    before = dump(client)
+    with pytest.raises(IllegalTransition, match="ORDER_CREATED -> DISPENSED"):
+        broker.transition(Transition(State.DISPENSED, (State.ORDER_CREATED,), oid, {}))
+    assert dump(client) == before
+
+
+def test_an_effect_a_move_may_not_write_is_a_bug_raised_and_changes_nothing(broker, client):
+    """Stock is taken only when a drink is dispensed, never when a payment succeeds."""
+    oid = to_order_created(broker)
+    before = dump(client)
+    with pytest.raises(IllegalTransition, match="cannot write stock"):
+        broker.transition(Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), oid, {},
+                                     Effects(stock_drink="cola")))
     assert dump(client) == before
 
 
 def test_transition_for_another_order_is_refused(broker, client):
     to_order_created(broker)
     before = dump(client)
-    assert not broker.transition(
-        State.PAYMENT_SUCCESS,
-        from_states=(State.ORDER_CREATED,),
-        order_id="vm-1-other",
-        values={},
-        sale={"kind": Sale.PAID},
-        order_fields={"x": 1},
-    )
+    assert not broker.transition(Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), "vm-1-other", {}, Effects(sale={"kind": Sale.PAID}, order_fields={"x": 1})))
     assert dump(client) == before
 
 
@@ -416,21 +423,9 @@ def test_transition_with_a_stale_version_is_refused(broker, client):
     oid = to_order_created(broker)
     version = broker.snapshot().version
     before = dump(client)
-    assert not broker.transition(
-        State.PAYMENT_SUCCESS,
-        from_states=(State.ORDER_CREATED,),
-        order_id=oid,
-        values={},
-        expect_version=version - 1,
-    )
+    assert not broker.transition(Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), oid, {}, expect_version=version - 1))
     assert dump(client) == before
-    assert broker.transition(
-        State.PAYMENT_SUCCESS,
-        from_states=(State.ORDER_CREATED,),
-        order_id=oid,
-        values={},
-        expect_version=version,
-    )
+    assert broker.transition(Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), oid, {}, expect_version=version))
 
 
 def test_applied_transition_writes_everything_it_was_given(broker, client, clock):
@@ -440,27 +435,18 @@ def test_applied_transition_writes_everything_it_was_given(broker, client, clock
     clock.now = T0 + 30
     values = {"order_id": oid, "amount": 7000}
 
-    assert broker.transition(
-        State.DISPENSE_FAILED,
-        from_states=(State.ORDER_CREATED, State.DISPENSING),
-        order_id=oid,
-        values=values,
-        sale={"kind": Sale.VEND_UNKNOWN, "amount": 7000, "note": None},
-        order_fields={"outcome": "x", "paid": True, "detail": {"a": 1}},
-        stock_drink="cola",
-        operator={"kind": "vend_unknown", "amount": 7000},
-    )
+    assert broker.transition(Transition(State.PAYMENT_FAILED, (State.MENU_CLICKED, State.ORDER_CREATED), oid, values, Effects(sale={"kind": Sale.VEND_UNKNOWN, "amount": 7000, "note": None}, order_fields={"outcome": "x", "paid": True, "detail": {"a": 1}}, operator={"kind": "vend_unknown", "amount": 7000}, recheck_at=T0 + 90)))
 
     snap = broker.snapshot()
-    assert snap.state is State.DISPENSE_FAILED
+    assert snap.state is State.PAYMENT_FAILED
     assert snap.order_id == oid
     assert snap.version == version + 1
     assert snap.since == T0 + 30
-    assert snap.frame == {"event": "DISPENSE_FAILED", "values": values}
+    assert snap.frame == {"event": "PAYMENT_FAILED", "values": values}
 
     entry = events(broker)[-1]
     assert entry == {
-        "state": "DISPENSE_FAILED",
+        "state": "PAYMENT_FAILED",
         "order_id": oid,
         "version": str(version + 1),
         "frame": json.dumps(snap.frame, separators=(",", ":")),
@@ -478,21 +464,25 @@ def test_applied_transition_writes_everything_it_was_given(broker, client, clock
     assert order.flag("paid")
     assert json.loads(order.get("detail")) == {"a": 1}
 
-    assert broker.stock()["cola"] == 4
     queue = broker.operator_queue()
     assert queue[oid] == {"kind": "vend_unknown", "amount": 7000, "order_id": oid, "at": T0 + 30}
+    assert client.zscore(broker.recheck_key, oid) == T0 + 90
+
+
+def test_a_dispensed_drink_takes_one_unit_of_its_stock_in_the_same_transition(broker):
+    oid = to_order_created(broker)
+    stock = broker.stock()["cola"]
+    for frm, to in ((State.ORDER_CREATED, State.PAYMENT_SUCCESS),
+                    (State.PAYMENT_SUCCESS, State.DISPENSING)):
+        assert broker.transition(Transition(to, (frm,), oid, {}))
+    assert broker.transition(Transition(State.DISPENSED, (State.DISPENSING,), oid, {},
+                                        Effects(stock_drink="cola")))
+    assert broker.stock()["cola"] == stock - 1
 
 
 def test_transition_that_clears_the_order_records_the_sale_under_the_old_order(broker):
-    oid = to_result(broker)
-    assert broker.transition(
-        State.IDLE,
-        from_states=(State.PAYMENT_FAILED,),
-        order_id=oid,
-        new_order_id=None,
-        values={},
-        sale={"kind": Sale.CANCELLED},
-    )
+    oid = to_order_created(broker)
+    assert broker.transition(Transition(State.PAYMENT_FAILED, (State.ORDER_CREATED,), oid, {}, Effects(sale={"kind": Sale.CANCELLED}), new_order_id=None))
     assert broker.snapshot().order_id is None
     assert broker.sales()[-1]["order_id"] == oid
 
@@ -500,10 +490,15 @@ def test_transition_that_clears_the_order_records_the_sale_under_the_old_order(b
 def test_transition_without_sale_appends_no_sale(broker):
     oid = to_order_created(broker)
     count = len(broker.sales())
-    assert broker.transition(
-        State.PAYMENT_SUCCESS, from_states=(State.ORDER_CREATED,), order_id=oid, values={}
-    )
+    assert broker.transition(Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), oid, {}))
     assert len(broker.sales()) == count
+
+
+def reset(client, broker: Broker, state: State, order_id: str) -> None:
+    """Put the machine in `state` for `order_id`, as a test's set-up (not a transition)."""
+    snap = broker.snapshot()
+    client.hset(broker.state_key, mapping={"state": str(state), "order_id": order_id,
+                                           "version": snap.version, "tid": ""})
 
 
 def race(client, order_id: str, targets: tuple[State, ...]) -> dict[State, bool]:
@@ -514,13 +509,7 @@ def race(client, order_id: str, targets: tuple[State, ...]) -> dict[State, bool]
     def decide(to: State) -> None:
         racer = Broker(client, MACHINE)
         barrier.wait(timeout=10)
-        results[to] = racer.transition(
-            to,
-            from_states=(State.ORDER_CREATED,),
-            order_id=order_id,
-            values={"order_id": order_id},
-            sale={"kind": str(to)},
-        )
+        results[to] = racer.transition(Transition(to, (State.ORDER_CREATED,), order_id, {"order_id": order_id}, Effects(sale={"kind": str(to)})))
 
     threads = [threading.Thread(target=decide, args=(to,)) for to in targets]
     for t in threads:
@@ -535,13 +524,7 @@ def test_only_one_of_two_racing_transitions_is_applied(broker, client):
     """Two workers decide at once for the same order: success and failure. One wins."""
     for n in range(20):
         oid = f"vm-1-race-{n}"
-        assert broker.transition(
-            State.ORDER_CREATED,
-            from_states=list(State),
-            order_id=broker.snapshot().order_id,
-            new_order_id=oid,
-            values={"order_id": oid},
-        )
+        reset(client, broker, State.ORDER_CREATED, oid)
         events_before = client.xlen(broker.events_key)
 
         results = race(client, oid, (State.PAYMENT_SUCCESS, State.PAYMENT_FAILED))
@@ -566,21 +549,10 @@ def test_events_count_equals_the_applied_transitions(broker, client):
     with pytest.raises(CommandRefused):
         broker.show_menu()
     outcomes = [
-        broker.transition(
-            State.ORDER_CREATED, from_states=(State.MENU_CLICKED,), order_id=oid, values={}
-        ),
-        broker.transition(
-            State.ORDER_CREATED, from_states=(State.MENU_CLICKED,), order_id=oid, values={}
-        ),
-        broker.transition(
-            State.PAYMENT_FAILED, from_states=(State.ORDER_CREATED,), order_id="other", values={}
-        ),
-        broker.transition(
-            State.PAYMENT_FAILED,
-            from_states=(State.ORDER_CREATED,),
-            order_id=oid,
-            values={"reason": str(FailReason.CANCELLED)},
-        ),
+        broker.transition(Transition(State.ORDER_CREATED, (State.MENU_CLICKED,), oid, {})),
+        broker.transition(Transition(State.ORDER_CREATED, (State.MENU_CLICKED,), oid, {})),
+        broker.transition(Transition(State.PAYMENT_FAILED, (State.ORDER_CREATED,), "other", {})),
+        broker.transition(Transition(State.PAYMENT_FAILED, (State.ORDER_CREATED,), oid, {"reason": str(FailReason.CANCELLED)})),
     ]
     assert outcomes == [True, False, False, True]
     applied += sum(outcomes)
@@ -599,9 +571,7 @@ def test_wait_returns_the_entries_appended_after_the_cursor(broker):
     cursor = broker.cursor()
     broker.request_cancel()
     oid = broker.snapshot().order_id
-    assert broker.transition(
-        State.PAYMENT_FAILED, from_states=(State.ORDER_CREATED,), order_id=oid, values={}
-    )
+    assert broker.transition(Transition(State.PAYMENT_FAILED, (State.ORDER_CREATED,), oid, {}))
 
     moved, entries = broker.wait(cursor, timeout_s=1)
 

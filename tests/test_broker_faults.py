@@ -11,6 +11,7 @@ import redis
 import requests
 
 from constants.states import State
+from cores.machine import Effects, Transition
 from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY
 from cores.midtrans import MidtransClient, signature
@@ -47,8 +48,7 @@ def broker(real_redis, settings):
 def test_a_transition_whose_reply_was_lost_is_reported_applied_once(broker, monkeypatch):
     lost = lose_next_reply(monkeypatch)
     events_before = broker.redis.xlen(broker.events_key)
-    assert broker.transition(State.SHOW_MENU, from_states=(State.IDLE,), order_id=None,
-                             values=[]) is True
+    assert broker.transition(Transition(State.SHOW_MENU, (State.IDLE,), None, [])) is True
     assert lost == [1]
     assert broker.snapshot().state == State.SHOW_MENU
     assert broker.redis.xlen(broker.events_key) == events_before + 1  # not applied twice

@@ -45,6 +45,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from constants.states import ORDER_STATES, RESULT_STATES, State
 from constants.tunables import CLIENT_FRAMES_PER_S
+from cores.machine import Effects, Transition
 from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY, Settings
 from cores.midtrans import MidtransClient
@@ -323,13 +324,7 @@ class Kiosk:
             values = {"fuzz_case": self.nonce}
             if order_id:
                 values.update(order_id=order_id, drink=MENU[0], amount=MENU[0]["price"])
-        assert broker.transition(
-            state,
-            from_states=(snap.state,),
-            order_id=snap.order_id,
-            new_order_id=order_id,
-            values=values,
-        )
+        assert broker.transition(Transition(state, (snap.state,), snap.order_id, values, new_order_id=order_id))
         assert self.watcher is not None
         assert recv(self.watcher) == broker.snapshot().frame, "the watcher saw another frame"
 

@@ -7,6 +7,7 @@ recorded as owed when Midtrans refuses.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -14,13 +15,14 @@ import pytest
 import requests
 
 from constants.states import FailReason, Sale, State
+from cores.machine import Effects, Transition
 from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY
 from cores.midtrans import MidtransClient, signature
 from services import payment
 from services.notification_service import NotificationServer
 from services.runtime import load_menu
-from tests.machine_helpers import sale_kinds, wait_for
+from tests.machine_helpers import run_until, sale_kinds, wait_for
 
 
 @pytest.fixture
@@ -171,8 +173,11 @@ def test_replayed_settlement_of_a_dispensed_order_changes_nothing(broker, sandbo
                                    "name": "Cola"}], idempotency_key=order.idempotency_key)
     quiet.close()
     broker.update_order(order_id, outcome="dispensed")
-    broker.transition(State.IDLE, from_states=(State.MENU_CLICKED,), order_id=order_id,
-                      new_order_id=None, values={})
+    path = (State.MENU_CLICKED, State.PAYMENT_SUCCESS, State.DISPENSING, State.DISPENSED)
+    for frm, to in itertools.pairwise(path):
+        assert broker.transition(Transition(to, (frm,), order_id, {}))
+    assert broker.transition(Transition(State.IDLE, (State.DISPENSED,), order_id, {},
+                                        new_order_id=None))
     sandbox.pay(order_id)
     before = dump(broker)
     body = signed({"order_id": order_id, "status_code": "200", "gross_amount": "7000.00",
@@ -192,8 +197,7 @@ def test_out_of_order_pending_after_settlement_does_not_regress_a_paid_order(bro
     broker.show_menu()
     order_id = broker.place_order("cola")
     broker.update_order(order_id, outcome="paid")
-    broker.transition(State.PAYMENT_SUCCESS, from_states=(State.MENU_CLICKED,),
-                      order_id=order_id, values={})
+    broker.transition(Transition(State.PAYMENT_SUCCESS, (State.MENU_CLICKED,), order_id, {}))
     before = dump(broker)
     body = signed({"order_id": order_id, "status_code": "201", "gross_amount": "7000.00",
                    "transaction_status": "pending"})
@@ -232,12 +236,10 @@ def test_a_settlement_of_the_wrong_amount_is_not_vended_but_refunded(broker, san
     client.charge(order_id, 7000, [{"id": "cola", "price": 7000, "quantity": 1,
                                     "name": "Cola"}], idempotency_key=order.idempotency_key)
     broker.update_order(order_id, amount=6000)  # the price we expect differs from the charge
-    broker.transition(State.ORDER_CREATED, from_states=(State.MENU_CLICKED,),
-                      order_id=order_id, values={},
-                      order_fields={"expires_at": time.time() + 30})
+    broker.transition(Transition(State.ORDER_CREATED, (State.MENU_CLICKED,), order_id, {}, Effects(order_fields={"expires_at": time.time() + 30})))
     sandbox.pay(order_id)
     worker = OrderCreatedWorker(broker, client, settings)
-    worker.run_until(lambda: broker.snapshot().state == State.PAYMENT_FAILED)
+    run_until(worker, lambda: broker.snapshot().state == State.PAYMENT_FAILED)
     snap = wait_state(broker, State.PAYMENT_FAILED, timeout_s=1)
     assert snap.frame["values"]["reason"] == FailReason.AMOUNT_MISMATCH
     assert wait_result(receiver, order_id) == "refunded"

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from constants.states import FailReason, RefundOutcome, Sale, State
+from cores.machine import Effects, Transition
 from cores.broker import Broker
 from cores.dispenser import SimulatedDispenser
 from cores.midtrans import MidtransClient
@@ -23,7 +24,7 @@ from services.order_created_service import OrderCreatedWorker
 from services.order_service import OrderWorker
 from services.runtime import load_menu
 from services.screen_service import ScreenWorker
-from tests.machine_helpers import compress, sale_kinds, states_seen, wait_state
+from tests.machine_helpers import compress, run_until, sale_kinds, states_seen, wait_state
 
 
 class Machine:
@@ -197,8 +198,7 @@ def paid_then_dispense_worker_died(m: Machine) -> str:
     m.sandbox.pay(order_id)
     wait_state(m.broker, State.PAYMENT_SUCCESS)
     order = m.broker.order(order_id)
-    assert m.broker.transition(State.DISPENSING, from_states=(State.PAYMENT_SUCCESS,),
-                               order_id=order_id, values=order.values())
+    assert m.broker.transition(Transition(State.DISPENSING, (State.PAYMENT_SUCCESS,), order_id, order.values()))
     return order_id
 
 
@@ -288,7 +288,7 @@ def test_a_gateway_silent_past_the_charge_expiry_ends_the_order_with_a_recheck(
         expiry = float(m.broker.order(order_id).get("gateway_expiry"))
         late = OrderCreatedWorker(m.broker, m.client, m.settings,
                                   clock=lambda: time.time() + (expiry - time.time()) + 3600)
-        late.run_until(lambda: m.broker.snapshot().state == State.PAYMENT_FAILED, 30)
+        run_until(late, lambda: m.broker.snapshot().state == State.PAYMENT_FAILED, 30)
         snap = m.broker.snapshot()
         assert snap.state == State.PAYMENT_FAILED
         assert snap.frame["values"]["reason"] == FailReason.GATEWAY_UNREACHABLE

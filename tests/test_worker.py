@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from constants.states import State
+from constants.tunables import HEARTBEAT_EVERY_S, HEARTBEAT_TTL_S
 from cores.broker import Broker
 from services.runtime import load_menu
 from services.worker import Worker
+from tests.machine_helpers import start_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,9 +51,7 @@ def broker(real_redis, settings):
 
 
 def start(worker: Worker) -> threading.Thread:
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    return thread
+    return start_worker(worker)
 
 
 def test_a_worker_is_woken_by_the_transition_itself_not_by_its_block_timeout(broker):
@@ -114,7 +114,7 @@ def test_heartbeat_is_written_with_a_ttl(broker):
         key = broker.heartbeat_key("RECORDER")
         while broker.redis.get(key) is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert 0 < broker.redis.ttl(key) <= 15
+        assert 0 < broker.redis.ttl(key) <= HEARTBEAT_TTL_S
     finally:
         worker.request_stop()
         thread.join(5)
@@ -139,7 +139,8 @@ def test_a_worker_process_exits_cleanly_on_sigterm(redis_server, real_redis, tmp
         assert time.monotonic() < deadline, "no heartbeat"
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=10)
+    # The idle worker sleeps on Redis for up to HEARTBEAT_EVERY_S: it must not wait that out.
+    out, _ = proc.communicate(timeout=HEARTBEAT_EVERY_S / 2)
     assert proc.returncode == 0, out
     assert "worker stopped" in out
 

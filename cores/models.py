@@ -1,0 +1,100 @@
+"""The values the machine reads from Redis: the state snapshot, a drink, an order.
+
+Redis holds strings; these hold types. Parsing lives here, once, so that the broker and the
+tests read the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from constants.orders import OrderField
+from constants.states import State
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The machine's state hash: where it is, for which order, and the frame of its screen."""
+
+    state: State
+    order_id: str | None
+    version: int
+    since: float
+    frame: dict
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, str]) -> Snapshot:
+        if not raw:  # a new machine, before its first transition
+            return cls(State.IDLE, None, 0, 0.0, {"event": str(State.IDLE), "values": {}})
+        return cls(State(raw["state"]), raw.get("order_id") or None, int(raw["version"]),
+                   float(raw["since"]), json.loads(raw["frame"]))
+
+
+@dataclass(frozen=True)
+class Drink:
+    id: str
+    name: str
+    icon: str
+    price: int
+
+    @classmethod
+    def parse(cls, d: Mapping[str, Any]) -> Drink:
+        return cls(id=str(d["id"]), name=str(d["name"]), icon=str(d["icon"]),
+                   price=int(d["price"]))
+
+    def public(self) -> dict:
+        return {"id": self.id, "name": self.name, "icon": self.icon, "price": self.price}
+
+
+@dataclass
+class Order:
+    """An order's hash (strings in Redis, typed here). Fields are named by OrderField."""
+
+    order_id: str
+    drink: Drink
+    amount: int
+    idempotency_key: str
+    created_at: float
+    fields: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, str]) -> Order | None:
+        if not raw or OrderField.ORDER_ID not in raw:
+            return None
+        return cls(order_id=raw[OrderField.ORDER_ID],
+                   drink=Drink.parse(json.loads(raw[OrderField.DRINK])),
+                   amount=int(raw[OrderField.AMOUNT]),
+                   idempotency_key=raw[OrderField.IDEMPOTENCY_KEY],
+                   created_at=float(raw[OrderField.CREATED_AT]), fields=dict(raw))
+
+    def get(self, name: OrderField, default: str | None = None) -> str | None:
+        return self.fields.get(name, default)
+
+    def flag(self, name: OrderField) -> bool:
+        return self.fields.get(name) == "1"
+
+    def number(self, name: OrderField) -> float | None:
+        raw = self.fields.get(name)
+        return float(raw) if raw not in (None, "") else None
+
+    def values(self) -> dict:
+        """What every screen of an order shows."""
+        return {"order_id": self.order_id, "drink": self.drink.public(), "amount": self.amount}
+
+    def item(self) -> dict:
+        """The order as one Midtrans item_details entry."""
+        return {"id": self.drink.id, "price": self.amount, "quantity": 1,
+                "name": self.drink.name}
+
+
+def text(value: Any) -> str | int | float:
+    """A value as Redis stores it: flags as "1"/"0", numbers and strings as they are, the
+    rest as JSON."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int | float | str):
+        return value
+    return json.dumps(value)
