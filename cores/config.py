@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 SANDBOX_BASE_URL = "https://api.sandbox.midtrans.com"
 PRODUCTION_BASE_URL = "https://api.midtrans.com"
@@ -52,6 +53,8 @@ class Settings:
     machine_id: str = "vm-1"
     ws_host: str = "127.0.0.1"
     ws_port: int = 3333
+    #: Origins, besides the page's own and `null` (file://), whose pages may open /ws.
+    kiosk_allowed_origins: tuple[str, ...] = ()
     sandbox_host: str = "127.0.0.1"
     sandbox_port: int = 3334
     sandbox_notification_url: str | None = None
@@ -80,6 +83,10 @@ class Settings:
         for name, port in (("WS_PORT", self.ws_port), ("SANDBOX_PORT", self.sandbox_port),
                            ("NOTIFICATION_PORT", self.notification_port)):
             _check(0 <= port <= 65535, name, "a port number from 0 to 65535")
+        for origin in self.kiosk_allowed_origins:
+            _check(_is_origin(origin), "KIOSK_ALLOWED_ORIGINS",
+                   "comma-separated origins such as http://kiosk.local:3333 "
+                   "(http or https, a host, an optional port, no path)")
         _check(0.1 <= self.midtrans_timeout_s <= 60, "MIDTRANS_TIMEOUT_S", "0.1 to 60 seconds")
         _check(self.payment_type in PAYMENT_TYPES, "PAYMENT_TYPE", "qris or gopay")
         _check(1 <= self.payment_deadline_s <= 900, "PAYMENT_DEADLINE_S", "1 to 900 seconds")
@@ -152,6 +159,9 @@ class Settings:
         take("VENDING_MACHINE_ID", "machine_id")
         take("WS_HOST", "ws_host")
         take("WS_PORT", "ws_port", int)
+        if "KIOSK_ALLOWED_ORIGINS" in env:
+            values["kiosk_allowed_origins"] = tuple(
+                one.strip() for one in env["KIOSK_ALLOWED_ORIGINS"].split(",") if one.strip())
         take("SANDBOX_HOST", "sandbox_host")
         take("SANDBOX_PORT", "sandbox_port", int)
         take("SANDBOX_NOTIFICATION_URL", "sandbox_notification_url")
@@ -199,6 +209,18 @@ def _parse(var: str, raw: str, kind: type) -> object:
         return kind(raw)
     except ValueError:
         raise ConfigError(f"{var}={raw!r} is invalid: expected {kind.__name__}") from None
+
+
+def _is_origin(text: str) -> bool:
+    """scheme://host[:port] with scheme http or https, as a browser sends it in Origin."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path
+            and not parts.query and not parts.fragment and "@" not in parts.netloc
+            and text == text.strip())
 
 
 def _check(ok: bool, var: str, expected: str) -> None:

@@ -19,28 +19,37 @@ Anything else is refused with a `ProtocolError` whose code is the ERROR frame's 
                        come only from the backend)
       bad_values       "values" of the wrong shape for its event
 
-`FrameRate` is the per-connection flood gate: it counts frames against a clock the caller
-reads, and says whether to handle a frame, refuse it (rate_limited) or close the connection.
+`FloodGate` is the per-connection flood gate: two token buckets fed by the arrival times the
+caller stamps (the server stamps each frame as it comes off the socket, so its own lag never
+counts against a page), and says whether to handle a frame, refuse it (rate_limited) or close
+the connection:
+
+    bucket    rate                         burst                    empty means
+    handle    CLIENT_FRAMES_PER_S          CLIENT_FRAMES_BURST      LIMIT (ERROR rate_limited)
+    close     x FLOOD_CLOSE_FACTOR         x FLOOD_CLOSE_FACTOR     CLOSE (1008)
+
+`origin_allowed` decides the websocket handshake's Origin check (DESIGN, "Websocket protocol").
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import deque
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import urlsplit
 
 from constants.states import ERROR_EVENT, ClientEvent, ErrorCode, State
-from constants.tunables import CLIENT_FRAME_MAX_BYTES, CLIENT_FRAMES_PER_S
+from constants.tunables import CLIENT_FRAME_MAX_BYTES, CLIENT_FRAMES_BURST, CLIENT_FRAMES_PER_S
 
 #: A drink id as the menu spells it: lower-case letters, digits, '_' and '-'.
 DRINK_ID = re.compile(r"[a-z0-9_-]{1,40}")
 DRINK_ID_MAX_CHARS = 40
 #: The only quantity accepted for now (DESIGN: "only 1 is accepted for now").
 ORDER_QUANTITY = 1
-#: A connection sending more than this many times CLIENT_FRAMES_PER_S in a second is closed.
+#: A connection sending more than this many times CLIENT_FRAMES_PER_S (and its burst) is closed.
 FLOOD_CLOSE_FACTOR = 5
 
 _TOP_LEVEL_KEYS = frozenset({"event", "values"})
@@ -188,29 +197,110 @@ class Verdict(StrEnum):
     CLOSE = "close"  # the page keeps flooding: close the connection (1008)
 
 
-class FrameRate:
-    """Counts one connection's frames over the last second (a sliding window).
+@dataclass
+class TokenBucket:
+    """`rate_per_s` tokens a second, at most `burst` held, full at first; a frame takes one.
 
-    More than `per_s` frames in a second: LIMIT. More than `per_s * close_factor`: CLOSE.
-    Refused frames count too, so a page cannot flood with garbage either. The window holds
-    at most `per_s * close_factor + 1` timestamps.
+    Pure: the caller passes `now` (seconds, monotonic). A clock that stands still or steps
+    back refills nothing.
+    """
+
+    rate_per_s: float
+    burst: float
+    tokens: float = field(init=False)
+    last: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.tokens = self.burst
+
+    def take(self, now: float) -> bool:
+        """Take a token for a frame that arrived at `now`; False when there is none left."""
+        if self.last is None or now > self.last:
+            if self.last is not None:
+                self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate_per_s)
+            self.last = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class FloodGate:
+    """One connection's flood gate, judged on the frames' arrival times.
+
+    A page may send `per_s` frames a second on average and `burst` at once: beyond that its
+    frames are LIMIT (refused, nothing changed). Every frame, refused or not, also takes a
+    token of a bucket `close_factor` times as large and as fast: a page that empties that
+    one keeps flooding and is CLOSEd. A page that stays under `per_s` is never refused, however
+    late the server handles its frames, because the times are those of arrival.
     """
 
     def __init__(
-        self, per_s: int = CLIENT_FRAMES_PER_S, close_factor: int = FLOOD_CLOSE_FACTOR
+        self,
+        per_s: float = CLIENT_FRAMES_PER_S,
+        burst: float = CLIENT_FRAMES_BURST,
+        close_factor: float = FLOOD_CLOSE_FACTOR,
     ) -> None:
         self.per_s = per_s
-        self.close_after = per_s * close_factor
-        self._times: deque[float] = deque()
+        self._handle = TokenBucket(per_s, burst)
+        self._close = TokenBucket(per_s * close_factor, burst * close_factor)
 
     def check(self, now: float) -> Verdict:
-        """Count a frame received at `now` (seconds, monotonic) and judge it."""
-        times = self._times
-        while times and times[0] <= now - 1.0:
-            times.popleft()
-        times.append(now)
-        if len(times) > self.close_after:
+        """Judge a frame that arrived at `now` (seconds, monotonic)."""
+        if not self._close.take(now):
             return Verdict.CLOSE
-        if len(times) > self.per_s:
+        if not self._handle.take(now):
             return Verdict.LIMIT
         return Verdict.HANDLE
+
+
+# --- the handshake's Origin ------------------------------------------------------------------
+
+#: The Origin a browser sends for a page opened from disk (file://), as the kiosk may be.
+NULL_ORIGIN = "null"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_allowed(origin: str | None, host: str | None, listed: Iterable[str] = ()) -> bool:
+    """Whether a websocket handshake carrying this Origin header may go on.
+
+    Allowed: no Origin at all (not a browser: as websockets' own `origins` option with None),
+    `null` (a kiosk page opened from file://), the page's own origin (http or https on the
+    host and port of the request's Host header), and the `listed` origins
+    (KIOSK_ALLOWED_ORIGINS). Anything else, including an Origin that does not parse, is
+    refused: a page of another site must not drive the machine through a kiosk's browser.
+    """
+    if origin is None or origin == NULL_ORIGIN:
+        return True
+    seen = _origin_key(origin)
+    if seen is None:
+        return False
+    if host and seen[1:] == _host_key(host, seen[0]):
+        return True
+    return any(seen == _origin_key(one) for one in listed)
+
+
+def _origin_key(origin: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an http(s) origin, with the scheme's default port filled in."""
+    try:
+        parts = urlsplit(origin.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if (scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path or parts.query
+            or parts.fragment or parts.username is not None or parts.password is not None):
+        return None
+    return scheme, parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]
+
+
+def _host_key(host: str, scheme: str) -> tuple[str, int] | None:
+    """(host, port) of a Host header, the port defaulting to that of `scheme`."""
+    try:
+        parts = urlsplit("//" + host.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if not parts.hostname or parts.path or parts.username is not None:
+        return None
+    return parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]

@@ -1,107 +1,98 @@
 """The websocket server: a relay with a gate (shared/STYLE.md), one port for the kiosk.
 
-    GET /            web/index.html          GET /healthz   {"ok", "state", "redis"} 200 / 503
-    GET /<file>      a file under web/       GET /ws        the kiosk websocket
+    GET /ws          the kiosk websocket: the gate, here
+    GET /, /<file>   web/ and /healthz: services/web_files.py
+    events stream    -> every page: services/relay.py
 
-On connect a page gets the current screen (the broker's snapshot frame). Every frame a page
-sends goes through the gate: the flood limit, then `cores.protocol.parse_client_frame`, then
-the broker (show_menu, place_order, request_cancel). A refused frame gets an ERROR frame, to
-that page alone, and changes nothing. A relay task reads the machine's events stream and
-broadcasts each entry's frame to every page. The server sends nothing else: it never echoes a
-page's frame and holds no business state of its own; Redis is the truth.
+Handshake: `/ws` checks the Origin header (`cores.protocol.origin_allowed`: none, `null`, the
+page's own origin or one of KIOSK_ALLOWED_ORIGINS); any other is refused with 403.
 
-The broker's Redis client is synchronous (redis-py), so its calls run in threads: commands in
-asyncio's default executor, the relay's blocking XREAD in a thread of its own. The client's
-socket_timeout must exceed REDIS_BLOCK_MAX_MS (`run` builds one that does).
+On connect a page gets the current screen (the broker's snapshot frame). Each page has a
+reader task that takes its frames off the socket as they arrive, stamps each with the clock
+and judges it there with its `FloodGate`, then queues it for the page's handler, which runs
+the commands one at a time: the parser (`cores.protocol.parse_client_frame`), then the broker
+(show_menu, place_order, request_cancel). Because frames are timed on arrival, a server that
+falls behind never turns a calm page's frames into a flood. A refused frame gets an ERROR
+frame, to that page alone, and changes nothing; a page that keeps flooding is closed with 1008.
+The server never echoes a page's frame and holds no business state of its own; Redis is the
+truth.
+
+The broker's Redis client is synchronous (redis-py), so commands run in asyncio's default
+executor. Its socket_timeout must exceed REDIS_BLOCK_MAX_MS, for the relay (`run` builds one
+that does).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import json
 import logging
-import random
 import signal
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
-from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
-from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from constants.states import ClientEvent, ErrorCode
 from constants.tunables import (
     CLIENT_FRAME_MAX_BYTES,
+    CLIENT_FRAME_QUEUE_MAX,
+    CLIENT_FRAMES_PER_S,
+    PAGE_SEND_TIMEOUT_S,
+    PAGE_WRITE_LIMIT_BYTES,
     REDIS_BLOCK_MAX_MS,
-    RELAY_RETRY_MAX_S,
-    RELAY_RETRY_MIN_S,
 )
 from cores.broker import Broker, CommandRefused
 from cores.config import Settings
 from cores.logs import kv
 from cores.protocol import (
     Command,
-    FrameRate,
+    FloodGate,
     ProtocolError,
     Verdict,
     encode,
     error_frame,
+    origin_allowed,
     parse_client_frame,
 )
+from services.relay import CLOSE_POLICY_VIOLATION, Pages, Relay, peer_name
 from services.runtime import redis_url
+from services.web_files import WEB_DIR, WebFiles, respond
 
 log = logging.getLogger(__name__)
 
-#: The kiosk page and its assets.
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 WS_PATH = "/ws"
-HEALTH_PATH = "/healthz"
-#: Entries read from the events stream per XREAD.
-RELAY_BATCH = 100
-#: Close code for a page that keeps flooding (RFC 6455: policy violation).
-CLOSE_POLICY_VIOLATION = 1008
-
 UNAVAILABLE_MESSAGE = "the machine is temporarily unavailable, please try again"
 
-CONTENT_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".json": "application/json",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".jpg": "image/jpeg",
-    ".jpeg": "image/jpeg",
-    ".gif": "image/gif",
-    ".webp": "image/webp",
-    ".ico": "image/x-icon",
-    ".woff2": "font/woff2",
-    ".woff": "font/woff",
-    ".ttf": "font/ttf",
-    ".txt": "text/plain; charset=utf-8",
-    ".webmanifest": "application/manifest+json",
-}
+
+@dataclass(frozen=True)
+class Arrival:
+    """A frame as it came off a page's socket, with the gate's verdict on its arrival time."""
+
+    verdict: Verdict
+    message: str | bytes
+
+
+#: What a page's reader queues when the page stops sending (closed, or closing for a flood).
+END = None
 
 
 class WebsocketServer:
     """One machine's kiosk server. Start it with `serve()`; stop it with `request_stop()`.
 
     `redis_client` is a synchronous redis-py client with decode_responses=True (the broker's
-    convention). `clock` is the monotonic clock of the flood gate.
+    convention). `clock` is the monotonic clock that stamps each frame's arrival for the
+    flood gate.
     """
 
     def __init__(
@@ -114,17 +105,13 @@ class WebsocketServer:
     ) -> None:
         self.settings = settings
         self.broker = Broker(redis_client, settings.machine_id)
-        self.web_dir = Path(web_dir).resolve()
         self.clock = clock
-        self.connections: set[ServerConnection] = set()
+        self.pages = Pages()
+        self.web = WebFiles(web_dir, self.broker, lambda: len(self.pages))
+        self.relay = Relay(self.broker, self.pages)
         self.port: int | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        # Broadcasts so far, and the version of the newest frame broadcast: a page whose
-        # snapshot is older than a frame it already received does not get the snapshot.
-        self._broadcasts = 0
-        self._broadcast_version = 0
-        self._relay_executor: ThreadPoolExecutor | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -148,7 +135,6 @@ class WebsocketServer:
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._stop.set)
-        self._relay_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ws-relay")
         try:
             async with ws_serve(
                 self._handler,
@@ -156,28 +142,29 @@ class WebsocketServer:
                 port,
                 process_request=self._process_request,
                 max_size=CLIENT_FRAME_MAX_BYTES,
+                # The high-water mark of each page's write buffer: the relay closes a page
+                # whose unsent frames pass it (services/relay.py).
+                write_limit=PAGE_WRITE_LIMIT_BYTES,
                 server_header=None,
             ) as server:
                 self.port = server.sockets[0].getsockname()[1]
-                relay = asyncio.create_task(self._relay(), name="events-relay")
+                relay = asyncio.create_task(self.relay.run(), name="events-relay")
                 log.info(
                     "websocket server listening",
-                    extra=kv(host=host, port=self.port, web_dir=self.web_dir),
+                    extra=kv(host=host, port=self.port, web_dir=self.web.web_dir),
                 )
                 if ready is not None:
                     ready(self.port)
                 try:
                     await self._stop.wait()
                 finally:
-                    log.info("websocket server stopping", extra=kv(pages=len(self.connections)))
+                    log.info("websocket server stopping", extra=kv(pages=len(self.pages)))
                     relay.cancel()
                     await asyncio.gather(relay, return_exceptions=True)
         finally:
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.remove_signal_handler(sig)
-            # The relay thread may sit in a blocking XREAD for up to REDIS_BLOCK_MAX_MS.
-            await loop.run_in_executor(None, partial(self._relay_executor.shutdown, wait=True))
             self._loop = None
             log.info("websocket server stopped")
 
@@ -188,97 +175,70 @@ class WebsocketServer:
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(stop.set)
 
-    # --- HTTP -------------------------------------------------------------------------------
+    # --- handshake --------------------------------------------------------------------------
 
     async def _process_request(
         self, connection: ServerConnection, request: Request
     ) -> Response | None:
-        """Answer plain HTTP (the page, its files, /healthz); let /ws go on to the upgrade."""
-        path = urlsplit(request.path).path
-        if path == WS_PATH and request.method == "GET":
-            return None
-        if request.method not in ("GET", "HEAD"):
-            response = _response(HTTPStatus.METHOD_NOT_ALLOWED, b"method not allowed\n", ".txt")
-            response.headers["Allow"] = "GET, HEAD"
-        elif path == HEALTH_PATH:
-            response = await self._health()
-        else:
-            response = await self._static(path)
-        if request.method == "HEAD":
-            response.body = b""
-        log.debug(
-            "http",
-            extra=kv(method=request.method, path=request.path[:200], status=response.status_code),
-        )
-        return response
-
-    async def _health(self) -> Response:
-        try:
-            snap = await asyncio.to_thread(self.broker.snapshot)
-        except redis.RedisError as exc:
-            log.warning("health: redis unreachable", extra=kv(error=exc))
-            status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"ok": False, "state": None}
-            body["redis"] = "down"
-        else:
-            status, body = HTTPStatus.OK, {"ok": True, "state": str(snap.state), "redis": "ok"}
-        body["pages"] = len(self.connections)
-        return _response(status, json.dumps(body).encode(), ".json")
-
-    async def _static(self, path: str) -> Response:
-        file = self._web_file(path)
-        if file is None:
-            return _response(HTTPStatus.NOT_FOUND, b"not found\n", ".txt")
-        try:
-            body = await asyncio.to_thread(file.read_bytes)
-        except OSError:
-            return _response(HTTPStatus.NOT_FOUND, b"not found\n", ".txt")
-        return _response(HTTPStatus.OK, body, file.suffix)
-
-    def _web_file(self, path: str) -> Path | None:
-        """The file under web/ that `path` names, or None: no '..', no dot-files, no escapes."""
-        try:
-            name = unquote(path, errors="strict")
-        except UnicodeDecodeError:
-            return None
-        if name == "/":
-            name = "/index.html"
-        if not name.startswith("/"):
-            return None
-        parts = name[1:].split("/")
-        for part in parts:
-            if not part or part.startswith(".") or "\\" in part or "\x00" in part:
-                return None
-        try:
-            file = self.web_dir.joinpath(*parts).resolve(strict=True)
-        except (OSError, RuntimeError, ValueError):
-            return None
-        # A symlink inside web/ must not lead out of it either.
-        if not file.is_relative_to(self.web_dir) or not file.is_file():
-            return None
-        return file
+        """Let an allowed /ws upgrade go on; answer anything else as plain HTTP."""
+        if urlsplit(request.path).path != WS_PATH or request.method != "GET":
+            return await self.web.answer(request)
+        origins = request.headers.get_all("Origin")
+        origin = origins[0] if len(origins) == 1 else None
+        host = request.headers.get("Host")
+        if len(origins) > 1 or not origin_allowed(
+            origin, host, self.settings.kiosk_allowed_origins
+        ):
+            log.warning(
+                "websocket refused: origin not allowed",
+                extra=kv(origin=", ".join(origins)[:200], host=str(host)[:200],
+                         peer=peer_name(connection)),
+            )
+            return respond(HTTPStatus.FORBIDDEN, b"origin not allowed\n", ".txt")
+        return None
 
     # --- pages ------------------------------------------------------------------------------
 
     async def _handler(self, ws: ServerConnection) -> None:
-        peer = _peer(ws)
-        seen = self._broadcasts
-        self.connections.add(ws)
-        log.info("page connected", extra=kv(peer=peer, pages=len(self.connections)))
+        peer = peer_name(ws)
+        seen = self.pages.add(ws)
+        log.info("page connected", extra=kv(peer=peer, pages=len(self.pages)))
+        inbox: asyncio.Queue[Arrival | None] = asyncio.Queue(CLIENT_FRAME_QUEUE_MAX)
+        reader = asyncio.create_task(self._read(ws, inbox), name=f"page-reader {peer}")
         try:
             await self._send_snapshot(ws, seen)
-            gate = FrameRate()
-            async for message in ws:
-                if not await self._on_frame(ws, peer, message, gate):
+            while (arrival := await inbox.get()) is not END:
+                if arrival.verdict is Verdict.CLOSE:
                     await self._close_flooding(ws, peer)
                     break
+                await self._on_frame(ws, peer, arrival)
         except ConnectionClosed:
             pass
         finally:
-            self.connections.discard(ws)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            self.pages.discard(ws)
             log.info(
                 "page disconnected",
-                extra=kv(peer=peer, code=ws.close_code, pages=len(self.connections)),
+                extra=kv(peer=peer, code=ws.close_code, pages=len(self.pages)),
             )
+
+    async def _read(self, ws: ServerConnection, inbox: asyncio.Queue[Arrival | None]) -> None:
+        """Take a page's frames off its socket as they arrive, stamp and judge each, queue it.
+
+        Stops at the first CLOSE verdict: the handler closes the page, the frames behind it
+        are never handled.
+        """
+        gate = FloodGate()
+        try:
+            async for message in ws:
+                verdict = gate.check(self.clock())
+                await inbox.put(Arrival(verdict, message))
+                if verdict is Verdict.CLOSE:
+                    return
+        except ConnectionClosed:
+            pass
+        await inbox.put(END)
 
     async def _send_snapshot(self, ws: ServerConnection, seen: int) -> None:
         """The current screen, to a page that just connected."""
@@ -286,32 +246,29 @@ class WebsocketServer:
             snap = await asyncio.to_thread(self.broker.snapshot)
         except redis.RedisError as exc:
             log.warning("snapshot: redis unreachable", extra=kv(error=exc))
-            await ws.send(error_frame(ErrorCode.UNAVAILABLE, UNAVAILABLE_MESSAGE))
+            await self._send(ws, error_frame(ErrorCode.UNAVAILABLE, UNAVAILABLE_MESSAGE))
             return
         # The page was registered before the snapshot was read: a frame broadcast since then
         # with a newer version already reached it, and the snapshot would draw an older screen.
-        if self._broadcasts > seen and self._broadcast_version > snap.version:
+        if self.pages.missed_newer(seen, snap.version):
             return
-        await ws.send(encode(snap.frame))
+        await self._send(ws, encode(snap.frame))
 
-    async def _on_frame(
-        self, ws: ServerConnection, peer: str, message: str | bytes, gate: FrameRate
-    ) -> bool:
-        """Handle one frame from a page. False: the page keeps flooding and must be closed."""
-        verdict = gate.check(self.clock())
-        if verdict is Verdict.CLOSE:
-            return False
-        if verdict is Verdict.LIMIT:
+    async def _on_frame(self, ws: ServerConnection, peer: str, arrival: Arrival) -> None:
+        """Handle one frame from a page that the gate let through or limited."""
+        if arrival.verdict is Verdict.LIMIT:
             await self._refuse(
-                ws, peer, ErrorCode.RATE_LIMITED, f"more than {gate.per_s} frames per second"
+                ws, peer, ErrorCode.RATE_LIMITED,
+                f"more than {CLIENT_FRAMES_PER_S} frames per second",
             )
-            return True
+            return
+        message = arrival.message
         log.debug("frame", extra=kv(peer=peer, size=len(message), text=_preview(message)))
         try:
             command = parse_client_frame(message)
         except ProtocolError as exc:
             await self._refuse(ws, peer, exc.code, exc.message)
-            return True
+            return
         try:
             await asyncio.to_thread(self._execute, command)
         except CommandRefused as exc:
@@ -322,19 +279,6 @@ class WebsocketServer:
         except Exception:
             log.exception("command failed", extra=kv(peer=peer, command=command.event))
             await self._refuse(ws, peer, ErrorCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
-        return True
-
-    async def _close_flooding(self, ws: ServerConnection, peer: str) -> None:
-        """Close a page that keeps flooding with 1008 (policy violation)."""
-        log.warning("page keeps flooding, closing it", extra=kv(peer=peer))
-        # Reading pauses while the page's unread frames fill the queue, and the page's reply
-        # to our close frame waits behind them: drain them, unhandled, so the close completes
-        # now rather than after close_timeout.
-        closing = asyncio.create_task(ws.close(CLOSE_POLICY_VIOLATION, "too many frames"))
-        with contextlib.suppress(ConnectionClosed):
-            async for _ in ws:
-                pass
-        await closing
 
     def _execute(self, command: Command) -> None:
         """Hand a valid command to the broker (in a thread: the client is synchronous)."""
@@ -347,123 +291,29 @@ class WebsocketServer:
         elif command.event is ClientEvent.CANCEL:
             self.broker.request_cancel()
 
+    async def _close_flooding(self, ws: ServerConnection, peer: str) -> None:
+        """Close a page that keeps flooding with 1008 (policy violation)."""
+        log.warning("page keeps flooding, closing it", extra=kv(peer=peer))
+        # The reader stopped: the page's unread frames fill the queue, and the page's reply to
+        # our close frame waits behind them. Drain them, unhandled, so that the close completes
+        # now rather than after close_timeout.
+        closing = asyncio.create_task(ws.close(CLOSE_POLICY_VIOLATION, "too many frames"))
+        with contextlib.suppress(ConnectionClosed):
+            async for _ in ws:
+                pass
+        await closing
+
     async def _refuse(self, ws: ServerConnection, peer: str, code: ErrorCode, message: str) -> None:
         log.debug("refused", extra=kv(peer=peer, code=code, message=message))
-        await ws.send(error_frame(code, message))
+        await self._send(ws, error_frame(code, message))
 
-    # --- relay ------------------------------------------------------------------------------
-
-    async def _relay(self) -> None:
-        """Broadcast every new entry of the events stream, for as long as the server runs."""
-        loop = asyncio.get_running_loop()
-        run = partial(loop.run_in_executor, self._relay_executor)
-        last_id: str | None = None
-        delay = RELAY_RETRY_MIN_S
-        failing = False
-        while True:
-            try:
-                if failing:
-                    last_id = await self._resync(run)
-                elif last_id is None:
-                    last_id = await run(self.broker.last_event_id)
-                entries = await run(self._read_events, last_id)
-            except redis.RedisError as exc:
-                log.warning(
-                    "events stream unreachable, retrying",
-                    extra=kv(error=exc, retry_in_s=round(delay, 2)),
-                )
-                failing = True
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, RELAY_RETRY_MAX_S)
-                continue
-            except Exception:
-                # Keep relaying whatever went wrong; a traceback is worth a line in the log.
-                log.exception("relay failed, retrying")
-                failing = True
-                await asyncio.sleep(RELAY_RETRY_MAX_S)
-                continue
-            if failing:
-                log.info("events stream reachable again")
-                failing = False
-                delay = RELAY_RETRY_MIN_S
-            for entry_id, fields in entries:
-                last_id = entry_id
-                self._relay_entry(entry_id, fields)
-
-    async def _resync(self, run: Callable[..., Any]) -> str:
-        """After an outage: send every page the current screen, then follow the stream anew.
-
-        The stream may have lost entries (a Redis restarted without its data), so the relay
-        starts again from its newest entry rather than from where it stopped.
-        """
-        last_id = await run(self.broker.last_event_id)
-        snap = await run(self.broker.snapshot)
-        self._broadcast(encode(snap.frame), snap.version)
-        return last_id
-
-    def _read_events(self, last_id: str) -> list[tuple[str, dict]]:
-        """Block (at most REDIS_BLOCK_MAX_MS, so a stop is seen) for entries after `last_id`."""
-        stream = self.broker.events_key
-        answer = self.broker.redis.xread(
-            {stream: last_id}, count=RELAY_BATCH, block=REDIS_BLOCK_MAX_MS
-        )
-        if not answer:
-            return []
-        if isinstance(answer, dict):  # RESP3
-            return list(answer.get(stream, [[]])[0])
-        return [entry for _, entries in answer for entry in entries]
-
-    def _relay_entry(self, entry_id: str, fields: dict) -> None:
-        text = fields.get("frame")
+    async def _send(self, ws: ServerConnection, text: str) -> None:
+        """Send to one page; a page that takes nothing for PAGE_SEND_TIMEOUT_S is closed."""
         try:
-            frame = json.loads(text) if isinstance(text, str) else None
-        except ValueError:
-            frame = None
-        if not isinstance(frame, dict) or not isinstance(frame.get("event"), str):
-            log.warning("events entry without a frame, skipped", extra=kv(entry=entry_id))
-            return
-        try:
-            version = int(fields.get("version", 0))
-        except ValueError:
-            version = 0
-        log.debug(
-            "relay",
-            extra=kv(
-                entry=entry_id,
-                event=frame["event"],
-                order_id=fields.get("order_id") or "-",
-                pages=len(self.connections),
-            ),
-        )
-        self._broadcast(text, version)
-
-    def _broadcast(self, text: str, version: int) -> None:
-        # broadcast() writes without awaiting: one slow page cannot stall the others.
-        self._broadcasts += 1
-        self._broadcast_version = version
-        broadcast(self.connections, text)
-
-
-def _response(status: HTTPStatus, body: bytes, suffix: str) -> Response:
-    headers = Headers(
-        [
-            ("Date", email.utils.formatdate(usegmt=True)),
-            ("Connection", "close"),
-            ("Content-Type", CONTENT_TYPES.get(suffix.lower(), "application/octet-stream")),
-            ("Content-Length", str(len(body))),
-            # The kiosk must pick up a new page or asset at once after an update.
-            ("Cache-Control", "no-cache"),
-            ("X-Content-Type-Options", "nosniff"),
-        ]
-    )
-    return Response(status.value, status.phrase, headers, body)
-
-
-def _peer(ws: ServerConnection) -> str:
-    address = ws.remote_address
-    if isinstance(address, tuple) and len(address) >= 2:
-        return f"{address[0]}:{address[1]}"
-    return str(address)
+            async with asyncio.timeout(PAGE_SEND_TIMEOUT_S):
+                await ws.send(text)
+        except TimeoutError:
+            self.pages.close_slow(ws, "a frame to it waited too long")
 
 
 def _preview(message: str | bytes) -> str:

@@ -9,14 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from constants.states import ClientEvent, ErrorCode
-from constants.tunables import CLIENT_FRAME_MAX_BYTES, CLIENT_FRAMES_PER_S
+from constants.tunables import CLIENT_FRAME_MAX_BYTES, CLIENT_FRAMES_BURST, CLIENT_FRAMES_PER_S
 from cores.protocol import (
+    FLOOD_CLOSE_FACTOR,
     Command,
-    FrameRate,
+    FloodGate,
     ProtocolError,
+    TokenBucket,
     Verdict,
     encode,
     error_frame,
+    origin_allowed,
     parse_client_frame,
 )
 
@@ -291,37 +294,135 @@ def test_encode_refuses_nan_so_a_page_never_gets_invalid_json():
 # --- flood gate ------------------------------------------------------------------------------
 
 
-def test_frames_up_to_the_rate_limit_are_handled():
-    gate = FrameRate(per_s=CLIENT_FRAMES_PER_S)
-    assert [gate.check(100.0) for _ in range(CLIENT_FRAMES_PER_S)] == [
-        Verdict.HANDLE
-    ] * CLIENT_FRAMES_PER_S
+def test_a_burst_of_frames_arriving_together_is_handled_up_to_the_burst():
+    gate = FloodGate()
+    verdicts = [gate.check(100.0) for _ in range(CLIENT_FRAMES_BURST + 1)]
+    assert verdicts == [Verdict.HANDLE] * CLIENT_FRAMES_BURST + [Verdict.LIMIT]
 
 
-def test_frame_over_the_rate_limit_within_a_second_is_limited():
-    gate = FrameRate(per_s=3)
-    for _ in range(3):
-        gate.check(100.0)
-    assert gate.check(100.5) is Verdict.LIMIT
-
-
-def test_rate_window_slides_so_a_calm_page_is_never_limited():
-    gate = FrameRate(per_s=3)
-    verdicts = [gate.check(100.0 + i * 0.34) for i in range(50)]
+def test_page_sending_fifteen_frames_a_second_is_never_limited():
+    gate = FloodGate(per_s=20, burst=20)
+    verdicts = [gate.check(100.0 + i / 15) for i in range(15 * 60)]
     assert set(verdicts) == {Verdict.HANDLE}
 
 
-def test_limit_lifts_once_a_second_has_passed():
-    gate = FrameRate(per_s=2)
+def test_page_at_the_rate_after_a_burst_is_handled_as_tokens_come_back():
+    gate = FloodGate(per_s=4, burst=2)
+    assert [gate.check(0.0) for _ in range(3)] == [Verdict.HANDLE] * 2 + [Verdict.LIMIT]
+    # One token comes back every 1/4 s.
+    assert gate.check(0.25) is Verdict.HANDLE
+    assert gate.check(0.25) is Verdict.LIMIT
+    assert gate.check(0.5) is Verdict.HANDLE
+
+
+def test_page_sending_above_the_rate_is_limited_only_for_the_excess():
+    gate = FloodGate(per_s=10, burst=10)
+    verdicts = [gate.check(i / 20) for i in range(20 * 10)]  # 20 a second for 10 s
+    handled = verdicts.count(Verdict.HANDLE)
+    assert Verdict.CLOSE not in verdicts
+    # The burst, then the rate: 10 + 10 a second (the last frame arrives at 9.95 s).
+    assert handled == 10 + int(9.95 * 10)
+
+
+def test_limit_lifts_once_the_bucket_has_refilled():
+    gate = FloodGate(per_s=2, burst=2)
     for _ in range(3):
         gate.check(10.0)
-    assert gate.check(10.5) is Verdict.LIMIT
-    assert gate.check(11.6) is Verdict.HANDLE
+    assert gate.check(10.4) is Verdict.LIMIT
+    assert [gate.check(11.5) for _ in range(2)] == [Verdict.HANDLE] * 2
 
 
-def test_page_that_keeps_flooding_is_closed_after_five_times_the_limit():
-    gate = FrameRate(per_s=2, close_factor=5)
+def test_page_that_keeps_flooding_is_closed_once_five_times_the_burst_arrived_at_once():
+    gate = FloodGate(per_s=2, burst=2, close_factor=5)
     verdicts = [gate.check(50.0) for _ in range(11)]
     assert verdicts[:2] == [Verdict.HANDLE] * 2
     assert verdicts[2:10] == [Verdict.LIMIT] * 8
     assert verdicts[10] is Verdict.CLOSE
+
+
+def test_page_flooding_at_five_times_the_rate_is_closed_but_not_at_four():
+    def first_close(per_s_sent: float) -> int | None:
+        gate = FloodGate(per_s=10, burst=10, close_factor=5)
+        for i in range(int(per_s_sent * 30)):
+            if gate.check(i / per_s_sent) is Verdict.CLOSE:
+                return i
+        return None
+
+    assert first_close(40) is None
+    assert first_close(60) is not None
+
+
+def test_default_gate_handles_the_rate_then_limits_then_closes_a_frozen_flood():
+    gate = FloodGate()
+    verdicts = [gate.check(1000.0) for _ in range(CLIENT_FRAMES_BURST * FLOOD_CLOSE_FACTOR + 1)]
+    assert verdicts.count(Verdict.HANDLE) == CLIENT_FRAMES_BURST
+    assert verdicts[-1] is Verdict.CLOSE
+    assert set(verdicts[CLIENT_FRAMES_BURST:-1]) == {Verdict.LIMIT}
+    assert gate.per_s == CLIENT_FRAMES_PER_S
+
+
+def test_clock_that_steps_back_refills_nothing():
+    bucket = TokenBucket(rate_per_s=1, burst=1)
+    assert bucket.take(10.0)
+    assert not bucket.take(5.0)
+    assert not bucket.take(10.5)
+    assert bucket.take(11.0)
+
+
+@given(st.lists(st.floats(0, 0.5, allow_nan=False), max_size=300))
+def test_frames_handled_never_exceed_the_burst_plus_the_rate_times_the_time(gaps):
+    gate = FloodGate(per_s=5, burst=3)
+    now, handled = 0.0, 0
+    for gap in gaps:
+        now += gap
+        handled += gate.check(now) is Verdict.HANDLE
+    assert handled <= 3 + 5 * now + 1e-9
+
+
+# --- the handshake's Origin ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "host"),
+    [
+        (None, "127.0.0.1:3333"),
+        (None, None),
+        ("null", "127.0.0.1:3333"),
+        ("http://127.0.0.1:3333", "127.0.0.1:3333"),
+        ("http://LOCALHOST:3333", "localhost:3333"),
+        ("https://kiosk.example", "kiosk.example"),
+        ("http://kiosk.example", "kiosk.example:80"),
+        ("http://[::1]:3333", "[::1]:3333"),
+    ],
+)
+def test_no_origin_null_and_the_pages_own_origin_are_allowed(origin, host):
+    assert origin_allowed(origin, host)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host"),
+    [
+        ("http://evil.example", "127.0.0.1:3333"),
+        ("http://127.0.0.1:3334", "127.0.0.1:3333"),
+        ("http://localhost:3333", "127.0.0.1:3333"),
+        ("http://127.0.0.1:3333", None),
+        ("ftp://127.0.0.1:3333", "127.0.0.1:3333"),
+        ("http://127.0.0.1:3333/", "127.0.0.1:3333"),
+        ("http://user@127.0.0.1:3333", "127.0.0.1:3333"),
+        ("http://127.0.0.1:99999", "127.0.0.1:99999"),
+        ("", "127.0.0.1:3333"),
+        ("NULL", "127.0.0.1:3333"),
+        ("file://", "127.0.0.1:3333"),
+        ("http://127.0.0.1:3333", "127.0.0.1:3333/ws"),
+    ],
+)
+def test_other_origins_are_refused(origin, host):
+    assert not origin_allowed(origin, host)
+
+
+def test_listed_origins_are_allowed_whatever_the_host():
+    listed = ("http://kiosk.local:8080", "https://Shop.Example")
+    assert origin_allowed("http://kiosk.local:8080", "127.0.0.1:3333", listed)
+    assert origin_allowed("https://shop.example:443", "127.0.0.1:3333", listed)
+    assert not origin_allowed("http://kiosk.local", "127.0.0.1:3333", listed)
+    assert not origin_allowed("http://shop.example", "127.0.0.1:3333", listed)

@@ -1,0 +1,214 @@
+"""The relay: follows the machine's events stream and broadcasts each entry's frame to every page.
+
+    events stream --Broker.read_events--> Relay.run --Pages.broadcast--> every connected page
+
+It reads only through the broker (`read_events`, `last_event_id`, `snapshot`). The broker's
+Redis client is synchronous, so the blocking read runs in a thread of the relay's own; its
+BLOCK is at most REDIS_BLOCK_MAX_MS, so a stop is seen promptly. After an outage the relay
+sends every page the current screen and follows the stream anew from its newest entry.
+
+`Pages` is the set of connected pages. `broadcast()` writes without awaiting, so one slow
+screen cannot stall the others (shared/STYLE.md); a page whose unsent frames pass
+PAGE_WRITE_LIMIT_BYTES reads nothing and is closed (1008), its buffer dropped with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import redis
+from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.protocol import State as WsState
+
+from constants.tunables import (
+    PAGE_CLOSE_TIMEOUT_S,
+    PAGE_WRITE_LIMIT_BYTES,
+    REDIS_BLOCK_MAX_MS,
+    RELAY_BATCH,
+    RELAY_RETRY_MAX_S,
+    RELAY_RETRY_MIN_S,
+)
+from cores.broker import Broker
+from cores.logs import kv
+from cores.protocol import encode
+
+log = logging.getLogger(__name__)
+
+#: Close code for a page that floods or stops reading (RFC 6455: policy violation).
+CLOSE_POLICY_VIOLATION = 1008
+
+
+class Pages:
+    """The connected pages. The server registers each in try/finally; the relay broadcasts.
+
+    It also remembers how many frames were broadcast and the version of the newest, so that
+    a page whose snapshot is older than a frame it already received does not get the snapshot.
+    """
+
+    def __init__(self, write_limit: int = PAGE_WRITE_LIMIT_BYTES) -> None:
+        self.write_limit = write_limit
+        self.connections: set[ServerConnection] = set()
+        self.broadcasts = 0
+        self.version = 0
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self.connections)
+
+    def add(self, ws: ServerConnection) -> int:
+        """Register a page; returns the broadcast count, for `missed_newer`."""
+        self.connections.add(ws)
+        return self.broadcasts
+
+    def discard(self, ws: ServerConnection) -> None:
+        self.connections.discard(ws)
+
+    def missed_newer(self, seen: int, version: int) -> bool:
+        """A frame newer than `version` was broadcast since the count `seen`."""
+        return self.broadcasts > seen and self.version > version
+
+    def broadcast(self, text: str, version: int) -> None:
+        """Send `text` to every page, then close the pages that stopped reading."""
+        self.broadcasts += 1
+        self.version = version
+        broadcast(self.connections, text)
+        for ws in [ws for ws in self.connections if unsent_bytes(ws) > self.write_limit]:
+            self.close_slow(ws, "unsent frames past the write limit")
+
+    def close_slow(self, ws: ServerConnection, why: str) -> None:
+        """Close a page that does not take its frames: 1008, then drop it if it cannot take that.
+
+        It leaves the broadcast set at once, so its buffer grows no further meanwhile.
+        """
+        if ws not in self.connections:
+            return
+        self.connections.discard(ws)
+        log.warning(
+            "page stopped reading, closing it",
+            extra=kv(peer=peer_name(ws), why=why, unsent=unsent_bytes(ws)),
+        )
+        task = asyncio.create_task(_close_slow(ws), name="close-slow-page")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+
+async def _close_slow(ws: ServerConnection) -> None:
+    # close() waits for room in the write buffer first, which a page that reads nothing never
+    # makes: past the deadline, drop the connection and its buffer.
+    try:
+        async with asyncio.timeout(PAGE_CLOSE_TIMEOUT_S):
+            await ws.close(CLOSE_POLICY_VIOLATION, "page reads too slowly")
+    except TimeoutError:
+        ws.transport.abort()
+
+
+def unsent_bytes(ws: ServerConnection) -> int:
+    """Bytes written to the page's connection that its socket has not taken yet."""
+    if ws.protocol.state is not WsState.OPEN:
+        return 0
+    return ws.transport.get_write_buffer_size()
+
+
+def peer_name(ws: ServerConnection) -> str:
+    address = ws.remote_address
+    if isinstance(address, tuple) and len(address) >= 2:
+        return f"{address[0]}:{address[1]}"
+    return str(address)
+
+
+class Relay:
+    """Broadcasts every new entry of the machine's events stream to `pages`, while `run()` runs."""
+
+    def __init__(self, broker: Broker, pages: Pages) -> None:
+        self.broker = broker
+        self.pages = pages
+
+    async def run(self) -> None:
+        """Relay until cancelled; retries an unreachable stream with backoff and jitter."""
+        loop = asyncio.get_running_loop()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ws-relay")
+        try:
+            await self._follow(partial(loop.run_in_executor, executor))
+        finally:
+            # The thread may sit in a blocking read for up to REDIS_BLOCK_MAX_MS.
+            await loop.run_in_executor(None, partial(executor.shutdown, wait=True))
+
+    async def _follow(self, run: Any) -> None:
+        last_id: str | None = None
+        delay = RELAY_RETRY_MIN_S
+        failing = False
+        while True:
+            try:
+                if failing:
+                    last_id = await self._resync(run)
+                elif last_id is None:
+                    last_id = await run(self.broker.last_event_id)
+                entries = await run(
+                    self.broker.read_events, last_id, REDIS_BLOCK_MAX_MS, RELAY_BATCH
+                )
+            except redis.RedisError as exc:
+                log.warning(
+                    "events stream unreachable, retrying",
+                    extra=kv(error=exc, retry_in_s=round(delay, 2)),
+                )
+                failing = True
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, RELAY_RETRY_MAX_S)
+                continue
+            except Exception:
+                # Keep relaying whatever went wrong; a traceback is worth a line in the log.
+                log.exception("relay failed, retrying")
+                failing = True
+                await asyncio.sleep(RELAY_RETRY_MAX_S)
+                continue
+            if failing:
+                log.info("events stream reachable again")
+                failing = False
+                delay = RELAY_RETRY_MIN_S
+            for entry_id, fields in entries:
+                last_id = entry_id
+                self._relay_entry(entry_id, fields)
+
+    async def _resync(self, run: Any) -> str:
+        """After an outage: send every page the current screen, then follow the stream anew.
+
+        The stream may have lost entries (a Redis restarted without its data), so the relay
+        starts again from its newest entry rather than from where it stopped.
+        """
+        last_id = await run(self.broker.last_event_id)
+        snap = await run(self.broker.snapshot)
+        self.pages.broadcast(encode(snap.frame), snap.version)
+        return last_id
+
+    def _relay_entry(self, entry_id: str, fields: dict) -> None:
+        text = fields.get("frame")
+        try:
+            frame = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            frame = None
+        if not isinstance(frame, dict) or not isinstance(frame.get("event"), str):
+            log.warning("events entry without a frame, skipped", extra=kv(entry=entry_id))
+            return
+        try:
+            version = int(fields.get("version", 0))
+        except ValueError:
+            version = 0
+        log.debug(
+            "relay",
+            extra=kv(
+                entry=entry_id,
+                event=frame["event"],
+                order_id=fields.get("order_id") or "-",
+                pages=len(self.pages),
+            ),
+        )
+        self.pages.broadcast(text, version)
+
+
+__all__ = ["CLOSE_POLICY_VIOLATION", "Pages", "Relay", "peer_name", "unsent_bytes"]
