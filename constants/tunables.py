@@ -7,10 +7,18 @@ CLIENT_FRAMES_PER_S = 20
 #: Events stream length kept (approximate MAXLEN).
 EVENTS_MAXLEN = 10_000
 COMMANDS_MAXLEN = 10_000
-#: Longest BLOCK of a Redis read; short enough that SIGTERM is seen promptly.
+#: Longest BLOCK of the kiosk relay's read of the events stream while pages are connected.
 REDIS_BLOCK_MAX_MS = 1_000
-#: Heartbeat TTL of a worker.
-HEARTBEAT_TTL_S = 15
+#: A worker beats this often, and an idle worker sleeps on Redis this long at most: it wakes
+#: at once on an entry, and a SIGTERM interrupts the sleep.
+HEARTBEAT_EVERY_S = 20.0
+#: Heartbeat TTL of a worker: a worker silent this long is reported dead (`main.py health`).
+HEARTBEAT_TTL_S = 60
+#: A worker run in a thread (an in-process server) sleeps on Redis at most this long, so that
+#: a stop from another thread is seen promptly.
+THREAD_BLOCK_MAX_S = 0.2
+#: Socket timeout of a worker's Redis client: above its longest BLOCK (shared/TESTING.md).
+WORKER_SOCKET_TIMEOUT_S = HEARTBEAT_EVERY_S + 10
 #: Order hashes are kept this long after they close, for late notifications and audits.
 ORDER_KEEP_S = 30 * 24 * 3600
 
@@ -29,8 +37,6 @@ HTTP_RETRY_ATTEMPTS = 4
 HTTP_RETRY_BUDGET_S = 20.0
 HTTP_RETRY_BASE_S = 0.25
 
-#: Refund of a failed vend: attempts before it is recorded as owed.
-REFUND_ATTEMPTS = 5
 
 #: Notification receiver: largest body accepted.
 NOTIFICATION_MAX_BYTES = 64 * 1024
@@ -44,8 +50,9 @@ RECHECK_EVERY_S = 60.0
 #: After a failing step, wait this long before the next try (it is logged each time).
 ERROR_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
-#: Seconds between refund attempts while the gateway is unreachable.
-REFUND_RETRY_S = 2.0
+#: Pauses between refund attempts while the gateway is unreachable (a failed vend and a late
+#: payment alike); after the last one the refund is recorded as owed.
+REFUND_RETRY_S = (2.0, 2.0, 2.0, 2.0)
 
 #: Pause before restarting a child that died, growing while it keeps dying quickly.
 RESTART_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
