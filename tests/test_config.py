@@ -206,6 +206,33 @@ def test_invalid_value_raises_config_error_naming_the_variable(var, raw):
 
 
 
+def test_kiosk_allowed_origins_are_read_comma_separated():
+    s = Settings.from_env(
+        {"KIOSK_ALLOWED_ORIGINS": " http://kiosk.local:3333, https://shop.example ,, "}
+    )
+    assert s.kiosk_allowed_origins == ("http://kiosk.local:3333", "https://shop.example")
+    assert Settings.from_env({}).kiosk_allowed_origins == ()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "kiosk.local",
+        "http://kiosk.local/",
+        "http://kiosk.local/page",
+        "ftp://kiosk.local",
+        "http://kiosk.local:99999",
+        "http://user@kiosk.local",
+        "http://",
+        "null",
+        "http://ok.example,*",
+    ],
+)
+def test_kiosk_allowed_origins_that_are_not_origins_raise_config_error_naming_the_variable(raw):
+    with pytest.raises(ConfigError, match="KIOSK_ALLOWED_ORIGINS"):
+        Settings.from_env({"KIOSK_ALLOWED_ORIGINS": raw})
+
+
 def test_log_level_is_read_case_insensitively():
     assert Settings.from_env({"LOG_LEVEL": "debug"}).log_level == "DEBUG"
 

@@ -1,16 +1,18 @@
-"""The websocket server (services/websocket_service.py), started in-process on port 0 against a
-private real Redis, driven by real websocket and HTTP clients.
+"""The websocket server (services/websocket_service.py, relay.py, web_files.py), started
+in-process on port 0 against a private real Redis, driven by real websocket and HTTP clients.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import http.client
 import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,15 +24,23 @@ import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from websockets.exceptions import ConnectionClosed
+from websockets.asyncio.client import connect as connect_async
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from constants.states import State
-from constants.tunables import CLIENT_FRAME_MAX_BYTES, CLIENT_FRAMES_PER_S
+from constants.tunables import (
+    CLIENT_FRAME_MAX_BYTES,
+    CLIENT_FRAMES_BURST,
+    CLIENT_FRAMES_PER_S,
+    PAGE_WRITE_LIMIT_BYTES,
+)
 from cores.broker import Broker
 from cores.config import ConfigError, Settings
+from cores.protocol import FLOOD_CLOSE_FACTOR
 from cores.redis_process import RedisProcess, find_binary, free_port
 from services.runtime import redis_url
+from services.web_files import CONTENT_SECURITY_POLICY
 from services.websocket_service import WebsocketServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +98,11 @@ def start_server(settings: Settings, web_dir: Path) -> Iterator[Callable[..., Ru
     """Start a WebsocketServer on 127.0.0.1:0 in a thread of its own; stopped after the test."""
     running: list[Running] = []
 
-    def start(client: redis.Redis, clock: Callable[[], float] = time.monotonic) -> Running:
+    def start(
+        client: redis.Redis,
+        clock: Callable[[], float] = time.monotonic,
+        settings: Settings = settings,
+    ) -> Running:
         server = WebsocketServer(settings, client, web_dir=web_dir, clock=clock)
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -311,11 +325,11 @@ def test_frame_of_exactly_4_kib_is_still_handled(pages, broker):
 
 
 def test_flooding_page_is_rate_limited_then_closed_with_1008(start_server, broker):
-    # A frozen clock: every frame falls in the same second, whatever the machine's speed.
+    # A frozen clock: every frame arrives at the same instant, whatever the machine's speed.
     server = start_server(broker.redis, clock=lambda: 1000.0)
     with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
         assert recv(page)["event"] == "IDLE"
-        for _ in range(CLIENT_FRAMES_PER_S):
+        for _ in range(CLIENT_FRAMES_BURST):
             send(page, "CANCEL", {})
             assert error_code(recv(page)) == "wrong_state"
         before = machine(broker)
@@ -324,7 +338,7 @@ def test_flooding_page_is_rate_limited_then_closed_with_1008(start_server, broke
         assert machine(broker) == before
         codes = []
         with pytest.raises(ConnectionClosed) as closed:
-            for _ in range(CLIENT_FRAMES_PER_S * 5):
+            for _ in range(CLIENT_FRAMES_BURST * FLOOD_CLOSE_FACTOR):
                 send(page, "SHOW_MENU", {})
             while True:
                 codes.append(error_code(recv(page)))
@@ -342,6 +356,178 @@ def test_calm_page_is_never_rate_limited(start_server, broker):
             now[0] += 1.0 / CLIENT_FRAMES_PER_S + 0.001
             send(page, "CANCEL", {})
             assert error_code(recv(page)) == "wrong_state"
+
+
+def test_server_that_falls_behind_never_refuses_a_page_sending_15_frames_per_second(
+    pages, broker
+):
+    """Redis stalls every command of the server for 1.5 s while a page sends 30 frames at 15
+    a second. The frames are timed as they arrive, not when the server gets to them: the
+    ones that waited are not a burst, and none is rate_limited."""
+    page = pages()
+    assert recv(page)["event"] == "IDLE"
+    frames = 30
+    broker.redis.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+    start = time.monotonic()
+    for i in range(frames):
+        # The page's own rhythm, 15 frames a second (a pace, not a wait for the server).
+        time.sleep(max(0.0, start + i / 15 - time.monotonic()))
+        send(page, "CANCEL", {})
+    codes = [error_code(recv(page)) for _ in range(frames)]
+    assert codes == ["wrong_state"] * frames
+
+
+def test_pages_tapping_show_menu_at_the_same_instant_get_no_wrong_state(server, broker):
+    """20 pages send SHOW_MENU at once on IDLE: one opens the menu, and the others, whose
+    compare-and-set lost the race, are judged again on the menu, where SHOW_MENU is legal
+    (it re-sends the menu). No page is told the move is not possible."""
+
+    async def tap_together() -> list[list[dict]]:
+        async with contextlib.AsyncExitStack() as stack:
+            # max_queue=None: a page here reads its frames only at the end.
+            taps = [
+                await stack.enter_async_context(
+                    connect_async(server.ws_url, open_timeout=WAIT_S, max_queue=None)
+                )
+                for _ in range(20)
+            ]
+            for page in taps:
+                assert json.loads(await page.recv())["event"] == "IDLE"
+            for page in taps:
+                await page.send('{"event":"SHOW_MENU","values":{}}')
+            # A page's frames are handled in order: the ERROR for this marker comes after
+            # whatever its SHOW_MENU earned.
+            for page in taps:
+                await page.send('{"event":"MARKER","values":{}}')
+            errors = []
+            for page in taps:
+                mine = []
+                while True:
+                    frame = json.loads(await asyncio.wait_for(page.recv(), WAIT_S))
+                    if frame["event"] != "ERROR":
+                        continue
+                    if frame["values"]["code"] == "unknown_event":
+                        break
+                    mine.append(frame["values"])
+                errors.append(mine)
+            return errors
+
+    errors = asyncio.run(tap_together())
+    assert broker.snapshot().state is State.SHOW_MENU
+    assert errors == [[]] * 20
+
+
+# --- a page that reads nothing ---------------------------------------------------------------
+
+
+def raw_handshake(port: int, *extra_headers: str) -> tuple[socket.socket, bytes]:
+    """Open a socket and send a websocket handshake by hand; returns it and the answer's head.
+
+    The socket's receive buffer is small, so that the kernel holds little on its behalf.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(WAIT_S)
+        sock.connect(("127.0.0.1", port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        lines = [
+            "GET /ws HTTP/1.1",
+            f"Host: 127.0.0.1:{port}",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key}",
+            "Sec-WebSocket-Version: 13",
+            *extra_headers,
+        ]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):  # the answer's head, not one byte further
+            byte = sock.recv(1)
+            assert byte, f"closed during the handshake: {head!r}"
+            head += byte
+    except BaseException:
+        sock.close()
+        raise
+    return sock, head
+
+
+def raw_page(port: int) -> socket.socket:
+    """A websocket page that completes the handshake and then never reads a frame."""
+    sock, head = raw_handshake(port)
+    if not head.startswith(b"HTTP/1.1 101"):
+        sock.close()
+        pytest.fail(f"handshake refused: {head!r}")
+    return sock
+
+
+def close_code_after_frames(sock: socket.socket) -> int:
+    """Read server frames until a close frame; answer it; return its code."""
+    buffer = b""
+
+    def take(n: int) -> bytes:
+        nonlocal buffer
+        while len(buffer) < n:
+            chunk = sock.recv(65536)
+            assert chunk, "connection ended without a close frame"
+            buffer += chunk
+        data, buffer = buffer[:n], buffer[n:]
+        return data
+
+    while True:
+        opcode, length = take(2)
+        length &= 0x7F
+        if length == 126:
+            length = int.from_bytes(take(2), "big")
+        elif length == 127:
+            length = int.from_bytes(take(8), "big")
+        payload = take(length)
+        if opcode & 0x0F == 0x8:
+            mask = os.urandom(4)
+            body = payload[:2]
+            sock.sendall(b"\x88" + bytes([0x80 | len(body)]) + mask
+                         + bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
+            return int.from_bytes(payload[:2], "big")
+
+
+def health(port: int) -> dict:
+    status, _, body = http_request(port, "/healthz")
+    assert status == 200, body
+    return json.loads(body)
+
+
+def test_page_that_reads_nothing_is_closed_once_its_unsent_frames_pass_the_limit(
+    server, pages, broker
+):
+    reader = pages()
+    assert recv(reader)["event"] == "IDLE"
+    stalled = raw_page(server.port)
+    try:
+        assert health(server.port)["pages"] == 2
+        frame_bytes = 16 * 1024
+        pad = "x" * frame_bytes
+        # Far more than the write limit plus what the kernels' buffers can hold on loopback.
+        most = (PAGE_WRITE_LIMIT_BYTES + 8 * 1024 * 1024) // frame_bytes
+        for i in range(most):
+            frame = json.dumps({"event": "IDLE", "values": {"i": i, "pad": pad}})
+            broker.redis.xadd(broker.events_key, {"state": "IDLE", "order_id": "",
+                                                  "version": 0, "frame": frame})
+            # The page that reads gets every frame, undelayed by the one that does not.
+            assert recv(reader)["values"]["i"] == i
+            # The relay judges the pages right after each broadcast: once this page has
+            # frame i, the stalled page is closed or still has room.
+            if health(server.port)["pages"] == 1:
+                break
+        else:
+            pytest.fail(f"the page that reads nothing still open after {most} frames")
+        # Once it reads again it finds the close frame behind its frames, 1008, and the
+        # connection ends when it answers.
+        assert close_code_after_frames(stalled) == 1008
+    finally:
+        stalled.close()
+    # The page that reads is still served.
+    send(reader, "SHOW_MENU", {})
+    assert recv(reader)["event"] == "SHOW_MENU"
 
 
 # --- Redis down ------------------------------------------------------------------------------
@@ -494,6 +680,80 @@ def test_other_methods_are_refused_with_405(server):
 def test_plain_get_of_the_websocket_path_asks_for_an_upgrade(server):
     status, _, _ = http_request(server.port, "/ws")
     assert status == 426
+
+
+# --- the handshake's Origin and the page's headers --------------------------------------------
+
+
+def refused_status(url: str, origin: str) -> int:
+    with pytest.raises(InvalidStatus) as refused, connect(url, open_timeout=WAIT_S, origin=origin):
+        pass
+    return refused.value.response.status_code
+
+
+@pytest.mark.parametrize("origin", ["own", "null", None])
+def test_websocket_from_the_pages_own_origin_a_file_page_or_no_browser_is_accepted(
+    server, origin
+):
+    if origin == "own":
+        origin = f"http://127.0.0.1:{server.port}"
+    with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1, origin=origin) as page:
+        assert recv(page)["event"] == "IDLE"
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://evil.example", "http://localhost:{port}", "http://127.0.0.1:1", "https://x.test:{port}"],
+)
+def test_websocket_from_another_origin_is_refused_with_403(server, broker, origin):
+    before = machine(broker)
+    assert refused_status(server.ws_url, origin.format(port=server.port)) == 403
+    assert health(server.port)["pages"] == 0
+    assert machine(broker) == before
+
+
+def test_websocket_with_two_origin_headers_is_refused(server):
+    sock, head = raw_handshake(server.port, "Origin: null", "Origin: http://evil.example")
+    sock.close()
+    assert head.startswith(b"HTTP/1.1 403"), head
+
+
+def test_websocket_from_an_origin_of_kiosk_allowed_origins_is_accepted(
+    start_server, broker, settings
+):
+    listed = settings.replace(
+        kiosk_allowed_origins=("http://kiosk.local:8080", "https://shop.example")
+    )
+    server = start_server(broker.redis, settings=listed)
+    for origin in ("http://kiosk.local:8080", "https://shop.example"):
+        with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1, origin=origin) as page:
+            assert recv(page)["event"] == "IDLE"
+    assert refused_status(server.ws_url, "http://kiosk.local:9090") == 403
+
+
+@pytest.mark.parametrize("path", ["/", "/kiosk.js", "/assets/cola.svg", "/healthz", "/missing"])
+def test_every_http_answer_carries_the_content_security_policy_and_forbids_framing(
+    server, path
+):
+    _, headers, _ = http_request(server.port, path)
+    assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_content_security_policy_allows_what_the_kiosk_page_loads_and_nothing_else():
+    policy = dict(
+        (part.split()[0], part.split()[1:]) for part in CONTENT_SECURITY_POLICY.split("; ")
+    )
+    assert policy["default-src"] == ["'self'"]
+    assert policy["frame-ancestors"] == ["'none'"]
+    assert policy["connect-src"] == ["'self'", "ws:", "wss:"]  # its own host, or ?ws=
+    assert policy["img-src"][:2] == ["'self'", "data:"]
+    assert "'unsafe-inline'" not in CONTENT_SECURITY_POLICY
+    assert "'unsafe-eval'" not in CONTENT_SECURITY_POLICY
+    # web/index.html loads only files of its own: no inline script or style to allow.
+    page = (ROOT / "web" / "index.html").read_text(encoding="utf-8")
+    assert "<script>" not in page and "<style" not in page and " style=" not in page
 
 
 # --- lifecycle -------------------------------------------------------------------------------
