@@ -186,10 +186,11 @@ def test_pending_after_pay_hides_the_payment_from_status_reads_for_a_while(
     assert api.status("vm-1-pap").json()["transaction_status"] == "settlement"
 
 
-def test_refund_disabled_answers_412(api, paid, sandbox):
+def test_refund_disabled_answers_412_by_either_door(api, paid, sandbox):
     sandbox.set_faults(REFUND_DISABLED=1)
-    r = api.post(f"/v2/{paid}/refund", json={"refund_key": "x", "amount": 7000})
-    assert (r.status_code, r.json()["status_code"]) == (412, "412")
+    for path in (f"/v2/{paid}/refund", f"/v2/{paid}/refund/online/direct"):
+        r = api.post(path, json={"refund_key": "x", "amount": 7000})
+        assert (r.status_code, r.json()["status_code"]) == (412, "412")
     assert api.status(paid).json()["transaction_status"] == "settlement"
 
 

@@ -5,17 +5,17 @@ settlement however many pay at once, and a ledger that survives a restart.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
 
-from sandbox import SandboxError
+from sandbox import Sandbox, SandboxError
 from tests import sandbox_helpers
-from tests.sandbox_helpers import (
-    WAIT_S,
-    of,
-    signed,
-)
+from tests.sandbox_helpers import KEY, WAIT_S, Api, FakeClock, Receiver, of, signed
 
 clock = sandbox_helpers.clock
 receiver = sandbox_helpers.receiver
@@ -93,3 +93,92 @@ def test_concurrent_pays_of_one_order_settle_it_once(api, sandbox, receiver):
     receiver.wait_for(lambda ps: "settlement" in of(ps, "vm-1-race"))
     sandbox.stop()
     assert of(receiver.posts, "vm-1-race") == ["pending", "settlement"]
+
+
+# --------------------------------------------------------------------------------------------
+# A ledger that survives a restart
+
+
+@contextmanager
+def restarted(
+    directory: Path, clock: FakeClock, receiver: Receiver
+) -> Iterator[tuple[Sandbox, Api]]:
+    """A new sandbox on `directory`, and an API session with KEY."""
+    with (
+        Sandbox(
+            port=0, server_key=KEY, notification_url=receiver.url, clock=clock, directory=directory
+        ) as again,
+        requests.Session() as session,
+    ):
+        session.auth = (KEY, "")
+        yield again, Api(session, again.url)
+
+
+def without_urls(ledger: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ledger without its QR image URLs (they name the sandbox's port)."""
+    return [{k: v for k, v in t.items() if k != "qr_image_url"} for t in ledger]
+
+
+def test_a_restarted_sandbox_still_answers_a_charge_and_can_settle_it(
+    api, sandbox, clock, receiver, tmp_path
+):
+    charged = api.charge("vm-1-keep", metadata={"machine_id": "vm-1"}).json()
+    sandbox.stop()
+    with restarted(tmp_path / "sandbox", clock, receiver) as (again, api2):
+        status = api2.status("vm-1-keep").json()
+        assert status["transaction_id"] == charged["transaction_id"]
+        assert (status["status_code"], status["transaction_status"]) == ("201", "pending")
+        assert status["metadata"] == {"machine_id": "vm-1"}
+        assert signed(status)
+        paid = api2.post("/simulator/pay/vm-1-keep").json()
+        assert paid["transaction_status"] == "settlement"
+        assert api2.status(charged["transaction_id"]).json()["transaction_status"] == "settlement"
+        assert "settlement" in of(receiver.wait_count(2), "vm-1-keep")
+
+
+def test_a_restarted_sandbox_keeps_every_status_and_refund_and_answers_a_replayed_refund_key(
+    api, sandbox, clock, receiver, tmp_path
+):
+    api.charge("vm-1-kp")
+    api.charge("vm-1-kr")
+    sandbox.pay("vm-1-kr")
+    first = api.post("/v2/vm-1-kr/refund", json={"refund_key": "kr-1", "amount": 2000}).json()
+    api.charge("vm-1-kc")
+    api.post("/v2/vm-1-kc/cancel")
+    before = sandbox.transactions()
+    sandbox.stop()
+    with restarted(tmp_path / "sandbox", clock, receiver) as (again, api2):
+        assert without_urls(again.transactions()) == without_urls(before)
+        replay = api2.post("/v2/vm-1-kr/refund", json={"refund_key": "kr-1", "amount": 2000})
+        assert replay.json() == first
+        second = api2.post("/v2/vm-1-kr/refund", json={"refund_key": "kr-2"}).json()
+        assert (second["transaction_status"], second["refund_amount"]) == ("refund", "5000.00")
+        assert int(second["refund_chargeback_id"]) > int(first["refund_chargeback_id"])
+        assert api2.charge("vm-1-kc").json()["status_code"] == "201"  # cancelled: reusable
+        assert api2.charge("vm-1-kp").status_code == 406  # still pending
+
+
+def test_a_charge_that_expired_while_the_sandbox_was_down_reads_expired_and_is_notified(
+    api, sandbox, clock, receiver, tmp_path
+):
+    api.charge("vm-1-kx", custom_expiry={"expiry_duration": 1, "unit": "minute"})
+    sandbox.stop()
+    clock.advance(61)
+    with restarted(tmp_path / "sandbox", clock, receiver) as (again, api2):
+        status = api2.status("vm-1-kx").json()
+        assert (status["status_code"], status["transaction_status"]) == ("407", "expire")
+        receiver.wait_for(lambda posts: "expire" in of(posts, "vm-1-kx"))
+
+
+def test_a_second_sandbox_on_a_directory_in_use_refuses_to_start(sandbox, tmp_path):
+    with pytest.raises(RuntimeError, match="uses"):
+        Sandbox(port=0, directory=tmp_path / "sandbox").start()
+    assert sandbox.transactions() == []
+
+
+def test_without_a_directory_the_ledger_is_in_memory_and_starts_empty():
+    with Sandbox(port=0, server_key=KEY) as first, requests.Session() as session:
+        session.auth = (KEY, "")
+        assert Api(session, first.url).charge("vm-1-mem").json()["status_code"] == "201"
+    with Sandbox(port=0, server_key=KEY) as second:
+        assert second.transactions() == []

@@ -1,5 +1,6 @@
 """The official `midtransclient` works against the local sandbox unchanged but for the base URL
-(shared/midtrans.md, "The official Python client"): proof that the sandbox speaks Midtrans."""
+(shared/midtrans.md, "The official Python client"): proof that the sandbox speaks Midtrans.
+Every method of its `transactions` object is driven here."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import hashlib
 import midtransclient
 import pytest
 from midtransclient.error_midtrans import MidtransAPIError
+from midtransclient.transactions import Transactions
 
 from cores import qris
+from tests import sandbox_helpers
 
 SERVER_KEY = "SB-Mid-server-test"
+CANNOT_MODIFY = "Merchant cannot modify the status of the transaction"
 
 
 @pytest.fixture
@@ -21,6 +25,9 @@ def core(sandbox):
     )
     api.api_config.CORE_SANDBOX_BASE_URL = sandbox.url
     return api
+
+
+receiver = sandbox_helpers.receiver
 
 
 def charge_params(order_id: str, payment_type: str = "qris") -> dict:
@@ -77,10 +84,68 @@ def test_official_client_refunds_a_paid_charge(core, sandbox):
     assert refunded["refund_amount"] == "7000.00"
 
 
+def test_official_client_drives_every_transactions_method(core, sandbox, receiver):
+    called: set[str] = set()
+
+    def call(name: str, *args: object) -> dict:
+        called.add(name)
+        return getattr(core.transactions, name)(*args)
+
+    core.api_config.custom_headers = {"X-Override-Notification": receiver.url}
+    charged = core.charge(charge_params("mc-all-1"))
+    tid = charged["transaction_id"]
+
+    # notification: the client reads the status of what the sandbox posted
+    [posted] = receiver.wait_count(1)
+    checked = call("notification", posted)
+    assert (checked["transaction_id"], checked["transaction_status"]) == (tid, "pending")
+
+    status = call("status", "mc-all-1")
+    assert (status["status_code"], status["transaction_status"]) == ("201", "pending")
+
+    # approve / deny: only a card transaction in review may be judged; none is here
+    for name in ("approve", "deny"):
+        with pytest.raises(MidtransAPIError) as refused:
+            call(name, tid)
+        assert refused.value.http_status_code == 412
+        assert refused.value.api_response_dict["status_message"] == CANNOT_MODIFY
+
+    cancelled = call("cancel", "mc-all-1")
+    assert (cancelled["status_code"], cancelled["transaction_status"]) == ("200", "cancel")
+    again = core.charge(charge_params("mc-all-1"))  # an order_id may be charged after cancel
+    b2b = call("statusb2b", "mc-all-1")
+    assert b2b["status_code"] == "200"
+    assert [(t["transaction_id"], t["transaction_status"]) for t in b2b["transactions"]] == [
+        (again["transaction_id"], "pending"),
+        (tid, "cancel"),
+    ]
+    expired = call("expire", again["transaction_id"])
+    assert (expired["status_code"], expired["transaction_status"]) == ("407", "expire")
+
+    core.charge(charge_params("mc-all-2"))
+    sandbox.pay("mc-all-2")
+    refund = {"refund_key": "mc-all-2-r1", "amount": 3000, "reason": "dispense failed"}
+    partial = call("refund", "mc-all-2", refund)
+    assert (partial["transaction_status"], partial["refund_amount"]) == (
+        "partial_refund",
+        "3000.00",
+    )
+    direct = {"refund_key": "mc-all-2-r2", "amount": 4000, "reason": "dispense failed"}
+    rest = call("refundDirect", "mc-all-2", direct)
+    assert (rest["transaction_status"], rest["refund_amount"]) == ("refund", "4000.00")
+    assert call("status", "mc-all-2")["refund_amount"] == "7000.00"
+
+    methods = {name for name in vars(Transactions) if not name.startswith("_")}
+    assert called == methods
+
+
 def test_official_client_raises_on_sandbox_errors(core):
     with pytest.raises(MidtransAPIError) as unknown:
         core.transactions.status("mc-unknown")
     assert unknown.value.http_status_code == 404
+    with pytest.raises(MidtransAPIError) as unknown_b2b:
+        core.transactions.statusb2b("mc-unknown")
+    assert unknown_b2b.value.http_status_code == 404
     core.charge(charge_params("mc-dup-1"))
     with pytest.raises(MidtransAPIError) as duplicate:
         core.charge(charge_params("mc-dup-1"))

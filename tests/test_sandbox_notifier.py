@@ -5,22 +5,57 @@ the NOTIFY_* faults.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
 import time
 
 import pytest
 
 from tests import sandbox_helpers
-from tests.sandbox_helpers import (
-    Receiver,
-    free_port,
-    of,
-    signed,
-)
+from tests.sandbox_helpers import WAIT_S, Receiver, free_port, of, signed
 
 clock = sandbox_helpers.clock
 receiver = sandbox_helpers.receiver
 sandbox = sandbox_helpers.sandbox
 api = sandbox_helpers.api
+
+
+class HangingReceiver:
+    """A notification URL that accepts connections and never answers, until closed."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.connections: list[socket.socket] = []
+        self.accepted = threading.Condition()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/hang"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.accepted:
+                self.connections.append(conn)
+                self.accepted.notify_all()
+
+    def wait_connections(self, n: int) -> None:
+        with self.accepted:
+            assert self.accepted.wait_for(lambda: len(self.connections) >= n, WAIT_S)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        self.listener.close()
+        self.thread.join(WAIT_S)
+        for conn in self.connections:
+            conn.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -99,6 +134,37 @@ def test_unreachable_receiver_does_not_stop_other_deliveries(api, sandbox):
         assert api.status("vm-1-dead").json()["transaction_status"] == "settlement"
     finally:
         good.close()
+
+
+def test_a_receiver_that_hangs_delays_no_other_receiver(api, sandbox):
+    # Far longer than the test waits: were deliveries made one after the other, the good
+    # receiver would hear nothing until the hung one timed out.
+    sandbox.notify_timeout_s = 60
+    hung, good = HangingReceiver(), Receiver()
+    try:
+        api.charge("vm-1-hang", headers={"X-Override-Notification": f"{hung.url},{good.url}"})
+        hung.wait_connections(1)  # the pending notification is stuck there
+        sandbox.pay("vm-1-hang")
+        assert of(good.wait_count(2), "vm-1-hang") == ["pending", "settlement"]
+        # The hung receiver's settlement waits behind its pending one: one connection only.
+        assert len(hung.connections) == 1
+    finally:
+        hung.close()
+        good.close()
+
+
+def test_stop_cuts_off_a_delivery_to_a_receiver_that_hangs(api, sandbox):
+    sandbox.notify_timeout_s = 60
+    hung = HangingReceiver()
+    try:
+        api.charge("vm-1-hang-stop", headers={"X-Override-Notification": hung.url})
+        hung.wait_connections(1)
+        stopper = threading.Thread(target=sandbox.stop)
+        stopper.start()
+        stopper.join(WAIT_S)  # the 60 s timeout would hold it far longer
+        assert not stopper.is_alive()
+    finally:
+        hung.close()
 
 
 # --------------------------------------------------------------------------------------------

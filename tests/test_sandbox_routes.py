@@ -14,13 +14,7 @@ import requests
 from cores import qris
 from sandbox import Sandbox
 from tests import sandbox_helpers
-from tests.sandbox_helpers import (
-    KEY,
-    Api,
-    jakarta,
-    png_size,
-    signed,
-)
+from tests.sandbox_helpers import KEY, Api, jakarta, png_size, signed
 
 clock = sandbox_helpers.clock
 receiver = sandbox_helpers.receiver
@@ -145,6 +139,10 @@ def test_bad_or_missing_server_key_gets_401_on_every_api_call(sandbox, auth):
             ("POST", "/v2/anything/cancel"),
             ("POST", "/v2/anything/expire"),
             ("POST", "/v2/anything/refund"),
+            ("GET", "/v2/anything/status/b2b"),
+            ("POST", "/v2/anything/refund/online/direct"),
+            ("POST", "/v2/anything/approve"),
+            ("POST", "/v2/anything/deny"),
         ]:
             r = s.request(method, sandbox.url + path, json={}, headers=headers, timeout=10)
             assert r.status_code == 401, path
@@ -226,6 +224,62 @@ def test_gopay_paid_by_scanning_settles_as_qris(api, sandbox, receiver):
         ("pending", "gopay"),
         ("settlement", "qris"),
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# GET /v2/{id}/status/b2b
+
+
+def test_status_b2b_lists_every_transaction_of_the_order_newest_first(api, sandbox):
+    first = api.charge("vm-1-b2b").json()
+    api.post("/v2/vm-1-b2b/cancel")
+    second = api.charge("vm-1-b2b").json()
+    api.charge("vm-1-b2b-other")
+    for ident in ("vm-1-b2b", first["transaction_id"], second["transaction_id"]):
+        r = api.get(f"/v2/{ident}/status/b2b")
+        assert r.status_code == 200
+        body = r.json()
+        assert (body["status_code"], body["status_message"]) == (
+            "200",
+            "Success, transactions are retrieved",
+        )
+        listed = [(t["transaction_id"], t["transaction_status"]) for t in body["transactions"]]
+        assert listed == [
+            (second["transaction_id"], "pending"),
+            (first["transaction_id"], "cancel"),
+        ]
+        assert all(signed(t) for t in body["transactions"])
+        assert body["transactions"][0] == api.status(second["transaction_id"]).json()
+
+
+def test_status_b2b_pages_with_page_and_per_page(api):
+    tids = []
+    for _ in range(3):
+        tids.append(api.charge("vm-1-b2bp").json()["transaction_id"])
+        api.post("/v2/vm-1-b2bp/cancel")
+    newest_first = tids[::-1]
+
+    def page(query: str) -> list[str]:
+        body = api.get(f"/v2/vm-1-b2bp/status/b2b?{query}").json()
+        return [t["transaction_id"] for t in body["transactions"]]
+
+    assert page("") == newest_first
+    assert page("per_page=2") == newest_first[:2]
+    assert page("per_page=2&page=1") == newest_first[2:]
+    assert page("per_page=2&page=5") == []
+
+
+@pytest.mark.parametrize("query", ["page=-1", "page=x", "per_page=0", "per_page=101"])
+def test_status_b2b_refuses_a_bad_page_with_400(api, query):
+    api.charge("vm-1-b2bq")
+    r = api.get(f"/v2/vm-1-b2bq/status/b2b?{query}")
+    assert (r.status_code, r.json()["status_code"]) == (400, "400")
+    assert r.json()["validation_messages"]
+
+
+def test_status_b2b_of_an_unknown_order_is_404(api):
+    r = api.get("/v2/no-such-order/status/b2b")
+    assert (r.status_code, r.json()["status_code"]) == (404, "404")
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,6 +400,54 @@ def test_refund_checks_in_midtrans_order(api, sandbox):
     assert api.post("/v2/vm-1-ro/refund", json={"amount": 0}).status_code == 412
     sandbox.pay("vm-1-ro")
     assert api.post("/v2/vm-1-ro/refund", data=b"junk").status_code == 400
+
+
+def test_direct_refund_is_the_same_refund_by_another_door(api, paid):
+    direct = api.post(f"/v2/{paid}/refund/online/direct", json={"refund_key": "d1", "amount": 3000})
+    assert direct.status_code == 200
+    body = direct.json()
+    assert (body["status_code"], body["transaction_status"]) == ("200", "partial_refund")
+    assert (body["refund_amount"], body["refund_key"]) == ("3000.00", "d1")
+    replay = api.post(f"/v2/{paid}/refund", json={"refund_key": "d1", "amount": 3000})
+    assert replay.json() == body
+    rest = api.post(f"/v2/{paid}/refund/online/direct").json()
+    assert (rest["transaction_status"], rest["refund_amount"]) == ("refund", "4000.00")
+    status = api.status(paid).json()
+    assert (status["transaction_status"], status["refund_amount"]) == ("refund", "7000.00")
+
+
+def test_direct_refund_follows_the_refund_rules(api, sandbox):
+    assert api.post("/v2/nope/refund/online/direct").status_code == 404
+    api.charge("vm-1-dr")
+    assert api.post("/v2/vm-1-dr/refund/online/direct").status_code == 412
+    sandbox.pay("vm-1-dr")
+    too_much = api.post("/v2/vm-1-dr/refund/online/direct", json={"amount": 7001})
+    assert (too_much.status_code, too_much.json()["status_code"]) == (400, "414")
+    assert api.post("/v2/vm-1-dr/refund/online/direct", data=b"junk").status_code == 400
+    assert api.get("/v2/vm-1-dr/refund/online/direct").status_code == 405
+    assert api.status("vm-1-dr").json()["transaction_status"] == "settlement"
+
+
+# --------------------------------------------------------------------------------------------
+# approve / deny
+
+
+@pytest.mark.parametrize("judgement", ["approve", "deny"])
+def test_approve_and_deny_are_refused_with_412_as_no_transaction_is_a_card_challenge(
+    api, sandbox, judgement
+):
+    api.charge("vm-1-ch")
+    api.charge("vm-1-ch-paid")
+    sandbox.pay("vm-1-ch-paid")
+    for order_id in ("vm-1-ch", "vm-1-ch-paid"):
+        r = api.post(f"/v2/{order_id}/{judgement}")
+        assert (r.status_code, r.json()["status_code"]) == (412, "412")
+        assert r.json()["status_message"] == "Merchant cannot modify the status of the transaction"
+    statuses = [t["transaction_status"] for t in sandbox.transactions()]
+    assert statuses == ["pending", "settlement"]
+    unknown = api.post(f"/v2/nope/{judgement}")
+    assert (unknown.status_code, unknown.json()["status_code"]) == (404, "404")
+    assert api.get(f"/v2/vm-1-ch/{judgement}").status_code == 405
 
 
 # --------------------------------------------------------------------------------------------

@@ -111,3 +111,21 @@ def test_programmatic_pay_and_deny_raise_sandbox_errors(api, sandbox):
 def test_root_redirects_to_the_simulator(anon):
     r = anon.get("/", allow_redirects=False)
     assert (r.status_code, r.headers["Location"]) == (302, "/simulator")
+
+
+def test_the_page_brings_its_own_style_and_script_and_leaves_no_field_unfilled(anon):
+    page = anon.get("/simulator").text
+    assert '<link rel="stylesheet" href="/simulator/simulator.css">' in page
+    assert '<script src="/simulator/simulator.js" defer></script>' in page
+    assert "<template" not in page and "$" not in page
+    assert 'name="LATENCY_MS" value="0"' in page
+    assert "No pending transactions" in anon.get("/simulator?part=list").text
+    css = anon.get("/simulator/simulator.css")
+    js = anon.get("/simulator/simulator.js")
+    assert (css.status_code, css.headers["Content-Type"]) == (200, "text/css; charset=utf-8")
+    assert (js.status_code, js.headers["Content-Type"]) == (
+        200,
+        "text/javascript; charset=utf-8",
+    )
+    assert "/simulator?part=list" in js.text
+    assert anon.post("/simulator/simulator.js").status_code == 405
