@@ -26,6 +26,7 @@ from cores.config import Settings
 from cores.logs import kv
 from cores.process import InstanceLock, die_with_parent
 from cores.redis_process import RedisProcess, free_port
+from services.runtime import broker_for
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ class Supervisor:
 
     def prepare(self, redis_url: str) -> None:
         """Load the menu and put a new machine in IDLE before any page can connect."""
-        from services.runtime import broker_for
-
         client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
         try:
             broker_for(self.settings.replace(redis_url=redis_url), client)
