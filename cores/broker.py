@@ -28,7 +28,7 @@ from redis.client import Pipeline
 
 from constants import keys
 from constants.orders import Command, OrderField
-from constants.states import ErrorCode, Sale, State
+from constants.states import ClientEvent, ErrorCode, Sale, State
 from constants.tunables import COMMANDS_MAXLEN, EVENTS_MAXLEN, ORDER_KEEP_S
 from cores import rules
 from cores.logs import kv
@@ -162,7 +162,7 @@ class Broker:
 
     def show_menu(self) -> None:
         """Kiosk SHOW_MENU: open (or re-send) the menu, or dismiss a result screen."""
-        self._move(lambda snap: rules.SHOW_MENU_MOVES.get(snap.state), "SHOW_MENU",
+        self._move(lambda snap: rules.SHOW_MENU_MOVES.get(snap.state), ClientEvent.SHOW_MENU,
                    clear_order=True)
 
     def place_order(self, drink_id: str, quantity: int = 1) -> str:
@@ -224,7 +224,7 @@ class Broker:
                     p.hset(self.order_key(order_id), OrderField.CANCEL_REQUESTED, "1")
                     self._command(p, Command.CANCEL, order_id)
                 return ask_workers
-            raise _refused(rules.wrong_state("CANCEL", snap.state))
+            raise _refused(rules.wrong_state(ClientEvent.CANCEL, snap.state))
 
         self._compare_and_set((self.state_key,), judge, tid)
         log.info("cancel", extra=kv(state=seen[-1].state, order_id=seen[-1].order_id or "-"))

@@ -15,6 +15,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
+from enum import StrEnum
 
 from constants.orders import Command, LateRefund, OperatorKind, OrderField
 from constants.services import Service
@@ -30,8 +31,18 @@ from services.worker import Worker
 
 log = logging.getLogger(__name__)
 
-#: The one result of LatePayments.handle that keeps an order in the RECHECK set.
-DEFERRED = "deferred"
+class Result(StrEnum):
+    """What LatePayments.handle did with an order (for logs and tests), besides rules.Late."""
+
+    UNKNOWN_ORDER = "unknown_order"
+    NO_TRANSACTION = "no_transaction"  # Midtrans never had it: nothing was paid
+    UNPAID = "unpaid"
+    REFUNDED = "refunded"
+    REFUND_OWED = "refund_owed"
+    DEFERRED = "deferred"  # the one result that keeps the order in the RECHECK set
+
+
+DEFERRED = Result.DEFERRED
 
 
 class LatePayments:
@@ -52,7 +63,7 @@ class LatePayments:
         snap = self.broker.snapshot()
         order = self.broker.order(order_id)
         if order is None:
-            return "unknown_order"
+            return Result.UNKNOWN_ORDER
         on_screen = snap.order_id == order_id and snap.state in ORDER_STATES
         late = order.get(OrderField.LATE)
         triage = rules.late_triage(on_screen, order.get(OrderField.OUTCOME), late)
@@ -64,7 +75,7 @@ class LatePayments:
             txn = self.client.status(order_id)
         except GatewayRefused as exc:
             if exc.code == "404":
-                return "no_transaction"
+                return Result.NO_TRANSACTION
             return self._again(order_id, f"status refused {exc.code}")
         except MidtransError as exc:
             return self._again(order_id, str(exc))
@@ -75,7 +86,7 @@ class LatePayments:
         if verdict is LateStatus.PENDING:
             return self._again(order_id, "still pending")
         if verdict is LateStatus.UNPAID:
-            return "unpaid"
+            return Result.UNPAID
         # Settled after the order was closed: the customer paid and got nothing.
         if late != LateRefund.PENDING:
             self.broker.update_order(order_id, **{OrderField.LATE: LateRefund.PENDING})
@@ -92,14 +103,14 @@ class LatePayments:
                                       drink=order.drink.id,
                                       detail=f"late payment, {result.detail}")
         log.warning("late payment: refund owed", extra=kv(order_id=order_id))
-        return "refund_owed"
+        return Result.REFUND_OWED
 
     def _refunded(self, order_id: str, amount: int) -> str:
         self.broker.update_order(order_id, **{OrderField.LATE: LateRefund.REFUNDED})
         self.broker.record_sale(order_id, Sale.REFUNDED, amount=amount,
                                 refund_key=rules.refund_key(order_id))
         log.info("late payment refunded", extra=kv(order_id=order_id))
-        return "refunded"
+        return Result.REFUNDED
 
     def _again(self, order_id: str, why: str) -> str:
         """Not settled yet: the desk keeps the order in the RECHECK set (its lease stands)."""
