@@ -2,8 +2,8 @@
 
 Each test starts its own Sandbox on port 0 with an injected clock (real time plus an offset the
 test moves), so expiries are reached by moving the clock, not by waiting; its ledger lives in
-the test's tmp_path. A test module takes the fixtures it uses by name, e.g.
-``sandbox = sandbox_helpers.sandbox``.
+the test's tmp_path. A test module takes the fixtures by name:
+``clock, receiver, sandbox, api, anon, paid = sandbox_helpers.FIXTURES``.
 """
 
 from __future__ import annotations
@@ -241,6 +241,10 @@ def paid(api, sandbox):
     api.charge("vm-1-r")
     sandbox.pay("vm-1-r")
     return "vm-1-r"
+
+
+#: The fixtures above, to unpack into a test module (pytest finds a fixture by its name there).
+FIXTURES = (clock, receiver, sandbox, api, anon, paid)
 
 
 # --------------------------------------------------------------------------------------------

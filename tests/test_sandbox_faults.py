@@ -13,21 +13,9 @@ import requests
 from cores import qris
 from sandbox import FAULTS, Sandbox
 from tests import sandbox_helpers
-from tests.sandbox_helpers import (
-    KEY,
-    WAIT_S,
-    details,
-    good_charge,
-    of,
-    signed,
-)
+from tests.sandbox_helpers import KEY, WAIT_S, details, good_charge, of, signed
 
-clock = sandbox_helpers.clock
-receiver = sandbox_helpers.receiver
-sandbox = sandbox_helpers.sandbox
-api = sandbox_helpers.api
-anon = sandbox_helpers.anon
-paid = sandbox_helpers.paid
+clock, receiver, sandbox, api, anon, paid = sandbox_helpers.FIXTURES
 
 
 # --------------------------------------------------------------------------------------------

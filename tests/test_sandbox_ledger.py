@@ -17,10 +17,7 @@ from sandbox import Sandbox, SandboxError
 from tests import sandbox_helpers
 from tests.sandbox_helpers import KEY, WAIT_S, Api, FakeClock, Receiver, of, signed
 
-clock = sandbox_helpers.clock
-receiver = sandbox_helpers.receiver
-sandbox = sandbox_helpers.sandbox
-api = sandbox_helpers.api
+clock, receiver, sandbox, api, anon, paid = sandbox_helpers.FIXTURES
 
 
 # --------------------------------------------------------------------------------------------

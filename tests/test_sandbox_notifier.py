@@ -15,10 +15,7 @@ import pytest
 from tests import sandbox_helpers
 from tests.sandbox_helpers import WAIT_S, Receiver, free_port, of, signed
 
-clock = sandbox_helpers.clock
-receiver = sandbox_helpers.receiver
-sandbox = sandbox_helpers.sandbox
-api = sandbox_helpers.api
+clock, receiver, sandbox, api, anon, paid = sandbox_helpers.FIXTURES
 
 
 class HangingReceiver:

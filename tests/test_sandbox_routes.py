@@ -16,12 +16,7 @@ from sandbox import Sandbox
 from tests import sandbox_helpers
 from tests.sandbox_helpers import KEY, Api, jakarta, png_size, signed
 
-clock = sandbox_helpers.clock
-receiver = sandbox_helpers.receiver
-sandbox = sandbox_helpers.sandbox
-api = sandbox_helpers.api
-anon = sandbox_helpers.anon
-paid = sandbox_helpers.paid
+clock, receiver, sandbox, api, anon, paid = sandbox_helpers.FIXTURES
 
 
 # --------------------------------------------------------------------------------------------

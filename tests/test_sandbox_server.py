@@ -15,18 +15,9 @@ import requests
 
 from sandbox import Sandbox
 from tests import sandbox_helpers
-from tests.sandbox_helpers import (
-    KEY,
-    WAIT_S,
-    Api,
-    raw_http,
-    raw_json,
-)
+from tests.sandbox_helpers import KEY, WAIT_S, Api, raw_http, raw_json
 
-clock = sandbox_helpers.clock
-receiver = sandbox_helpers.receiver
-sandbox = sandbox_helpers.sandbox
-api = sandbox_helpers.api
+clock, receiver, sandbox, api, anon, paid = sandbox_helpers.FIXTURES
 
 
 # --------------------------------------------------------------------------------------------

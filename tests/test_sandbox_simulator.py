@@ -10,17 +10,9 @@ import pytest
 
 from sandbox import SandboxError
 from tests import sandbox_helpers
-from tests.sandbox_helpers import (
-    png_size,
-    raw_http,
-    raw_json,
-)
+from tests.sandbox_helpers import png_size, raw_http, raw_json
 
-clock = sandbox_helpers.clock
-receiver = sandbox_helpers.receiver
-sandbox = sandbox_helpers.sandbox
-api = sandbox_helpers.api
-anon = sandbox_helpers.anon
+clock, receiver, sandbox, api, anon, paid = sandbox_helpers.FIXTURES
 
 
 # --------------------------------------------------------------------------------------------

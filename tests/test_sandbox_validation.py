@@ -9,16 +9,9 @@ import re
 import pytest
 
 from tests import sandbox_helpers
-from tests.sandbox_helpers import (
-    details,
-    good_charge,
-)
+from tests.sandbox_helpers import details, good_charge
 
-clock = sandbox_helpers.clock
-receiver = sandbox_helpers.receiver
-sandbox = sandbox_helpers.sandbox
-api = sandbox_helpers.api
-paid = sandbox_helpers.paid
+clock, receiver, sandbox, api, anon, paid = sandbox_helpers.FIXTURES
 
 
 # --------------------------------------------------------------------------------------------
