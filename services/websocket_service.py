@@ -184,14 +184,15 @@ class WebsocketServer:
         if urlsplit(request.path).path != WS_PATH or request.method != "GET":
             return await self.web.answer(request)
         origins = request.headers.get_all("Origin")
+        hosts = request.headers.get_all("Host")
         origin = origins[0] if len(origins) == 1 else None
-        host = request.headers.get("Host")
+        host = hosts[0] if len(hosts) == 1 else None
         if len(origins) > 1 or not origin_allowed(
             origin, host, self.settings.kiosk_allowed_origins
         ):
             log.warning(
                 "websocket refused: origin not allowed",
-                extra=kv(origin=", ".join(origins)[:200], host=str(host)[:200],
+                extra=kv(origin=", ".join(origins)[:200], host=", ".join(hosts)[:200],
                          peer=peer_name(connection)),
             )
             return respond(HTTPStatus.FORBIDDEN, b"origin not allowed\n", ".txt")
@@ -238,6 +239,9 @@ class WebsocketServer:
                     return
         except ConnectionClosed:
             pass
+        except Exception:
+            # The handler must not wait for ever on a reader that died.
+            log.exception("page reader failed", extra=kv(peer=peer_name(ws)))
         await inbox.put(END)
 
     async def _send_snapshot(self, ws: ServerConnection, seen: int) -> None:

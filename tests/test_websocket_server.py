@@ -712,8 +712,16 @@ def test_websocket_from_another_origin_is_refused_with_403(server, broker, origi
     assert machine(broker) == before
 
 
-def test_websocket_with_two_origin_headers_is_refused(server):
-    sock, head = raw_handshake(server.port, "Origin: null", "Origin: http://evil.example")
+@pytest.mark.parametrize(
+    "headers",
+    [
+        ("Origin: null", "Origin: http://evil.example"),
+        ("Origin: http://127.0.0.1:{port}", "Host: evil.example"),
+    ],
+    ids=["two origins", "two hosts"],
+)
+def test_websocket_with_two_origin_or_host_headers_is_refused(server, headers):
+    sock, head = raw_handshake(server.port, *(h.format(port=server.port) for h in headers))
     sock.close()
     assert head.startswith(b"HTTP/1.1 403"), head
 
