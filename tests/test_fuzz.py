@@ -45,7 +45,8 @@ from websockets.sync.client import ClientConnection, connect
 
 from constants.states import ORDER_STATES, RESULT_STATES, State
 from constants.tunables import CLIENT_FRAMES_PER_S
-from cores.machine import Effects, Transition
+
+from cores.machine import Transition, moves_from
 from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY, Settings
 from cores.midtrans import MidtransClient
@@ -262,6 +263,19 @@ def live_kiosk(
         assert not failure, failure
 
 
+def path_to(frm: State, to: State) -> list[State]:
+    """The shortest walk of legal moves from `frm` to `to` (at least one move)."""
+    paths = {nxt: [nxt] for nxt in moves_from(frm)}
+    frontier = list(paths)
+    while to not in paths:
+        here = frontier.pop(0)
+        for nxt in moves_from(here):
+            if nxt not in paths:
+                paths[nxt] = [*paths[here], nxt]
+                frontier.append(nxt)
+    return paths[to]
+
+
 class Kiosk:
     """A live websocket server, its machine, and a page that watches every broadcast.
 
@@ -307,26 +321,31 @@ class Kiosk:
         assert recv(self.watcher) == self.broker.snapshot().frame
 
     def put_in(self, state: State) -> None:
-        """Move the machine to `state` (an order of its own where the state has one)."""
+        """Move the machine to `state` by legal moves (cores.machine.TRANSITIONS), with an
+        order of its own where the state has one; the watcher sees every frame."""
         if time.monotonic() - self._watcher_since > WATCHER_MAX_AGE_S:
             self._new_watcher()
         broker = self.broker
-        snap = broker.snapshot()
-        self.nonce += 1
-        order_id = None
-        if state in ORDER_STATES or state in RESULT_STATES:
-            order_id = f"{broker.machine_id}-fuzz-{self.nonce:06d}"
-        values: object
-        if state is State.SHOW_MENU:
-            values = broker.menu_values()
-        else:
-            # The nonce makes each frame unique: the watcher tells it from any other.
-            values = {"fuzz_case": self.nonce}
-            if order_id:
-                values.update(order_id=order_id, drink=MENU[0], amount=MENU[0]["price"])
-        assert broker.transition(Transition(state, (snap.state,), snap.order_id, values, new_order_id=order_id))
-        assert self.watcher is not None
-        assert recv(self.watcher) == broker.snapshot().frame, "the watcher saw another frame"
+        for to in path_to(broker.snapshot().state, state):
+            snap = broker.snapshot()
+            self.nonce += 1
+            order_id = snap.order_id
+            if to in ORDER_STATES or to in RESULT_STATES:
+                order_id = order_id or f"{broker.machine_id}-fuzz-{self.nonce:06d}"
+            else:
+                order_id = None
+            values: object
+            if to is State.SHOW_MENU:
+                values = broker.menu_values()
+            else:
+                # The nonce makes each frame unique: the watcher tells it from any other.
+                values = {"fuzz_case": self.nonce}
+                if order_id:
+                    values.update(order_id=order_id, drink=MENU[0], amount=MENU[0]["price"])
+            assert broker.transition(Transition(to, (snap.state,), snap.order_id, values,
+                                                new_order_id=order_id))
+            assert self.watcher is not None
+            assert recv(self.watcher) == broker.snapshot().frame, "the watcher saw another frame"
 
     def check_alive(self) -> None:
         """The server still answers: a new page gets the screen and an answer; /healthz is 200."""
