@@ -7,8 +7,9 @@ CLIENT_FRAMES_PER_S = 20
 #: Events stream length kept (approximate MAXLEN).
 EVENTS_MAXLEN = 10_000
 COMMANDS_MAXLEN = 10_000
-#: Longest BLOCK of the kiosk relay's read of the events stream while pages are connected.
-REDIS_BLOCK_MAX_MS = 1_000
+#: Longest BLOCK of the kiosk relay's read of the events stream: an idle kiosk costs one read
+#: per period; a new entry ends the block at once, and a stop never waits for it.
+REDIS_BLOCK_MAX_MS = 20_000
 #: A worker beats this often, and an idle worker sleeps on Redis this long at most: it wakes
 #: at once on an entry, and a SIGTERM interrupts the sleep.
 HEARTBEAT_EVERY_S = 20.0

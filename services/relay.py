@@ -3,9 +3,9 @@
     events stream --Broker.read_events--> Relay.run --Pages.broadcast--> every connected page
 
 It reads only through the broker (`read_events`, `last_event_id`, `snapshot`). The broker's
-Redis client is synchronous, so the blocking read runs in a thread of the relay's own; its
-BLOCK is at most REDIS_BLOCK_MAX_MS, so a stop is seen promptly. After an outage the relay
-sends every page the current screen and follows the stream anew from its newest entry.
+Redis client is synchronous, so the blocking read runs in a daemon thread of the relay's own
+(see Relay). After an outage the relay sends every page the current screen and follows the
+stream anew from its newest entry.
 
 `Pages` is the set of connected pages. `broadcast()` writes without awaiting, so one slow
 screen cannot stall the others (shared/STYLE.md); a page whose unsent frames pass
@@ -18,8 +18,8 @@ import asyncio
 import json
 import logging
 import random
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -123,7 +123,13 @@ def peer_name(ws: ServerConnection) -> str:
 
 
 class Relay:
-    """Broadcasts every new entry of the machine's events stream to `pages`, while `run()` runs."""
+    """Broadcasts every new entry of the machine's events stream to `pages`, while `run()` runs.
+
+    The blocking read runs in a daemon thread of its own, which hands what it reads to the
+    event loop: an idle kiosk (no change on the machine) costs one XREAD per
+    REDIS_BLOCK_MAX_MS, and a stop never waits for a read in progress (the thread ends with
+    its next answer, or with the process).
+    """
 
     def __init__(self, broker: Broker, pages: Pages) -> None:
         self.broker = broker
@@ -132,58 +138,67 @@ class Relay:
     async def run(self) -> None:
         """Relay until cancelled; retries an unreachable stream with backoff and jitter."""
         loop = asyncio.get_running_loop()
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ws-relay")
-        try:
-            await self._follow(partial(loop.run_in_executor, executor))
-        finally:
-            # The thread may sit in a blocking read for up to REDIS_BLOCK_MAX_MS.
-            await loop.run_in_executor(None, partial(executor.shutdown, wait=True))
+        inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        stop = threading.Event()
 
-    async def _follow(self, run: Any) -> None:
+        def hand_over(kind: str, item: Any) -> None:
+            if not stop.is_set():
+                loop.call_soon_threadsafe(inbox.put_nowait, (kind, item))
+
+        reader = threading.Thread(target=self._read, args=(hand_over, stop), daemon=True,
+                                  name="ws-relay")
+        reader.start()
+        try:
+            while True:
+                kind, item = await inbox.get()
+                if kind == "snapshot":
+                    self.pages.broadcast(encode(item.frame), item.version)
+                else:
+                    entry_id, fields = item
+                    self._relay_entry(entry_id, fields)
+        finally:
+            stop.set()
+
+    def _read(self, hand_over: Callable[[str, Any], None], stop: threading.Event) -> None:
+        """The reader thread: follow the stream; after an outage, resync from the snapshot."""
         last_id: str | None = None
         delay = RELAY_RETRY_MIN_S
         failing = False
-        while True:
+        while not stop.is_set():
             try:
                 if failing:
-                    last_id = await self._resync(run)
+                    last_id = self._resync(hand_over)
                 elif last_id is None:
-                    last_id = await run(self.broker.last_event_id)
-                entries = await run(
-                    self.broker.read_events, last_id, REDIS_BLOCK_MAX_MS, RELAY_BATCH
-                )
-            except redis.RedisError as exc:
-                log.warning(
-                    "events stream unreachable, retrying",
-                    extra=kv(error=exc, retry_in_s=round(delay, 2)),
-                )
+                    last_id = self.broker.last_event_id()
+                entries = self.broker.read_events(last_id, REDIS_BLOCK_MAX_MS, RELAY_BATCH)
+            except Exception as exc:
+                if stop.is_set():
+                    return
+                if isinstance(exc, redis.RedisError):
+                    log.warning("events stream unreachable, retrying",
+                                extra=kv(error=exc, retry_in_s=round(delay, 2)))
+                else:  # keep relaying whatever went wrong; a traceback is worth a line
+                    log.exception("relay failed, retrying")
                 failing = True
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                stop.wait(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, RELAY_RETRY_MAX_S)
-                continue
-            except Exception:
-                # Keep relaying whatever went wrong; a traceback is worth a line in the log.
-                log.exception("relay failed, retrying")
-                failing = True
-                await asyncio.sleep(RELAY_RETRY_MAX_S)
                 continue
             if failing:
                 log.info("events stream reachable again")
                 failing = False
                 delay = RELAY_RETRY_MIN_S
-            for entry_id, fields in entries:
-                last_id = entry_id
-                self._relay_entry(entry_id, fields)
+            for entry in entries:
+                last_id = entry[0]
+                hand_over("entry", entry)
 
-    async def _resync(self, run: Any) -> str:
+    def _resync(self, hand_over: Callable[[str, Any], None]) -> str:
         """After an outage: send every page the current screen, then follow the stream anew.
 
         The stream may have lost entries (a Redis restarted without its data), so the relay
         starts again from its newest entry rather than from where it stopped.
         """
-        last_id = await run(self.broker.last_event_id)
-        snap = await run(self.broker.snapshot)
-        self.pages.broadcast(encode(snap.frame), snap.version)
+        last_id = self.broker.last_event_id()
+        hand_over("snapshot", self.broker.snapshot())
         return last_id
 
     def _relay_entry(self, entry_id: str, fields: dict) -> None:

@@ -341,6 +341,7 @@ def run(settings: Settings) -> int:
         socket_timeout=REDIS_BLOCK_MAX_MS / 1000 + 5,
         socket_connect_timeout=3,
         health_check_interval=30,
+        client_name="websocket",
         # Fail fast when Redis is down: a page gets ERROR unavailable in well under a second
         # (redis-py's default retries for several), and the relay retries on its own schedule.
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
