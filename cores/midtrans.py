@@ -7,33 +7,11 @@ amounts, the SHA-512 signature, status codes) live in `cores/midtrans_wire.py`; 
 `midtransclient` is not used: it has no timeouts, no retries, no Idempotency-Key and no
 configurable base URL.
 
-Errors (one tree; third-party errors are translated at the boundary with ``raise ... from exc``)::
-
-    MidtransError               base of every failed call; .op, .order_id, .attempts
-     |
-     +-- GatewayUnreachable     no usable answer, so the outcome of a POST is unknown:
-     |    |                     connection refused or dropped, or 5xx / 429 (as the HTTP status
-     |    |                     or as the body's status_code) once the retries are spent, or a
-     |    |                     POST still "being processed" (HTTP 202) once the retries are spent;
-     |    |                     .code: the last "5xx" / "429" / "202" seen, or None
-     |    +-- GatewayTimeout    the last attempt hit the connect or read timeout
-     |
-     +-- GatewayRefused         Midtrans answered with an error code: .code (str, e.g. "412"),
-     |                          .message (its status_message), .body (the whole answer dict):
-     |                            400 validation error (.validation_messages lists the reasons)
-     |                            401 bad or missing server key, wrong environment
-     |                            402 payment channel not enabled for this merchant
-     |                            404 transaction does not exist
-     |                            406 duplicate order_id, or refund_key reused for another refund
-     |                            412 not allowed in the transaction's current state
-     |                            414 refund rejected: invalid amount
-     |                            429 only on a call that is not retried; every call of this
-     |                                client retries 429, so when the retries run out it raises
-     |                                GatewayUnreachable(code="429") instead
-     |
-     +-- MalformedAnswer        an answer that cannot be trusted: not JSON, not an object, no
-                                status_code, missing or mistyped fields, a success code that this
-                                call does not expect, or an answer about another order
+Errors: one tree, drawn in `cores/midtrans_errors.py` (MidtransError, GatewayUnreachable,
+GatewayTimeout, GatewayRefused, MalformedAnswer); requests' and urllib3's errors are translated
+into it here, at the boundary, with ``raise ... from exc``. Every answer is read into a
+`Transaction` (`cores/transaction.py`). Both are re-exported here, so callers import all they
+need from this module.
 
 Retries. Every call has a connect and a read timeout. Timeouts, connection errors, 5xx and 429
 are retried with exponential backoff and full jitter (a delay drawn uniformly from
@@ -62,9 +40,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -80,18 +56,23 @@ from constants.tunables import (
     HTTP_RETRY_BUDGET_S,
 )
 from cores.logs import kv
+from cores.midtrans_errors import (
+    GatewayRefused,
+    GatewayTimeout,
+    GatewayUnreachable,
+    MalformedAnswer,
+    MidtransError,
+)
 from cores.midtrans_wire import (
     FINAL_UNPAID_STATUSES,
     IDEMPOTENCY_KEY_MAX_LEN,
     JAKARTA,
     PAID_STATUSES,
-    REFUNDED_STATUSES,
     STATUS_READ_CODES,
-    amount_text,
-    jakarta_epoch,
     signature,
     verify_signature,
 )
+from cores.transaction import Transaction
 
 if TYPE_CHECKING:
     from cores.config import Settings
@@ -125,75 +106,6 @@ _REFUND_KEY_NAMESPACE = uuid.UUID("5b0f3c2e-8f51-4d3a-9a57-6c1d2e0b7a44")
 
 
 # --------------------------------------------------------------------------------------------
-# Errors
-
-
-class MidtransError(Exception):
-    """Base of every failed Midtrans call."""
-
-    def __init__(self, message: str, *, op: str | None = None, order_id: str | None = None) -> None:
-        super().__init__(message)
-        self.op = op
-        self.order_id = order_id
-        #: How many HTTP attempts the call made before it gave up (0 when none was made).
-        self.attempts = 0
-
-    def __str__(self) -> str:
-        where = " ".join(x for x in (self.op, self.order_id) if x)
-        text = super().__str__()
-        return f"{where}: {text}" if where else text
-
-
-class GatewayUnreachable(MidtransError):
-    """No usable answer: connection error, 5xx, 429 or an in-flight 202, retries spent."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        code: str | None = None,
-        body: dict[str, Any] | None = None,
-        op: str | None = None,
-        order_id: str | None = None,
-    ) -> None:
-        super().__init__(message, op=op, order_id=order_id)
-        self.code = code
-        self.body = body
-
-
-class GatewayTimeout(GatewayUnreachable):
-    """The last attempt timed out (connect or read)."""
-
-
-class GatewayRefused(MidtransError):
-    """Midtrans answered with an error status_code (4xx), whatever the HTTP status."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        body: dict[str, Any],
-        *,
-        op: str | None = None,
-        order_id: str | None = None,
-    ) -> None:
-        super().__init__(f"refused {code}: {message}", op=op, order_id=order_id)
-        self.code = code
-        self.message = message
-        self.body = body
-
-    @property
-    def validation_messages(self) -> list[str]:
-        """The reasons of a 400 answer (empty for other codes)."""
-        found = self.body.get("validation_messages")
-        return [str(m) for m in found] if isinstance(found, list) else []
-
-
-class MalformedAnswer(MidtransError):
-    """An answer that cannot be trusted: not JSON, not an object, fields missing or mistyped."""
-
-
-# --------------------------------------------------------------------------------------------
 # Idempotency keys
 
 
@@ -204,153 +116,6 @@ def refund_idempotency_key(order_id: str, refund_key: str, amount: int) -> str:
     with the stored answer of the first refund, but reaches Midtrans and gets its 406.
     """
     return str(uuid.uuid5(_REFUND_KEY_NAMESPACE, f"{order_id}\n{refund_key}\n{amount}"))
-
-
-# --------------------------------------------------------------------------------------------
-# Transactions
-
-
-@dataclass(frozen=True)
-class Transaction:
-    """One Midtrans answer about a transaction (charge, status, cancel, expire, refund).
-
-    Notifications have the same shape: `Transaction.from_body(notification)` reads them too.
-    """
-
-    order_id: str
-    transaction_id: str
-    #: Lower-cased: pending, settlement, capture, deny, cancel, expire, failure, refund, ...
-    transaction_status: str
-    status_code: str
-    #: As Midtrans sends it, e.g. "7000.00" (the string the signature is computed over).
-    gross_amount: str
-    payment_type: str | None = None
-    fraud_status: str | None = None
-    #: The raw QRIS payload (qris charges only; status answers do not repeat it).
-    qr_string: str | None = None
-    #: Action name -> URL, e.g. "generate-qr-code" -> the PNG of the QR.
-    actions: Mapping[str, str] = field(default_factory=dict)
-    expiry_time: str | None = None
-    settlement_time: str | None = None
-    transaction_time: str | None = None
-    refund_amount: str | None = None
-    #: The whole answer, for the audit log.
-    raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    @classmethod
-    def from_body(cls, body: object) -> Transaction:
-        """Read an answer body; MalformedAnswer when it is not a usable transaction."""
-        if not isinstance(body, dict):
-            raise MalformedAnswer(f"answer is not a JSON object but {type(body).__name__}")
-        gross_amount = _amount_text(body, "gross_amount", required=True)
-        assert gross_amount is not None
-        return cls(
-            order_id=_text(body, "order_id", required=True),
-            transaction_id=_text(body, "transaction_id", required=True),
-            transaction_status=_text(body, "transaction_status", required=True).lower(),
-            status_code=_text(body, "status_code", required=True),
-            gross_amount=gross_amount,
-            payment_type=_opt_text(body, "payment_type"),
-            fraud_status=_lower(_opt_text(body, "fraud_status")),
-            qr_string=_opt_text(body, "qr_string"),
-            actions=_actions(body),
-            expiry_time=_opt_text(body, "expiry_time"),
-            settlement_time=_opt_text(body, "settlement_time"),
-            transaction_time=_opt_text(body, "transaction_time"),
-            refund_amount=_amount_text(body, "refund_amount", required=False),
-            raw=body,
-        )
-
-    @property
-    def amount_idr(self) -> int:
-        """gross_amount in whole rupiah: "7000.00" -> 7000."""
-        return int(Decimal(self.gross_amount))
-
-    @property
-    def is_paid(self) -> bool:
-        """Money arrived: settlement, or capture with fraud_status accept (money rule 1)."""
-        if self.transaction_status == "settlement":
-            return True
-        return self.transaction_status == "capture" and self.fraud_status == "accept"
-
-    @property
-    def is_pending(self) -> bool:
-        """Waiting for the customer to pay."""
-        return self.transaction_status == "pending"
-
-    @property
-    def is_final_unpaid(self) -> bool:
-        """Over without payment: deny, cancel, expire or failure."""
-        return self.transaction_status in FINAL_UNPAID_STATUSES
-
-    @property
-    def is_refunded(self) -> bool:
-        """Paid, then refunded in whole or in part."""
-        return self.transaction_status in REFUNDED_STATUSES
-
-    @property
-    def qr_image_url(self) -> str | None:
-        """URL of the QR's PNG (the `generate-qr-code` action), or None."""
-        return self.actions.get("generate-qr-code")
-
-    @property
-    def expiry_epoch(self) -> int | None:
-        """expiry_time (Jakarta time when it has no zone) as Unix seconds; None when absent
-        or unreadable (Midtrans does not promise the field)."""
-        return jakarta_epoch(self.expiry_time) if self.expiry_time else None
-
-
-def _text(body: dict[str, Any], name: str, *, required: bool) -> str:
-    value = _opt_text(body, name)
-    if value is None or (required and not value):
-        raise MalformedAnswer(f"answer has no {name}")
-    return value
-
-
-def _opt_text(body: dict[str, Any], name: str) -> str | None:
-    value = body.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)  # a status_code sent as a number
-    raise MalformedAnswer(f"answer field {name} is {type(value).__name__}, not text")
-
-
-def _lower(value: str | None) -> str | None:
-    return value.lower() if value is not None else None
-
-
-def _amount_text(body: dict[str, Any], name: str, *, required: bool) -> str | None:
-    """An amount as Midtrans sends it ("7000.00"); numbers are accepted and written that way."""
-    value = body.get(name)
-    if value is None:
-        if required:
-            raise MalformedAnswer(f"answer has no {name}")
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise MalformedAnswer(f"answer field {name} is {type(value).__name__}, not an amount")
-    try:
-        amount = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise MalformedAnswer(f"answer field {name} is not an amount: {value!r}") from None
-    if not amount.is_finite() or amount < 0 or amount != amount.to_integral_value():
-        raise MalformedAnswer(f"answer field {name} is not whole rupiah: {value!r}")
-    return value if isinstance(value, str) else amount_text(amount)
-
-
-def _actions(body: dict[str, Any]) -> dict[str, str]:
-    found = body.get("actions")
-    if found is None:
-        return {}
-    if not isinstance(found, list):
-        raise MalformedAnswer(f"answer field actions is {type(found).__name__}, not a list")
-    actions = {}
-    for item in found:
-        if isinstance(item, dict):
-            name, url = item.get("name"), item.get("url")
-            if isinstance(name, str) and isinstance(url, str):
-                actions.setdefault(name, url)
-    return actions
 
 
 # --------------------------------------------------------------------------------------------
