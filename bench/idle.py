@@ -33,16 +33,22 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Launched  # noqa: E402
-from constants.services import WORKERS, Service  # noqa: E402
-from constants.states import State  # noqa: E402
-from constants.tunables import HEARTBEAT_EVERY_S  # noqa: E402
+from bench.harness import Launched
+from constants.services import WORKERS, Service
+from constants.states import State
+from constants.tunables import HEARTBEAT_EVERY_S
 
 #: Commands of this script's own connections, left out of the machine's count.
-OWN_COMMANDS = {"info", "client|list", "client|setname", "monitor", "config|resetstat",
-                "hello", "ping"}
-PROCESSES = ("websocket", "order", "order_created", "dispense", "screen", "notification",
-             "sandbox")
+OWN_COMMANDS = {
+    "info",
+    "client|list",
+    "client|setname",
+    "monitor",
+    "config|resetstat",
+    "hello",
+    "ping",
+}
+PROCESSES = ("websocket", "order", "order_created", "dispense", "screen", "notification", "sandbox")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -53,8 +59,9 @@ def cpu_seconds(pid: int) -> float:
 
 def machine_calls(client: redis.Redis) -> int:
     stats = client.info("commandstats")
-    return sum(v["calls"] for k, v in stats.items()
-               if k.removeprefix("cmdstat_") not in OWN_COMMANDS)
+    return sum(
+        v["calls"] for k, v in stats.items() if k.removeprefix("cmdstat_") not in OWN_COMMANDS
+    )
 
 
 class Monitor(threading.Thread):
@@ -62,7 +69,9 @@ class Monitor(threading.Thread):
 
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
-        self.client = redis.Redis.from_url(url, decode_responses=True, client_name="bench-idle")
+        # No socket timeout: an idle machine may send nothing for longer than the default 5 s.
+        self.client = redis.Redis.from_url(url, decode_responses=True, client_name="bench-idle",
+                                           socket_timeout=None)
         self.counts: collections.Counter[str] = collections.Counter()
         self.commands: collections.Counter[tuple[str, str]] = collections.Counter()
         self.stop = threading.Event()
@@ -96,8 +105,12 @@ def wait_idle(machine: Launched, timeout_s: float = 60) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the window")
-    parser.add_argument("--warmup", type=float, default=HEARTBEAT_EVERY_S + 2,
-                        help="seconds after the machine is idle before the window opens")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=HEARTBEAT_EVERY_S + 2,
+        help="seconds after the machine is idle before the window opens",
+    )
     parser.add_argument("--baseline-workers", type=int, default=len(WORKERS) + 1)
     args = parser.parse_args()
 
@@ -109,8 +122,7 @@ def main() -> int:
             url = (machine.var / "redis.url").read_text().strip()
             pids = {name: machine.pid(name) for name in PROCESSES}
             cpu_before = {n: cpu_seconds(p) for n, p in pids.items() if p}
-            names = {f"{c['addr']}": c.get("name") or "?"
-                     for c in machine.redis.client_list()}
+            names = {f"{c['addr']}": c.get("name") or "?" for c in machine.redis.client_list()}
             monitor = Monitor(url)
             machine.redis.config_resetstat()
             monitor.start()
@@ -132,9 +144,11 @@ def main() -> int:
     baseline = 2.0 * args.baseline_workers
     total = calls / elapsed
     print(f"idle machine, {elapsed:.0f} s window (after {args.warmup:.0f} s of warm-up)\n")
-    print(f"redis commands/s, all processes   ours {total:6.2f}   original design "
-          f"{baseline:6.2f} ({args.baseline_workers} workers x 2 state reads/s)   "
-          f"ratio {total / baseline:5.3f}x")
+    print(
+        f"redis commands/s, all processes   ours {total:6.2f}   original design "
+        f"{baseline:6.2f} ({args.baseline_workers} workers x 2 state reads/s)   "
+        f"ratio {total / baseline:5.3f}x"
+    )
     print("\nper process                 commands/s   cpu s per idle minute")
     for name in PROCESSES:
         rate = per_process.get(name, 0) / elapsed
