@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Drink Machine: run a service, the whole machine, or an operator command.
 
+Usage::
+
     python main.py up                       # Redis, sandbox, websocket server, workers
     python main.py --service ORDER          # one process (ORDER, ORDER_CREATED, DISPENSE,
                                             #   SCREEN, NOTIFICATION, SANDBOX)
@@ -22,11 +24,17 @@ from cores.config import ConfigError, Settings
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="main.py", description="Drink Machine")
-    parser.add_argument("--service", choices=[s.value for s in Service if s != Service.WEBSOCKET],
-                        help="run one process of the machine")
+    parser.add_argument(
+        "--service",
+        choices=[s.value for s in Service if s != Service.WEBSOCKET],
+        help="run one process of the machine",
+    )
     parser.add_argument("--port", type=int, help="port for SANDBOX / NOTIFICATION")
-    parser.add_argument("--no-log-file", action="store_true",
-                        help="log to stderr only (`main.py up` keeps its children's files)")
+    parser.add_argument(
+        "--no-log-file",
+        action="store_true",
+        help="log to stderr only (`main.py up` keeps its children's files)",
+    )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("up", help="start the whole machine")
     sub.add_parser("status", help="print the machine's state as JSON")
@@ -55,8 +63,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = args.service or args.command.upper()
     to_file = (args.service or args.command == "up") and not args.no_log_file
-    logs.setup(name, settings.machine_id, settings.log_level,
-               settings.var_dir / "logs" if to_file else None)
+    logs.setup(
+        name,
+        settings.machine_id,
+        settings.log_level,
+        settings.var_dir / "logs" if to_file else None,
+    )
     try:
         return dispatch(args, settings)
     except ConfigError as exc:

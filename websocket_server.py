@@ -23,8 +23,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", help="address to listen on (default: WS_HOST, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: WS_PORT, 3333)")
-    parser.add_argument("--no-log-file", action="store_true",
-                        help="log to stderr only (`main.py up` keeps the file)")
+    parser.add_argument(
+        "--no-log-file",
+        action="store_true",
+        help="log to stderr only (`main.py up` keeps the file)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -37,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"websocket_server: {exc}", file=sys.stderr)
         return 2
-    logs.setup(Service.WEBSOCKET, settings.machine_id, settings.log_level,
-               None if args.no_log_file else settings.var_dir / "logs")
+    logs.setup(
+        Service.WEBSOCKET,
+        settings.machine_id,
+        settings.log_level,
+        None if args.no_log_file else settings.var_dir / "logs",
+    )
 
     try:
         return websocket_service.run(settings)

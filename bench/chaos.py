@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Launched, Page  # noqa: E402
+from bench.harness import Launched, Page
 
 BEHAVIOURS = (
     "pay_now",

@@ -37,16 +37,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis
+
+from constants import keys
+from cores.broker import Broker
+from cores.config import Settings
+from cores.redis_process import RedisProcess, free_ports
+from services.runtime import load_menu
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import redis  # noqa: E402
-
-from constants import keys  # noqa: E402
-from cores.broker import Broker  # noqa: E402
-from cores.config import Settings  # noqa: E402
-from cores.redis_process import RedisProcess, free_ports  # noqa: E402
-from services.runtime import load_menu  # noqa: E402
 
 MACHINE = "bench-load"
 WAVE = 50
@@ -299,17 +300,21 @@ async def ramp(fleet: Fleet, client: redis.Redis, broker: Broker, step_s: float)
         n = int(rate * step_s)
         written: list[float] = []
 
-        def writer(rate: int = rate, n: int = n, written: list[float] = written,
-                   first: int = version) -> None:
+        def writer(
+            rate: int = rate, n: int = n, written: list[float] = written, first: int = version
+        ) -> None:
             start = time.perf_counter()
             for i in range(n):
                 delay = start + i / rate - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)  # the writer's pace
                 written.append(time.perf_counter())
-                client.xadd(broker.events_key, {"state": "SHOW_MENU", "order_id": "",
-                                                "version": first + i, "frame": frame},
-                            maxlen=10_000, approximate=True)
+                client.xadd(
+                    broker.events_key,
+                    {"state": "SHOW_MENU", "order_id": "", "version": first + i, "frame": frame},
+                    maxlen=10_000,
+                    approximate=True,
+                )
 
         version += n
         await asyncio.to_thread(writer)
@@ -344,16 +349,41 @@ async def run(args: argparse.Namespace, redis_url: str, folder: Path) -> None:
     broker.ensure_ready(load_menu(Settings().menu_file))
     ours_port, base_port = free_ports(2)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WS_"))}
-    env.update(REDIS_URL=redis_url, VENDING_MACHINE_ID=MACHINE, LOG_LEVEL="WARNING",
-               VAR_DIR=str(folder / "var"), PYTHONPATH=str(ROOT))
+    env.update(
+        REDIS_URL=redis_url,
+        VENDING_MACHINE_ID=MACHINE,
+        LOG_LEVEL="WARNING",
+        VAR_DIR=str(folder / "var"),
+        PYTHONPATH=str(ROOT),
+    )
     servers = {
-        "ours": ServerProcess("ours", [sys.executable, str(ROOT / "websocket_server.py"),
-                                       "--port", str(ours_port), "--no-log-file"],
-                              env, ours_port, folder),
-        "baseline": ServerProcess("baseline", [sys.executable, str(Path(__file__).resolve()),
-                                               "--baseline-server", redis_url,
-                                               "--port", str(base_port)],
-                                  env, base_port, folder),
+        "ours": ServerProcess(
+            "ours",
+            [
+                sys.executable,
+                str(ROOT / "websocket_server.py"),
+                "--port",
+                str(ours_port),
+                "--no-log-file",
+            ],
+            env,
+            ours_port,
+            folder,
+        ),
+        "baseline": ServerProcess(
+            "baseline",
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--baseline-server",
+                redis_url,
+                "--port",
+                str(base_port),
+            ],
+            env,
+            base_port,
+            folder,
+        ),
     }
     try:
         idle = {name: server.rss_mib() for name, server in servers.items()}
@@ -361,9 +391,12 @@ async def run(args: argparse.Namespace, redis_url: str, folder: Path) -> None:
             fleet = Fleet()
             await connect_pages(fleet, server.port, WAVE)
             fleet.close()
-        print(f"server RSS with no page      ours {idle['ours']:6.1f} MiB   "
-              f"baseline {idle['baseline']:6.1f} MiB   ratio "
-              f"{idle['ours'] / idle['baseline']:5.2f}x\n", flush=True)
+        print(
+            f"server RSS with no page      ours {idle['ours']:6.1f} MiB   "
+            f"baseline {idle['baseline']:6.1f} MiB   ratio "
+            f"{idle['ours'] / idle['baseline']:5.2f}x\n",
+            flush=True,
+        )
         for n in args.pages:
             snap: dict[str, list[float]] = {}
             fan: dict[str, list[float]] = {}
@@ -379,11 +412,16 @@ async def run(args: argparse.Namespace, redis_url: str, folder: Path) -> None:
             print(f"--- {n} pages ({args.commands} commands fanned out)")
             line("snapshot (connect->1st)", snap["ours"], snap["baseline"])
             line("fan-out (write->all)", fan["ours"], fan["baseline"])
-            print(f"{'server RSS':<24} ours {rss['ours']:8.1f} MiB             "
-                  f"baseline {rss['baseline']:8.1f} MiB             "
-                  f"ratio {rss['ours'] / rss['baseline']:5.2f}x\n", flush=True)
-        print(f"--- sustained rate: {RAMP_PAGES} pages, {args.step_s:g} s per step, "
-              f"lag = entry written -> last page has it")
+            print(
+                f"{'server RSS':<24} ours {rss['ours']:8.1f} MiB             "
+                f"baseline {rss['baseline']:8.1f} MiB             "
+                f"ratio {rss['ours'] / rss['baseline']:5.2f}x\n",
+                flush=True,
+            )
+        print(
+            f"--- sustained rate: {RAMP_PAGES} pages, {args.step_s:g} s per step, "
+            f"lag = entry written -> last page has it"
+        )
         results = {}
         for name, server in servers.items():
             fleet = Fleet()
@@ -393,11 +431,16 @@ async def run(args: argparse.Namespace, redis_url: str, folder: Path) -> None:
             finally:
                 fleet.close()
             for rate, achieved, p50, p99 in results[name]:
-                print(f"{name:<9} target {rate:6d}/s  written {achieved:7.0f}/s  "
-                      f"lag p50 {p50:8.2f} ms  p99 {p99:8.2f} ms", flush=True)
-        print(f"{'frames/s under 50 ms lag':<24} ours {sustained(results['ours'])}   "
-              f"baseline {sustained(results['baseline'])}   "
-              f"({RAMP_PAGES} pages: x{RAMP_PAGES} page-frames/s)")
+                print(
+                    f"{name:<9} target {rate:6d}/s  written {achieved:7.0f}/s  "
+                    f"lag p50 {p50:8.2f} ms  p99 {p99:8.2f} ms",
+                    flush=True,
+                )
+        print(
+            f"{'frames/s under 50 ms lag':<24} ours {sustained(results['ours'])}   "
+            f"baseline {sustained(results['baseline'])}   "
+            f"({RAMP_PAGES} pages: x{RAMP_PAGES} page-frames/s)"
+        )
     finally:
         for server in servers.values():
             server.stop()
@@ -407,8 +450,9 @@ async def run(args: argparse.Namespace, redis_url: str, folder: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description="the kiosk server under many pages")
     parser.add_argument("--quick", action="store_true", help="a short run: fewer commands")
-    parser.add_argument("--pages", default="50,200,500",
-                        help="page counts, comma separated (default 50,200,500)")
+    parser.add_argument(
+        "--pages", default="50,200,500", help="page counts, comma separated (default 50,200,500)"
+    )
     parser.add_argument("--baseline-server", metavar="REDIS_URL", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -421,8 +465,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         redis_server = RedisProcess(Path(folder), appendonly=True).start()
         try:
-            print(f"redis {redis_server.binary}, AOF on; python {sys.version.split()[0]}, "
-                  f"{os.cpu_count()} CPUs; pages: raw asyncio clients in this process\n")
+            print(
+                f"redis {redis_server.binary}, AOF on; python {sys.version.split()[0]}, "
+                f"{os.cpu_count()} CPUs; pages: raw asyncio clients in this process\n"
+            )
             asyncio.run(run(args, redis_server.url, Path(folder)))
         finally:
             redis_server.stop()

@@ -27,17 +27,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis  # noqa: E402
-import websocket  # noqa: E402
+import redis
+import websocket
 
-from constants.states import State  # noqa: E402
+from constants.states import State
+from cores.broker import Broker
+from cores.config import Settings
 from cores.machine import Effects, Transition
-from cores.broker import Broker  # noqa: E402
-from cores.config import Settings  # noqa: E402
-from cores.redis_process import RedisProcess  # noqa: E402
-from services.runtime import load_menu  # noqa: E402
-from services.websocket_service import WebsocketServer  # noqa: E402
-from services.worker import Worker  # noqa: E402
+from cores.redis_process import RedisProcess
+from services.runtime import load_menu
+from services.websocket_service import WebsocketServer
+from services.worker import Worker
 
 
 def pct(values: list[float], q: float) -> float:
@@ -70,8 +70,9 @@ def bench_transitions(client: redis.Redis, broker: Broker, n: int) -> None:
         frm, to, order_id, new_order_id, sale = LAP[i % len(LAP)]
         effects = Effects(sale={"kind": "bench", "amount": 1} if sale else None)
         start = time.perf_counter()
-        assert broker.transition(Transition(to, (frm,), order_id, {"i": i}, effects,
-                                            new_order_id=new_order_id))
+        assert broker.transition(
+            Transition(to, (frm,), order_id, {"i": i}, effects, new_order_id=new_order_id)
+        )
         ours.append((time.perf_counter() - start) * 1000)
     for i in range(n):
         sale = LAP[i % len(LAP)][4]

@@ -20,15 +20,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import redis  # noqa: E402
+import redis
 
-from bench.harness import Launched  # noqa: E402
-from constants.states import Sale, State  # noqa: E402
+from bench.harness import Launched
+from constants.states import Sale, State
+from cores.broker import Broker
+from cores.config import Settings
 from cores.machine import Effects, Transition
-from cores.broker import Broker  # noqa: E402
-from cores.config import Settings  # noqa: E402
-from cores.redis_process import RedisProcess  # noqa: E402
-from services.runtime import load_menu  # noqa: E402
+from cores.redis_process import RedisProcess
+from services.runtime import load_menu
 
 QR = "00020101021226610014COM.GO-JEK.WWW0118936009140000000001" + "0" * 140 + "6304ABCD"
 
@@ -54,10 +54,21 @@ def one_order(broker: Broker) -> dict:
         (State.DISPENSED, State.DISPENSING, order.values(), Sale.DISPENSED),
     ]
     for to, frm, values, sale in steps:
-        broker.transition(Transition(to, (frm,), order_id, values, Effects(sale=None if sale is None else {"kind": sale, "amount": 7000}, order_fields={
-                "transaction_id": "0d8178e1-aaaa-bbbb-cccc-1234",
-                "frame_values": created,
-            })))
+        broker.transition(
+            Transition(
+                to,
+                (frm,),
+                order_id,
+                values,
+                Effects(
+                    sale=None if sale is None else {"kind": sale, "amount": 7000},
+                    order_fields={
+                        "transaction_id": "0d8178e1-aaaa-bbbb-cccc-1234",
+                        "frame_values": created,
+                    },
+                ),
+            )
+        )
     broker.transition(Transition(State.IDLE, (State.DISPENSED,), order_id, {}, new_order_id=None))
     return {"order": broker.redis.hgetall(broker.order_key(order_id)), "frames": 7}
 

@@ -53,8 +53,9 @@ class CommandRefused(Exception):
 class Broker:
     """The machine's state in Redis. Clients are passed in: fakeredis, or a real server."""
 
-    def __init__(self, client: redis.Redis, machine_id: str,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, client: redis.Redis, machine_id: str, clock: Callable[[], float] = time.time
+    ) -> None:
         self.redis = client
         self.machine_id = machine_id
         self.clock = clock
@@ -118,8 +119,7 @@ class Broker:
     def last_event_id(self) -> str:
         return self._last_id(self.events_key)
 
-    def read_events(self, last_id: str, block_ms: int, count: int = 100
-                    ) -> list[tuple[str, dict]]:
+    def read_events(self, last_id: str, block_ms: int, count: int = 100) -> list[tuple[str, dict]]:
         """Entries of the events stream after `last_id`, blocking up to `block_ms` for one."""
         answer = self.redis.xread({self.events_key: last_id}, count=count, block=block_ms)
         if not answer:
@@ -162,8 +162,11 @@ class Broker:
 
     def show_menu(self) -> None:
         """Kiosk SHOW_MENU: open (or re-send) the menu, or dismiss a result screen."""
-        self._move(lambda snap: rules.SHOW_MENU_MOVES.get(snap.state), ClientEvent.SHOW_MENU,
-                   clear_order=True)
+        self._move(
+            lambda snap: rules.SHOW_MENU_MOVES.get(snap.state),
+            ClientEvent.SHOW_MENU,
+            clear_order=True,
+        )
 
     def place_order(self, drink_id: str, quantity: int = 1) -> str:
         """Kiosk ORDER: check the drink and its stock, create the order, -> MENU_CLICKED.
@@ -186,19 +189,27 @@ class Broker:
             order_id = order_id or self.new_order_id()
             now = self.clock()
             order = Order(order_id, drink, drink.price, str(uuid.uuid4()), now)
-            fields = {OrderField.ORDER_ID: order_id, OrderField.DRINK: json.dumps(drink.public()),
-                      OrderField.AMOUNT: drink.price,
-                      OrderField.IDEMPOTENCY_KEY: order.idempotency_key,
-                      OrderField.CREATED_AT: now}
-            move = Transition(State.MENU_CLICKED, (State.SHOW_MENU,), None, order.values(),
-                              Effects(sale={"kind": Sale.ORDERED, "amount": drink.price,
-                                            "drink_id": drink.id}),
-                              new_order_id=order_id)
+            fields = {
+                OrderField.ORDER_ID: order_id,
+                OrderField.DRINK: json.dumps(drink.public()),
+                OrderField.AMOUNT: drink.price,
+                OrderField.IDEMPOTENCY_KEY: order.idempotency_key,
+                OrderField.CREATED_AT: now,
+            }
+            move = Transition(
+                State.MENU_CLICKED,
+                (State.SHOW_MENU,),
+                None,
+                order.values(),
+                Effects(sale={"kind": Sale.ORDERED, "amount": drink.price, "drink_id": drink.id}),
+                new_order_id=order_id,
+            )
 
             def write(p: Pipeline) -> None:
                 p.hset(self.order_key(order_id), mapping=fields)
                 p.expire(self.order_key(order_id), ORDER_KEEP_S)
                 self._queue(p, snap, move, now, tid, sale_order=order_id)
+
             return write
 
         self._compare_and_set((self.state_key, self.stock_key, self.menu_key), judge, tid)
@@ -223,6 +234,7 @@ class Broker:
                 def ask_workers(p: Pipeline) -> None:
                     p.hset(self.order_key(order_id), OrderField.CANCEL_REQUESTED, "1")
                     self._command(p, Command.CANCEL, order_id)
+
                 return ask_workers
             raise _refused(rules.wrong_state(ClientEvent.CANCEL, snap.state))
 
@@ -256,20 +268,35 @@ class Broker:
         def judge(pipe: Pipeline) -> Writes:
             snap = Snapshot.parse(pipe.hgetall(self.state_key))
             seen.append(snap)
-            if (snap.state not in move.from_states or snap.order_id != move.order_id
-                    or move.expect_version not in (None, snap.version)):
+            if (
+                snap.state not in move.from_states
+                or snap.order_id != move.order_id
+                or move.expect_version not in (None, snap.version)
+            ):
                 return None
             return lambda p: self._queue(p, snap, move, self.clock(), tid)
 
         applied = self._compare_and_set((self.state_key,), judge, tid)
         snap = seen[-1] if seen else None
         if applied:
-            log.info("transition", extra=kv(frm=snap.state if snap else "-", to=move.to,
-                                            order_id=move.next_order_id or move.order_id or "-"))
+            log.info(
+                "transition",
+                extra=kv(
+                    frm=snap.state if snap else "-",
+                    to=move.to,
+                    order_id=move.next_order_id or move.order_id or "-",
+                ),
+            )
         else:
-            log.info("transition refused", extra=kv(
-                to=move.to, state=snap.state if snap else "-", order_id=move.order_id or "-",
-                current_order=(snap.order_id if snap else None) or "-"))
+            log.info(
+                "transition refused",
+                extra=kv(
+                    to=move.to,
+                    state=snap.state if snap else "-",
+                    order_id=move.order_id or "-",
+                    current_order=(snap.order_id if snap else None) or "-",
+                ),
+            )
         return applied
 
     def record_sale(self, order_id: str, kind: Sale, **fields: Any) -> None:
@@ -277,8 +304,11 @@ class Broker:
         self.redis.xadd(self.sales_key, _sale_fields(order_id, kind, fields, self.clock()))
 
     def flag_for_operator(self, order_id: str, kind: str, **fields: Any) -> None:
-        self.redis.hset(self.operator_key, order_id, self._operator_entry(order_id, {
-            "kind": str(kind), **fields}))
+        self.redis.hset(
+            self.operator_key,
+            order_id,
+            self._operator_entry(order_id, {"kind": str(kind), **fields}),
+        )
 
     def schedule_recheck(self, order_id: str, at: float, wake: bool = True) -> None:
         """Have the late-payment desk read this order's payment at `at` (`wake`: tell it)."""
@@ -292,8 +322,7 @@ class Broker:
         """Orders due for a recheck, and when the next one falls due (None: none left)."""
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.zrangebyscore(self.recheck_key, "-inf", now)
-            pipe.zrangebyscore(self.recheck_key, f"({now}", "+inf", start=0, num=1,
-                               withscores=True)
+            pipe.zrangebyscore(self.recheck_key, f"({now}", "+inf", start=0, num=1, withscores=True)
             due, nxt = pipe.execute()
         return due, (nxt[0][1] if nxt else None)
 
@@ -307,8 +336,9 @@ class Broker:
         """Where a worker's next `wait` starts: just after the newest entries of both streams."""
         return {stream: self._last_id(stream) for stream in (self.events_key, self.commands_key)}
 
-    def wait(self, cursor: dict[str, str], timeout_s: float
-             ) -> tuple[dict[str, str], list[tuple[str, dict]]]:
+    def wait(
+        self, cursor: dict[str, str], timeout_s: float
+    ) -> tuple[dict[str, str], list[tuple[str, dict]]]:
         """Block until an event or a command arrives, or `timeout_s` passes.
 
         Returns the moved cursor and the entries read as (stream, fields).
@@ -332,8 +362,9 @@ class Broker:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _move(self, judge: Callable[[Snapshot], State | None], command: str,
-              clear_order: bool) -> None:
+    def _move(
+        self, judge: Callable[[Snapshot], State | None], command: str, clear_order: bool
+    ) -> None:
         """A command that moves the machine from whatever state holds: `judge` names the
         state to go to, or None when the command is wrong for it (re-judged after a race)."""
         tid = uuid.uuid4().hex
@@ -344,15 +375,21 @@ class Broker:
             if to is None:
                 raise _refused(rules.wrong_state(command, snap.state))
             values: Any = self.menu_values() if to == State.SHOW_MENU else {}
-            move = Transition(to, (snap.state,), snap.order_id, values,
-                              new_order_id=None if clear_order else snap.order_id)
+            move = Transition(
+                to,
+                (snap.state,),
+                snap.order_id,
+                values,
+                new_order_id=None if clear_order else snap.order_id,
+            )
             move.check()
             return lambda p: self._queue(p, snap, move, self.clock(), tid)
 
         self._compare_and_set((self.state_key,), plan, tid)
 
-    def _compare_and_set(self, watch: tuple[str, ...], judge: Callable[[Pipeline], Writes],
-                         tid: str) -> bool:
+    def _compare_and_set(
+        self, watch: tuple[str, ...], judge: Callable[[Pipeline], Writes], tid: str
+    ) -> bool:
         """Read under WATCH with `judge`, then apply its writes in one MULTI.
 
         Returns False when `judge` returns None (nothing to do). A refusal `judge` raises
@@ -379,38 +416,63 @@ class Broker:
                     if self._applied(tid):
                         return True
 
-    def _queue(self, pipe: Pipeline, snap: Snapshot, move: Transition, now: float, tid: str,
-               sale_order: str | None = None) -> None:
+    def _queue(
+        self,
+        pipe: Pipeline,
+        snap: Snapshot,
+        move: Transition,
+        now: float,
+        tid: str,
+        sale_order: str | None = None,
+    ) -> None:
         """Queue a transition's writes: its effects, the state, the frame on the events stream
         and, where money moves, the sales entry."""
         order_id, effects = move.order_id, move.effects
         if effects.order_fields and order_id:
-            pipe.hset(self.order_key(order_id),
-                      mapping={k: text(v) for k, v in effects.order_fields.items()})
+            pipe.hset(
+                self.order_key(order_id),
+                mapping={k: text(v) for k, v in effects.order_fields.items()},
+            )
         if effects.stock_drink:
             pipe.hincrby(self.stock_key, effects.stock_drink, -1)
         if effects.operator and order_id:
-            pipe.hset(self.operator_key, order_id,
-                      self._operator_entry(order_id, effects.operator))
+            pipe.hset(self.operator_key, order_id, self._operator_entry(order_id, effects.operator))
         if effects.recheck_at is not None and order_id:
             pipe.zadd(self.recheck_key, {order_id: effects.recheck_at})
             self._command(pipe, Command.RECHECK, order_id)
-        frame_text = json.dumps({"event": str(move.to), "values": move.values},
-                                separators=(",", ":"))
+        frame_text = json.dumps(
+            {"event": str(move.to), "values": move.values}, separators=(",", ":")
+        )
         version = snap.version + 1
         next_order = move.next_order_id or ""
-        pipe.hset(self.state_key, mapping={
-            "state": str(move.to), "order_id": next_order, "version": version,
-            "since": now, "frame": frame_text, "tid": tid,
-        })
-        pipe.xadd(self.events_key, {"state": str(move.to), "order_id": next_order,
-                                    "version": version, "frame": frame_text},
-                  maxlen=EVENTS_MAXLEN, approximate=True)
+        pipe.hset(
+            self.state_key,
+            mapping={
+                "state": str(move.to),
+                "order_id": next_order,
+                "version": version,
+                "since": now,
+                "frame": frame_text,
+                "tid": tid,
+            },
+        )
+        pipe.xadd(
+            self.events_key,
+            {
+                "state": str(move.to),
+                "order_id": next_order,
+                "version": version,
+                "frame": frame_text,
+            },
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
         if effects.sale is not None:
             sale = dict(effects.sale)
             kind = sale.pop("kind")
-            pipe.xadd(self.sales_key, _sale_fields(sale_order or order_id or next_order, kind,
-                                                   sale, now))
+            pipe.xadd(
+                self.sales_key, _sale_fields(sale_order or order_id or next_order, kind, sale, now)
+            )
 
     def _operator_entry(self, order_id: str, entry: Mapping[str, Any]) -> str:
         return json.dumps({**entry, "order_id": order_id, "at": self.clock()})
@@ -431,13 +493,21 @@ class Broker:
         return last[0][0] if last else "0-0"
 
     def _command(self, pipe: Any, command: Command, order_id: str) -> None:
-        pipe.xadd(self.commands_key, {"command": str(command), "order_id": order_id},
-                  maxlen=COMMANDS_MAXLEN, approximate=True)
+        pipe.xadd(
+            self.commands_key,
+            {"command": str(command), "order_id": order_id},
+            maxlen=COMMANDS_MAXLEN,
+            approximate=True,
+        )
 
 
 def _sale_fields(order_id: str, kind: Any, fields: Mapping[str, Any], now: float) -> dict:
-    return {"kind": str(kind), "order_id": order_id, "at": now,
-            **{k: text(v) for k, v in fields.items() if v is not None}}
+    return {
+        "kind": str(kind),
+        "order_id": order_id,
+        "at": now,
+        **{k: text(v) for k, v in fields.items() if v is not None},
+    }
 
 
 def _refused(refusal: rules.Refusal) -> CommandRefused:

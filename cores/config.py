@@ -78,15 +78,24 @@ class Settings:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
-        _check(bool(_MACHINE_ID.match(self.machine_id)), "VENDING_MACHINE_ID",
-               "1 to 20 letters, digits, '-', '_' or '.'")
-        for name, port in (("WS_PORT", self.ws_port), ("SANDBOX_PORT", self.sandbox_port),
-                           ("NOTIFICATION_PORT", self.notification_port)):
+        _check(
+            bool(_MACHINE_ID.match(self.machine_id)),
+            "VENDING_MACHINE_ID",
+            "1 to 20 letters, digits, '-', '_' or '.'",
+        )
+        for name, port in (
+            ("WS_PORT", self.ws_port),
+            ("SANDBOX_PORT", self.sandbox_port),
+            ("NOTIFICATION_PORT", self.notification_port),
+        ):
             _check(0 <= port <= 65535, name, "a port number from 0 to 65535")
         for origin in self.kiosk_allowed_origins:
-            _check(_is_origin(origin), "KIOSK_ALLOWED_ORIGINS",
-                   "comma-separated origins such as http://kiosk.local:3333 "
-                   "(http or https, a host, an optional port, no path)")
+            _check(
+                _is_origin(origin),
+                "KIOSK_ALLOWED_ORIGINS",
+                "comma-separated origins such as http://kiosk.local:3333 "
+                "(http or https, a host, an optional port, no path)",
+            )
         _check(0.1 <= self.midtrans_timeout_s <= 60, "MIDTRANS_TIMEOUT_S", "0.1 to 60 seconds")
         _check(self.payment_type in PAYMENT_TYPES, "PAYMENT_TYPE", "qris or gopay")
         _check(1 <= self.payment_deadline_s <= 900, "PAYMENT_DEADLINE_S", "1 to 900 seconds")
@@ -96,8 +105,11 @@ class Settings:
         _check(0 <= self.dispense_s <= 120, "DISPENSE_S", "0 to 120 seconds")
         _check(0 <= self.dispense_failure_rate <= 1, "DISPENSE_FAILURE_RATE", "0 to 1")
         if self.redis_url is not None:
-            _check(self.redis_url.startswith(("redis://", "rediss://", "unix://")), "REDIS_URL",
-                   "a redis://, rediss:// or unix:// URL")
+            _check(
+                self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                "REDIS_URL",
+                "a redis://, rediss:// or unix:// URL",
+            )
         if self.midtrans_server_key is not None:
             _check(bool(self.midtrans_server_key.strip()), "MIDTRANS_SERVER_KEY", "a key")
 
@@ -138,7 +150,9 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, dotenv: Path | None = None
+    ) -> Settings:
         """Build settings from `environ` (default: os.environ, after loading `.env`)."""
         if environ is None:
             if dotenv is None:
@@ -161,7 +175,8 @@ class Settings:
         take("WS_PORT", "ws_port", int)
         if "KIOSK_ALLOWED_ORIGINS" in env:
             values["kiosk_allowed_origins"] = tuple(
-                one.strip() for one in env["KIOSK_ALLOWED_ORIGINS"].split(",") if one.strip())
+                one.strip() for one in env["KIOSK_ALLOWED_ORIGINS"].split(",") if one.strip()
+            )
         take("SANDBOX_HOST", "sandbox_host")
         take("SANDBOX_PORT", "sandbox_port", int)
         take("SANDBOX_NOTIFICATION_URL", "sandbox_notification_url")
@@ -191,8 +206,11 @@ class Settings:
         values["sandbox_faults"] = faults
         if "log_level" in values:
             values["log_level"] = str(values["log_level"]).upper()
-            _check(values["log_level"] in ("DEBUG", "INFO", "WARNING", "ERROR"), "LOG_LEVEL",
-                   "DEBUG, INFO, WARNING or ERROR")
+            _check(
+                values["log_level"] in ("DEBUG", "INFO", "WARNING", "ERROR"),
+                "LOG_LEVEL",
+                "DEBUG, INFO, WARNING or ERROR",
+            )
         return cls(**values)
 
 
@@ -218,9 +236,15 @@ def _is_origin(text: str) -> bool:
         parts.port  # noqa: B018 (raises ValueError on a bad port)
     except ValueError:
         return False
-    return (parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.path
-            and not parts.query and not parts.fragment and "@" not in parts.netloc
-            and text == text.strip())
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not parts.path
+        and not parts.query
+        and not parts.fragment
+        and "@" not in parts.netloc
+        and text == text.strip()
+    )
 
 
 def _check(ok: bool, var: str, expected: str) -> None:

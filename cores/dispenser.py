@@ -36,10 +36,15 @@ class Dispenser(Protocol):
 class SimulatedDispenser:
     """A dispenser without hardware: a delay, a failure rate, a journal file."""
 
-    def __init__(self, var_dir: Path, duration_s: float = 2.0, failure_rate: float = 0.0,
-                 rng: random.Random | None = None,
-                 sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        var_dir: Path,
+        duration_s: float = 2.0,
+        failure_rate: float = 0.0,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.journal = Path(var_dir) / JOURNAL_NAME
         self.duration_s = duration_s
         self.failure_rate = failure_rate
@@ -51,8 +56,9 @@ class SimulatedDispenser:
     def vend(self, order_id: str, drink_id: str) -> Vend:
         self.sleep(self.duration_s)
         result = Vend.FAILED if self.rng.random() < self.failure_rate else Vend.VENDED
-        self._append({"order_id": order_id, "drink": drink_id, "result": result.value,
-                      "at": self.clock()})
+        self._append(
+            {"order_id": order_id, "drink": drink_id, "result": result.value, "at": self.clock()}
+        )
         log.info("vend", extra=kv(order_id=order_id, drink=drink_id, result=result.value))
         return result
 
@@ -91,5 +97,4 @@ class SimulatedDispenser:
 
 
 def from_settings(settings) -> Dispenser:
-    return SimulatedDispenser(settings.var_dir, settings.dispense_s,
-                              settings.dispense_failure_rate)
+    return SimulatedDispenser(settings.var_dir, settings.dispense_s, settings.dispense_failure_rate)

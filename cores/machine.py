@@ -90,9 +90,13 @@ class Effects:
     recheck_at: float | None = None  # unix s: when to read the payment again
 
     def kinds(self) -> frozenset[Effect]:
-        present = {Effect.SALE: self.sale, Effect.ORDER: self.order_fields,
-                   Effect.STOCK: self.stock_drink, Effect.OPERATOR: self.operator,
-                   Effect.RECHECK: self.recheck_at}
+        present = {
+            Effect.SALE: self.sale,
+            Effect.ORDER: self.order_fields,
+            Effect.STOCK: self.stock_drink,
+            Effect.OPERATOR: self.operator,
+            Effect.RECHECK: self.recheck_at,
+        }
         return frozenset(kind for kind, value in present.items() if value is not None)
 
 
@@ -131,8 +135,7 @@ def moves_from(state: State) -> list[State]:
     return [to for frm, to in TRANSITIONS if frm is state]
 
 
-def diagram(table: Iterable[tuple[tuple[State, State], frozenset[Effect]]] | None = None
-            ) -> str:
+def diagram(table: Iterable[tuple[tuple[State, State], frozenset[Effect]]] | None = None) -> str:
     """The table as text: one line per move with its effects (the README's "States")."""
     rows = list(table if table is not None else TRANSITIONS.items())
     width = max(len(frm) for (frm, _), _ in rows)

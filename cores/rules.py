@@ -66,8 +66,9 @@ def wrong_state(command: str, state: State) -> Refusal:
 # --- timers of the screens -------------------------------------------------------------------
 
 
-def screen_deadline(state: State, since: float, menu_idle_s: float,
-                    result_screen_s: float) -> float | None:
+def screen_deadline(
+    state: State, since: float, menu_idle_s: float, result_screen_s: float
+) -> float | None:
     """When the backend moves this screen back to IDLE on its own (None: never)."""
     if state == State.SHOW_MENU:
         return since + menu_idle_s
@@ -95,8 +96,9 @@ def charge_expiry_minutes(payment_deadline_s: float) -> int:
     return math.ceil(payment_deadline_s / 60) + CHARGE_EXPIRY_MARGIN_MIN
 
 
-def kiosk_deadline(created_at: float, payment_deadline_s: float,
-                   gateway_expiry: float | None) -> float:
+def kiosk_deadline(
+    created_at: float, payment_deadline_s: float, gateway_expiry: float | None
+) -> float:
     """The instant every page counts down to: the sooner of our deadline and Midtrans's."""
     ours = created_at + payment_deadline_s
     return ours if gateway_expiry is None else min(ours, gateway_expiry)
@@ -119,8 +121,9 @@ FINAL_UNPAID = {
 }
 
 
-def judge_payment(transaction_status: str, fraud_status: str | None, paid_amount: int | None,
-                  order_amount: int) -> tuple[Paid, FailReason | None]:
+def judge_payment(
+    transaction_status: str, fraud_status: str | None, paid_amount: int | None, order_amount: int
+) -> tuple[Paid, FailReason | None]:
     """Money rule 1: paid only on settlement (or capture + fraud accept) of the right amount."""
     status = transaction_status.lower()
     if status == "settlement" or (status == "capture" and (fraud_status or "").lower() == "accept"):
@@ -161,8 +164,9 @@ class Watch:
     next_check: float
 
 
-def watch_schedule(watch: Watch | None, order_id: str, now: float, commands: set[str],
-                   closing: bool) -> Watch:
+def watch_schedule(
+    watch: Watch | None, order_id: str, now: float, commands: set[str], closing: bool
+) -> Watch:
     """The schedule for the order on screen, after the worker woke with `commands`.
 
     A notification (CHECK) or the customer's CANCEL cuts the wait short; while the order is
@@ -181,8 +185,9 @@ def after_read(watch: Watch, now: float) -> Watch:
     return Watch(watch.order_id, watch.checks + 1, now + poll_delay(watch.checks + 1))
 
 
-def next_payment_step(now: float, watch: Watch, deadline: float, cancel_requested: bool,
-                      closing: FailReason | None) -> Decision:
+def next_payment_step(
+    now: float, watch: Watch, deadline: float, cancel_requested: bool, closing: FailReason | None
+) -> Decision:
     """Before any gateway call: WAIT until `at`, READ the status now, or (while the order is
     closing) CLOSE again: the cancel at Midtrans is retried on the schedule."""
     if closing is not None:
@@ -194,8 +199,14 @@ def next_payment_step(now: float, watch: Watch, deadline: float, cancel_requeste
     return Decision(Step.READ)
 
 
-def decide_payment(now: float, deadline: float, cancel_requested: bool, paid: Paid,
-                   reason: FailReason | None, next_check: float) -> Decision:
+def decide_payment(
+    now: float,
+    deadline: float,
+    cancel_requested: bool,
+    paid: Paid,
+    reason: FailReason | None,
+    next_check: float,
+) -> Decision:
     """One step of watching a payment, after a status read (`paid`, `reason`).
 
     A read that failed (gateway unreachable) is passed as Paid.PENDING: keep watching.
@@ -213,8 +224,9 @@ def decide_payment(now: float, deadline: float, cancel_requested: bool, paid: Pa
     return Decision(Step.WAIT, at=min(next_check, deadline))
 
 
-def decide_after_close(paid: Paid | None, reason: FailReason | None, closing_reason: FailReason,
-                       now: float) -> Decision:
+def decide_after_close(
+    paid: Paid | None, reason: FailReason | None, closing_reason: FailReason, now: float
+) -> Decision:
     """After the cancel at Midtrans and a fresh status read (money rule 3).
 
     `paid` is None when the status could not be read. A payment that settled in between is
@@ -240,8 +252,9 @@ def stop_closing(now: float, gateway_expiry: float | None, grace_s: float) -> bo
     return gateway_expiry is not None and now >= gateway_expiry + grace_s
 
 
-def closing_outcome(decision: Decision, now: float, gateway_expiry: float | None,
-                    transaction_found: bool) -> Decision:
+def closing_outcome(
+    decision: Decision, now: float, gateway_expiry: float | None, transaction_found: bool
+) -> Decision:
     """How closing the order on screen ends, after decide_after_close (money rules 3, 4).
 
     While the gateway cannot confirm, keep closing until the charge's own expiry and a grace
@@ -271,8 +284,9 @@ def charge_error(refused_code: str | None) -> tuple[Decision, bool]:
     return Decision(Step.FAIL, FailReason.GATEWAY_REFUSED), True
 
 
-def unseen_charge_outcome(decision: Decision, reason: FailReason, now: float,
-                          payment_deadline_s: float) -> Decision:
+def unseen_charge_outcome(
+    decision: Decision, reason: FailReason, now: float, payment_deadline_s: float
+) -> Decision:
     """How closing a charge whose QR was never shown ends (the ORDER worker's close).
 
     Nobody saw the QR, so nobody can pay it: where the gateway cannot confirm the cancel the
@@ -287,8 +301,9 @@ def unseen_charge_outcome(decision: Decision, reason: FailReason, now: float,
     return decision
 
 
-def failure_record(reason: FailReason, now: float, recheck_at: float | None
-                   ) -> tuple[Sale, float | None]:
+def failure_record(
+    reason: FailReason, now: float, recheck_at: float | None
+) -> tuple[Sale, float | None]:
     """The sales entry of a failed payment, and when its payment is read again.
 
     A settlement of the wrong amount moved money that was not the price: the late-payment
@@ -331,8 +346,13 @@ class LateStatus(Enum):
     UNPAID = "unpaid"  # nothing moved: done
 
 
-def late_status(late: str | None, transaction_status: str, fraud_status: str | None,
-                paid_amount: int | None, order_amount: int) -> LateStatus:
+def late_status(
+    late: str | None,
+    transaction_status: str,
+    fraud_status: str | None,
+    paid_amount: int | None,
+    order_amount: int,
+) -> LateStatus:
     status = transaction_status.lower()
     if late == LateRefund.PENDING and status in ("refund", "partial_refund"):
         return LateStatus.RECORD_REFUNDED

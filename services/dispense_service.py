@@ -32,9 +32,14 @@ log = logging.getLogger(__name__)
 class DispenseWorker(Worker):
     service = "DISPENSE"
 
-    def __init__(self, broker: Broker, client: MidtransClient, dispenser: Dispenser,
-                 clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], object] | None = None) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        client: MidtransClient,
+        dispenser: Dispenser,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], object] | None = None,
+    ) -> None:
         super().__init__(broker, clock)
         self.dispenser = dispenser
         self.refunder = Refunder(client, sleep or self.stopping.wait)
@@ -45,32 +50,55 @@ class DispenseWorker(Worker):
         order = self.broker.order(snap.order_id)
         if order is None:
             log.error("order missing", extra=kv(order_id=snap.order_id))
-            self.broker.transition(Transition(
-                State.DISPENSE_FAILED, (snap.state,), snap.order_id,
-                {"order_id": snap.order_id, "drink": None, "amount": None,
-                 "refund": str(RefundOutcome.VEND_UNKNOWN)},
-                Effects(operator={"kind": OperatorKind.VEND_UNKNOWN,
-                                  "detail": "order record missing"})))
+            self.broker.transition(
+                Transition(
+                    State.DISPENSE_FAILED,
+                    (snap.state,),
+                    snap.order_id,
+                    {
+                        "order_id": snap.order_id,
+                        "drink": None,
+                        "amount": None,
+                        "refund": str(RefundOutcome.VEND_UNKNOWN),
+                    },
+                    Effects(
+                        operator={
+                            "kind": OperatorKind.VEND_UNKNOWN,
+                            "detail": "order record missing",
+                        }
+                    ),
+                )
+            )
             return None
         journal = self.dispenser.outcome(order.order_id)
         if journal is not None:
             # The driver already vended (or failed) this order: a state rolled back, or a
             # second worker; never vend it again (money rule 6).
             if snap.state == State.PAYMENT_SUCCESS:
-                self.broker.transition(Transition(State.DISPENSING, (State.PAYMENT_SUCCESS,),
-                                                  order.order_id, order.values()))
-            log.warning("journal already has this order", extra=kv(
-                order_id=order.order_id, vend=journal.value))
+                self.broker.transition(
+                    Transition(
+                        State.DISPENSING, (State.PAYMENT_SUCCESS,), order.order_id, order.values()
+                    )
+                )
+            log.warning(
+                "journal already has this order",
+                extra=kv(order_id=order.order_id, vend=journal.value),
+            )
             self.finish(order, journal)
         elif snap.state == State.PAYMENT_SUCCESS:
-            if self.broker.transition(Transition(
-                    State.DISPENSING, (State.PAYMENT_SUCCESS,), order.order_id, order.values(),
-                    Effects(order_fields={OrderField.VEND_STARTED_AT: self.clock()}))):
+            if self.broker.transition(
+                Transition(
+                    State.DISPENSING,
+                    (State.PAYMENT_SUCCESS,),
+                    order.order_id,
+                    order.values(),
+                    Effects(order_fields={OrderField.VEND_STARTED_AT: self.clock()}),
+                )
+            ):
                 self.finish(order, self.vend(order))
         else:
             # Restarted mid-vend and the journal has no result: only a person can tell.
-            log.warning("resuming vend", extra=kv(order_id=order.order_id,
-                                                  vend=Vend.UNKNOWN.value))
+            log.warning("resuming vend", extra=kv(order_id=order.order_id, vend=Vend.UNKNOWN.value))
             self.finish(order, Vend.UNKNOWN)
         return None
 
@@ -84,19 +112,29 @@ class DispenseWorker(Worker):
     def finish(self, order: Order, vend: Vend) -> None:
         to, refund, outcome = rules.after_vend(vend)
         if to == State.DISPENSED:
-            self.broker.transition(Transition(
-                State.DISPENSED, (State.DISPENSING,), order.order_id, order.values(),
-                Effects(sale={"kind": Sale.DISPENSED, "amount": order.amount,
-                              "drink_id": order.drink.id},
+            self.broker.transition(
+                Transition(
+                    State.DISPENSED,
+                    (State.DISPENSING,),
+                    order.order_id,
+                    order.values(),
+                    Effects(
+                        sale={
+                            "kind": Sale.DISPENSED,
+                            "amount": order.amount,
+                            "drink_id": order.drink.id,
+                        },
                         order_fields={OrderField.OUTCOME: Outcome.DISPENSED},
-                        stock_drink=order.drink.id)))
+                        stock_drink=order.drink.id,
+                    ),
+                )
+            )
             return
         detail = None
         if refund:
             if not order.flag(OrderField.DISPENSE_FAILED_RECORDED):
                 self.broker.record_sale(order.order_id, Sale.DISPENSE_FAILED, amount=order.amount)
-                self.broker.update_order(order.order_id,
-                                         **{OrderField.DISPENSE_FAILED_RECORDED: 1})
+                self.broker.update_order(order.order_id, **{OrderField.DISPENSE_FAILED_RECORDED: 1})
             result = self.refunder.refund(order.order_id, order.amount, "dispense failed")
             outcome, detail = result.outcome, result.detail
         assert outcome is not None  # after_vend names it unless a refund was asked for
@@ -104,16 +142,32 @@ class DispenseWorker(Worker):
         sale: dict = {"kind": kind, "amount": order.amount}
         if outcome is RefundOutcome.REFUNDED:
             sale["refund_key"] = rules.refund_key(order.order_id)
-        operator = None if operator_kind is None else {
-            "kind": operator_kind, "amount": order.amount, "drink": order.drink.id,
-            "detail": f"{operator_detail}: {detail}" if detail else operator_detail}
-        self.broker.transition(Transition(
-            State.DISPENSE_FAILED, (State.DISPENSING,), order.order_id,
-            {**order.values(), "refund": str(outcome)},
-            Effects(sale=sale, operator=operator,
-                    order_fields={OrderField.OUTCOME: Outcome.DISPENSE_FAILED.detail(outcome)})))
+        operator = (
+            None
+            if operator_kind is None
+            else {
+                "kind": operator_kind,
+                "amount": order.amount,
+                "drink": order.drink.id,
+                "detail": f"{operator_detail}: {detail}" if detail else operator_detail,
+            }
+        )
+        self.broker.transition(
+            Transition(
+                State.DISPENSE_FAILED,
+                (State.DISPENSING,),
+                order.order_id,
+                {**order.values(), "refund": str(outcome)},
+                Effects(
+                    sale=sale,
+                    operator=operator,
+                    order_fields={OrderField.OUTCOME: Outcome.DISPENSE_FAILED.detail(outcome)},
+                ),
+            )
+        )
 
 
 def build(settings: Settings, broker: Broker) -> DispenseWorker:
-    return DispenseWorker(broker, MidtransClient.from_settings(settings),
-                          dispenser_from_settings(settings))
+    return DispenseWorker(
+        broker, MidtransClient.from_settings(settings), dispenser_from_settings(settings)
+    )

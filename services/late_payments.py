@@ -31,6 +31,7 @@ from services.worker import Worker
 
 log = logging.getLogger(__name__)
 
+
 class Result(StrEnum):
     """What LatePayments.handle did with an order (for logs and tests), besides rules.Late."""
 
@@ -48,9 +49,13 @@ DEFERRED = Result.DEFERRED
 class LatePayments:
     """Decides what a notification or a recheck means for an order, by reading Midtrans."""
 
-    def __init__(self, broker: Broker, client: MidtransClient,
-                 clock: Callable[[], float] = time.time,
-                 sleep: Callable[[float], object] = time.sleep) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        client: MidtransClient,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
         self.broker = broker
         self.client = client
         self.clock = clock
@@ -79,8 +84,9 @@ class LatePayments:
             return self._again(order_id, f"status refused {exc.code}")
         except MidtransError as exc:
             return self._again(order_id, str(exc))
-        verdict = rules.late_status(late, txn.transaction_status, txn.fraud_status,
-                                    txn.amount_idr, order.amount)
+        verdict = rules.late_status(
+            late, txn.transaction_status, txn.fraud_status, txn.amount_idr, order.amount
+        )
         if verdict is LateStatus.RECORD_REFUNDED:
             return self._refunded(order_id, txn.amount_idr)
         if verdict is LateStatus.PENDING:
@@ -90,25 +96,35 @@ class LatePayments:
         # Settled after the order was closed: the customer paid and got nothing.
         if late != LateRefund.PENDING:
             self.broker.update_order(order_id, **{OrderField.LATE: LateRefund.PENDING})
-            self.broker.record_sale(order_id, Sale.LATE_PAYMENT, amount=txn.amount_idr,
-                                    transaction_status=txn.transaction_status,
-                                    transaction_id=txn.transaction_id)
+            self.broker.record_sale(
+                order_id,
+                Sale.LATE_PAYMENT,
+                amount=txn.amount_idr,
+                transaction_status=txn.transaction_status,
+                transaction_id=txn.transaction_id,
+            )
         result = self.refunder.refund(order_id, txn.amount_idr, "paid after the order was closed")
         if result.outcome is RefundOutcome.REFUNDED:
             return self._refunded(order_id, txn.amount_idr)
         self.broker.update_order(order_id, **{OrderField.LATE: LateRefund.OWED})
-        self.broker.record_sale(order_id, Sale.REFUND_OWED, amount=txn.amount_idr,
-                                detail=result.detail)
-        self.broker.flag_for_operator(order_id, OperatorKind.REFUND_OWED, amount=txn.amount_idr,
-                                      drink=order.drink.id,
-                                      detail=f"late payment, {result.detail}")
+        self.broker.record_sale(
+            order_id, Sale.REFUND_OWED, amount=txn.amount_idr, detail=result.detail
+        )
+        self.broker.flag_for_operator(
+            order_id,
+            OperatorKind.REFUND_OWED,
+            amount=txn.amount_idr,
+            drink=order.drink.id,
+            detail=f"late payment, {result.detail}",
+        )
         log.warning("late payment: refund owed", extra=kv(order_id=order_id))
         return Result.REFUND_OWED
 
     def _refunded(self, order_id: str, amount: int) -> str:
         self.broker.update_order(order_id, **{OrderField.LATE: LateRefund.REFUNDED})
-        self.broker.record_sale(order_id, Sale.REFUNDED, amount=amount,
-                                refund_key=rules.refund_key(order_id))
+        self.broker.record_sale(
+            order_id, Sale.REFUNDED, amount=amount, refund_key=rules.refund_key(order_id)
+        )
         log.info("late payment refunded", extra=kv(order_id=order_id))
         return Result.REFUNDED
 

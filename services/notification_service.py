@@ -66,8 +66,9 @@ def make_handler(desk: Desk, server_key: str) -> type[BaseHTTPRequestHandler]:
             self._answer(HTTPStatus.NOT_FOUND, "unknown path")
 
         def _answer(self, status: HTTPStatus, message: str) -> None:
-            data = json.dumps({"status_code": str(status.value),
-                               "status_message": message}).encode()
+            data = json.dumps(
+                {"status_code": str(status.value), "status_message": message}
+            ).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -87,8 +88,14 @@ def make_handler(desk: Desk, server_key: str) -> type[BaseHTTPRequestHandler]:
 class NotificationServer:
     """The receiver and the desk, startable in-process on port 0 for tests."""
 
-    def __init__(self, broker: Broker, client: MidtransClient, server_key: str,
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        client: MidtransClient,
+        server_key: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self.desk = Desk(LatePayments(broker, client))
         self.http = ThreadingHTTPServer((host, port), make_handler(self.desk, server_key))
         self.http.daemon_threads = True
@@ -126,10 +133,13 @@ def run(settings: Settings) -> None:
     that SIGTERM interrupts its sleep on Redis at once)."""
     from services.runtime import broker_for
 
-    server = NotificationServer(broker_for(settings, name="notification"),
-                                MidtransClient.from_settings(settings),
-                                settings.server_key, settings.notification_host,
-                                settings.notification_port)
+    server = NotificationServer(
+        broker_for(settings, name="notification"),
+        MidtransClient.from_settings(settings),
+        settings.server_key,
+        settings.notification_host,
+        settings.notification_port,
+    )
     server.desk.install_signal_handlers()
     server.start(desk=False)
     log.info("notification receiver listening", extra=kv(url=server.url))

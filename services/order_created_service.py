@@ -30,8 +30,13 @@ log = logging.getLogger(__name__)
 class OrderCreatedWorker(Worker):
     service = "ORDER_CREATED"
 
-    def __init__(self, broker: Broker, client: MidtransClient, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        client: MidtransClient,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__(broker, clock)
         self.client = client
         self.settings = settings
@@ -48,24 +53,35 @@ class OrderCreatedWorker(Worker):
         now = self.clock()
         closing_text = order.get(OrderField.CLOSING)
         closing = FailReason(closing_text) if closing_text else None
-        commands = {f.get("command", "") for _, f in entries
-                    if f.get("order_id") == order.order_id}
-        self.watch = rules.watch_schedule(self.watch, order.order_id, now, commands,
-                                          closing is not None)
+        commands = {f.get("command", "") for _, f in entries if f.get("order_id") == order.order_id}
+        self.watch = rules.watch_schedule(
+            self.watch, order.order_id, now, commands, closing is not None
+        )
         deadline = order.number(OrderField.EXPIRES_AT) or (
-            order.created_at + self.settings.payment_deadline_s)
-        decision = rules.next_payment_step(now, self.watch, deadline,
-                                           order.flag(OrderField.CANCEL_REQUESTED), closing)
+            order.created_at + self.settings.payment_deadline_s
+        )
+        decision = rules.next_payment_step(
+            now, self.watch, deadline, order.flag(OrderField.CANCEL_REQUESTED), closing
+        )
         if decision.step is Step.READ:
             paid, reason, txn = payment.read_payment(self.client, order)
             self.watch = rules.after_read(self.watch, now)
-            decision = rules.decide_payment(now, deadline,
-                                            order.flag(OrderField.CANCEL_REQUESTED),
-                                            paid or Paid.PENDING, reason,
-                                            self.watch.next_check)
-            log.info("payment checked", extra=kv(
-                order_id=order.order_id, status=txn.transaction_status if txn else "-",
-                step=decision.step.value))
+            decision = rules.decide_payment(
+                now,
+                deadline,
+                order.flag(OrderField.CANCEL_REQUESTED),
+                paid or Paid.PENDING,
+                reason,
+                self.watch.next_check,
+            )
+            log.info(
+                "payment checked",
+                extra=kv(
+                    order_id=order.order_id,
+                    status=txn.transaction_status if txn else "-",
+                    step=decision.step.value,
+                ),
+            )
             if decision.step in (Step.SUCCEED, Step.FAIL):
                 payment.act(self.broker, order, decision, txn, State.ORDER_CREATED)
                 return None
@@ -78,19 +94,25 @@ class OrderCreatedWorker(Worker):
             self.show_closing(order, reason)
         decision, txn = payment.close_at_gateway(self.client, order, reason, self.clock())
         now = self.clock()
-        decision = rules.closing_outcome(decision, now,
-                                         order.number(OrderField.GATEWAY_EXPIRY),
-                                         transaction_found=txn is not None)
+        decision = rules.closing_outcome(
+            decision,
+            now,
+            order.number(OrderField.GATEWAY_EXPIRY),
+            transaction_found=txn is not None,
+        )
         if decision.step is Step.CLOSE:
-            log.warning("close not confirmed, will retry",
-                        extra=kv(order_id=order.order_id, reason=reason))
+            log.warning(
+                "close not confirmed, will retry", extra=kv(order_id=order.order_id, reason=reason)
+            )
             at = decision.at or now
             if self.watch is not None:
                 self.watch = Watch(self.watch.order_id, self.watch.checks, at)
             return at
         if decision.recheck_at is not None and decision.reason is FailReason.GATEWAY_UNREACHABLE:
-            log.warning("gateway silent past the charge's expiry; order closed, recheck "
-                        "scheduled", extra=kv(order_id=order.order_id))
+            log.warning(
+                "gateway silent past the charge's expiry; order closed, recheck scheduled",
+                extra=kv(order_id=order.order_id),
+            )
         payment.act(self.broker, order, decision, txn, State.ORDER_CREATED)
         return None
 
@@ -98,9 +120,15 @@ class OrderCreatedWorker(Worker):
         """Pages show "checking payment" instead of the countdown while the cancel is confirmed."""
         values = json.loads(order.get(OrderField.FRAME_VALUES) or "{}") or order.values()
         values["closing"] = True
-        self.broker.transition(Transition(
-            State.ORDER_CREATED, (State.ORDER_CREATED,), order.order_id, values,
-            Effects(order_fields={OrderField.CLOSING: str(reason)})))
+        self.broker.transition(
+            Transition(
+                State.ORDER_CREATED,
+                (State.ORDER_CREATED,),
+                order.order_id,
+                values,
+                Effects(order_fields={OrderField.CLOSING: str(reason)}),
+            )
+        )
 
 
 def build(settings: Settings, broker: Broker) -> OrderCreatedWorker:

@@ -18,7 +18,7 @@ from cores.config import Settings
 from cores.logs import kv
 from cores.machine import Effects, Transition
 from cores.midtrans import GatewayRefused, MidtransClient, MidtransError, Transaction
-from cores.rules import Decision, Step
+from cores.rules import Step
 from services import payment
 from services.worker import Worker
 
@@ -28,8 +28,13 @@ log = logging.getLogger(__name__)
 class OrderWorker(Worker):
     service = "ORDER"
 
-    def __init__(self, broker: Broker, client: MidtransClient, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        client: MidtransClient,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         super().__init__(broker, clock)
         self.client = client
         self.settings = settings
@@ -48,44 +53,58 @@ class OrderWorker(Worker):
         return None
 
     def charge(self, order: Order) -> None:
-        self.broker.update_order(order.order_id, **{
-            OrderField.CHARGE_SENT: 1, OrderField.PAYMENT_TYPE: self.settings.payment_type})
+        self.broker.update_order(
+            order.order_id,
+            **{OrderField.CHARGE_SENT: 1, OrderField.PAYMENT_TYPE: self.settings.payment_type},
+        )
         try:
             txn = self.client.charge(
-                order.order_id, order.amount, [order.item()],
+                order.order_id,
+                order.amount,
+                [order.item()],
                 payment_type=self.settings.payment_type,
                 idempotency_key=order.idempotency_key,
                 expiry_minutes=rules.charge_expiry_minutes(self.settings.payment_deadline_s),
-                metadata={"machine_id": self.settings.machine_id})
+                metadata={"machine_id": self.settings.machine_id},
+            )
         except MidtransError as exc:
             refused = exc.code if isinstance(exc, GatewayRefused) else None
-            log.warning("charge failed", extra=kv(order_id=order.order_id, code=refused or "-",
-                                                 error=str(exc)))
+            log.warning(
+                "charge failed",
+                extra=kv(order_id=order.order_id, code=refused or "-", error=str(exc)),
+            )
             decision, record = rules.charge_error(refused)
             detail = f"{exc.code}: {exc.message}" if isinstance(exc, GatewayRefused) else None
             if record:
-                self.broker.record_sale(order.order_id, Sale.CHARGE_FAILED,
-                                        code=refused, message=detail, error=str(exc))
+                self.broker.record_sale(
+                    order.order_id, Sale.CHARGE_FAILED, code=refused, message=detail, error=str(exc)
+                )
             if decision.step is Step.CLOSE:
                 self.close(order, decision.reason or FailReason.GATEWAY_UNREACHABLE)
             else:
-                payment.fail(self.broker, order, FailReason.GATEWAY_REFUSED,
-                             State.MENU_CLICKED, detail=detail)
+                payment.fail(
+                    self.broker,
+                    order,
+                    FailReason.GATEWAY_REFUSED,
+                    State.MENU_CLICKED,
+                    detail=detail,
+                )
             return
         self.created(order, txn)
 
     def created(self, order: Order, txn: Transaction) -> None:
-        paid, reason = rules.judge_payment(txn.transaction_status, txn.fraud_status,
-                                           txn.amount_idr, order.amount)
+        paid, reason = rules.judge_payment(
+            txn.transaction_status, txn.fraud_status, txn.amount_idr, order.amount
+        )
         if paid is rules.Paid.UNPAID:
             payment.fail(self.broker, order, reason or FailReason.DENIED, State.MENU_CLICKED)
             return
         order = self.broker.order(order.order_id) or order  # cancel may have come meanwhile
         now = self.clock()
-        expires_at = rules.kiosk_deadline(now, self.settings.payment_deadline_s,
-                                          txn.expiry_epoch)
+        expires_at = rules.kiosk_deadline(now, self.settings.payment_deadline_s, txn.expiry_epoch)
         gateway_expiry = txn.expiry_epoch or now + 60 * rules.charge_expiry_minutes(
-            self.settings.payment_deadline_s)
+            self.settings.payment_deadline_s
+        )
         values = {
             **order.values(),
             "item_details": [order.item()],
@@ -96,21 +115,35 @@ class OrderWorker(Worker):
             "expires_at": int(expires_at),
             "closing": order.flag(OrderField.CANCEL_REQUESTED),
         }
-        self.broker.transition(Transition(
-            State.ORDER_CREATED, (State.MENU_CLICKED,), order.order_id, values,
-            Effects(sale={"kind": Sale.CHARGED, "amount": order.amount,
-                          "transaction_id": txn.transaction_id,
-                          "payment_type": txn.payment_type},
-                    order_fields={OrderField.TRANSACTION_ID: txn.transaction_id,
-                                  OrderField.EXPIRES_AT: expires_at,
-                                  OrderField.GATEWAY_EXPIRY: gateway_expiry,
-                                  OrderField.FRAME_VALUES: values})))
+        self.broker.transition(
+            Transition(
+                State.ORDER_CREATED,
+                (State.MENU_CLICKED,),
+                order.order_id,
+                values,
+                Effects(
+                    sale={
+                        "kind": Sale.CHARGED,
+                        "amount": order.amount,
+                        "transaction_id": txn.transaction_id,
+                        "payment_type": txn.payment_type,
+                    },
+                    order_fields={
+                        OrderField.TRANSACTION_ID: txn.transaction_id,
+                        OrderField.EXPIRES_AT: expires_at,
+                        OrderField.GATEWAY_EXPIRY: gateway_expiry,
+                        OrderField.FRAME_VALUES: values,
+                    },
+                ),
+            )
+        )
 
     def close(self, order: Order, reason: FailReason) -> None:
         """Cancel a charge whose QR nobody saw; honour it if it was paid all the same."""
         decision, txn = payment.close_at_gateway(self.client, order, reason, self.clock())
-        decision = rules.unseen_charge_outcome(decision, reason, self.clock(),
-                                               self.settings.payment_deadline_s)
+        decision = rules.unseen_charge_outcome(
+            decision, reason, self.clock(), self.settings.payment_deadline_s
+        )
         payment.act(self.broker, order, decision, txn, State.MENU_CLICKED)
 
 

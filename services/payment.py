@@ -31,8 +31,9 @@ FAIL_MESSAGES = {
 }
 
 
-def read_payment(client: MidtransClient, order: Order, *, closing: bool = False
-                 ) -> tuple[Paid | None, FailReason | None, Transaction | None]:
+def read_payment(
+    client: MidtransClient, order: Order, *, closing: bool = False
+) -> tuple[Paid | None, FailReason | None, Transaction | None]:
     """Status of the order at Midtrans, judged. (None, None, None) when it cannot be read.
 
     While closing, an unknown transaction (404) can no longer be paid: it counts as unpaid.
@@ -49,13 +50,15 @@ def read_payment(client: MidtransClient, order: Order, *, closing: bool = False
     except MidtransError as exc:
         log.warning("status unreadable", extra=kv(order_id=order.order_id, error=str(exc)))
         return None, None, None
-    paid, reason = rules.judge_payment(txn.transaction_status, txn.fraud_status,
-                                       txn.amount_idr, order.amount)
+    paid, reason = rules.judge_payment(
+        txn.transaction_status, txn.fraud_status, txn.amount_idr, order.amount
+    )
     return paid, reason, txn
 
 
-def close_at_gateway(client: MidtransClient, order: Order, reason: FailReason,
-                     now: float) -> tuple[Decision, Transaction | None]:
+def close_at_gateway(
+    client: MidtransClient, order: Order, reason: FailReason, now: float
+) -> tuple[Decision, Transaction | None]:
     """Cancel the charge at Midtrans, then re-read its status and decide."""
     try:
         client.cancel(order.order_id)
@@ -71,51 +74,104 @@ def close_at_gateway(client: MidtransClient, order: Order, reason: FailReason,
 def succeed(broker: Broker, order: Order, txn: Transaction | None, from_state: State) -> bool:
     extra = {}
     if txn is not None:
-        extra = {"transaction_id": txn.transaction_id, "transaction_status":
-                 txn.transaction_status, "settlement_time": txn.settlement_time,
-                 "payment_type": txn.payment_type}
-    return broker.transition(Transition(
-        State.PAYMENT_SUCCESS, (from_state,), order.order_id, order.values(),
-        Effects(sale={"kind": Sale.PAID, "amount": order.amount, "drink_id": order.drink.id,
-                      **extra},
-                order_fields={OrderField.OUTCOME: Outcome.PAID,
-                              OrderField.PAID_AT: broker.clock()})))
+        extra = {
+            "transaction_id": txn.transaction_id,
+            "transaction_status": txn.transaction_status,
+            "settlement_time": txn.settlement_time,
+            "payment_type": txn.payment_type,
+        }
+    return broker.transition(
+        Transition(
+            State.PAYMENT_SUCCESS,
+            (from_state,),
+            order.order_id,
+            order.values(),
+            Effects(
+                sale={
+                    "kind": Sale.PAID,
+                    "amount": order.amount,
+                    "drink_id": order.drink.id,
+                    **extra,
+                },
+                order_fields={OrderField.OUTCOME: Outcome.PAID, OrderField.PAID_AT: broker.clock()},
+            ),
+        )
+    )
 
 
-def fail(broker: Broker, order: Order, reason: FailReason, from_state: State,
-         detail: str | None = None, recheck_at: float | None = None) -> bool:
+def fail(
+    broker: Broker,
+    order: Order,
+    reason: FailReason,
+    from_state: State,
+    detail: str | None = None,
+    recheck_at: float | None = None,
+) -> bool:
     """PAYMENT_FAILED. `recheck_at`: when the late-payment desk reads the payment again (in
     the same MULTI), for an order closed while money could still move."""
     now = broker.clock()
     kind, recheck_at = rules.failure_record(reason, now, recheck_at)
     message = FAIL_MESSAGES[reason] + (f" ({detail})" if detail else "")
-    return broker.transition(Transition(
-        State.PAYMENT_FAILED, (from_state,), order.order_id,
-        {**order.values(), "reason": str(reason), "message": message},
-        Effects(sale={"kind": kind, "amount": order.amount, "reason": str(reason),
-                      "detail": detail},
-                order_fields={OrderField.OUTCOME: Outcome.FAILED.detail(reason),
-                              OrderField.CLOSED_AT: now},
-                recheck_at=recheck_at)))
+    return broker.transition(
+        Transition(
+            State.PAYMENT_FAILED,
+            (from_state,),
+            order.order_id,
+            {**order.values(), "reason": str(reason), "message": message},
+            Effects(
+                sale={
+                    "kind": kind,
+                    "amount": order.amount,
+                    "reason": str(reason),
+                    "detail": detail,
+                },
+                order_fields={
+                    OrderField.OUTCOME: Outcome.FAILED.detail(reason),
+                    OrderField.CLOSED_AT: now,
+                },
+                recheck_at=recheck_at,
+            ),
+        )
+    )
 
 
 def order_missing(broker: Broker, order_id: str, from_state: State) -> bool:
     """The state names an order whose record is gone: close it, and tell the operator."""
     log.error("order missing", extra=kv(order_id=order_id))
-    return broker.transition(Transition(
-        State.PAYMENT_FAILED, (from_state,), order_id,
-        {"order_id": order_id, "drink": None, "amount": None,
-         "reason": str(FailReason.GATEWAY_REFUSED), "message": "The order could not be found."},
-        Effects(operator={"kind": OperatorKind.ORDER_MISSING,
-                          "detail": "check this order at Midtrans"})))
+    return broker.transition(
+        Transition(
+            State.PAYMENT_FAILED,
+            (from_state,),
+            order_id,
+            {
+                "order_id": order_id,
+                "drink": None,
+                "amount": None,
+                "reason": str(FailReason.GATEWAY_REFUSED),
+                "message": "The order could not be found.",
+            },
+            Effects(
+                operator={
+                    "kind": OperatorKind.ORDER_MISSING,
+                    "detail": "check this order at Midtrans",
+                }
+            ),
+        )
+    )
 
 
-def act(broker: Broker, order: Order, decision: Decision, txn: Transaction | None,
-        from_state: State) -> bool:
+def act(
+    broker: Broker, order: Order, decision: Decision, txn: Transaction | None, from_state: State
+) -> bool:
     """Apply SUCCEED or FAIL; returns whether the transition was applied."""
     if decision.step is Step.SUCCEED:
         return succeed(broker, order, txn, from_state)
     if decision.step is Step.FAIL:
-        return fail(broker, order, decision.reason or FailReason.GATEWAY_REFUSED, from_state,
-                    recheck_at=decision.recheck_at)
+        return fail(
+            broker,
+            order,
+            decision.reason or FailReason.GATEWAY_REFUSED,
+            from_state,
+            recheck_at=decision.recheck_at,
+        )
     raise ValueError(f"not a final decision: {decision}")

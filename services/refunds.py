@@ -44,17 +44,20 @@ class Refunder:
             self.sleep(pause or 0)
             attempt += 1
 
-    def _once(self, order_id: str, key: str, amount: int, reason: str, attempt: int
-              ) -> tuple[RefundTry, str]:
+    def _once(
+        self, order_id: str, key: str, amount: int, reason: str, attempt: int
+    ) -> tuple[RefundTry, str]:
         try:
             self.client.refund(order_id, refund_key=key, amount=amount, reason=reason)
         except GatewayRefused as exc:
-            log.warning("refund refused", extra=kv(order_id=order_id, code=exc.code,
-                                                  message=exc.message))
+            log.warning(
+                "refund refused", extra=kv(order_id=order_id, code=exc.code, message=exc.message)
+            )
             return RefundTry.REFUSED, f"refund refused ({exc.code})"
         except MidtransError as exc:
-            log.warning("refund failed", extra=kv(order_id=order_id, attempt=attempt,
-                                                 error=str(exc)))
+            log.warning(
+                "refund failed", extra=kv(order_id=order_id, attempt=attempt, error=str(exc))
+            )
             return RefundTry.UNREACHABLE, "gateway unreachable"
         log.info("refunded", extra=kv(order_id=order_id, refund_key=key, reason=reason))
         return RefundTry.DONE, ""

@@ -145,8 +145,9 @@ class Relay:
             if not stop.is_set():
                 loop.call_soon_threadsafe(inbox.put_nowait, (kind, item))
 
-        reader = threading.Thread(target=self._read, args=(hand_over, stop), daemon=True,
-                                  name="ws-relay")
+        reader = threading.Thread(
+            target=self._read, args=(hand_over, stop), daemon=True, name="ws-relay"
+        )
         reader.start()
         try:
             while True:
@@ -175,8 +176,10 @@ class Relay:
                 if stop.is_set():
                     return
                 if isinstance(exc, redis.RedisError):
-                    log.warning("events stream unreachable, retrying",
-                                extra=kv(error=exc, retry_in_s=round(delay, 2)))
+                    log.warning(
+                        "events stream unreachable, retrying",
+                        extra=kv(error=exc, retry_in_s=round(delay, 2)),
+                    )
                 else:  # keep relaying whatever went wrong; a traceback is worth a line
                     log.exception("relay failed, retrying")
                 failing = True

@@ -40,9 +40,13 @@ def redis_url(settings: Settings) -> str:
 def redis_client(settings: Settings, name: str | None = None) -> redis.Redis:
     """A client whose socket timeout outlasts the longest BLOCK (shared/TESTING.md), named
     after its process in CLIENT LIST (`bench/idle.py` counts commands by name)."""
-    return redis.Redis.from_url(redis_url(settings), decode_responses=True,
-                                socket_timeout=WORKER_SOCKET_TIMEOUT_S,
-                                socket_connect_timeout=5, client_name=name)
+    return redis.Redis.from_url(
+        redis_url(settings),
+        decode_responses=True,
+        socket_timeout=WORKER_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=5,
+        client_name=name,
+    )
 
 
 def load_menu(path: Path) -> list[dict]:
@@ -51,13 +55,15 @@ def load_menu(path: Path) -> list[dict]:
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"MENU_FILE {path} is unreadable: {exc}") from None
     if not isinstance(drinks, list) or not all(
-            isinstance(d, dict) and {"id", "name", "icon", "price"} <= d.keys() for d in drinks):
+        isinstance(d, dict) and {"id", "name", "icon", "price"} <= d.keys() for d in drinks
+    ):
         raise ConfigError(f"MENU_FILE {path}: expected a list of drinks with id, name, icon, price")
     return drinks
 
 
-def broker_for(settings: Settings, client: redis.Redis | None = None,
-               name: str | None = None) -> Broker:
+def broker_for(
+    settings: Settings, client: redis.Redis | None = None, name: str | None = None
+) -> Broker:
     broker = Broker(client or redis_client(settings, name), settings.machine_id)
     broker.ensure_ready(load_menu(settings.menu_file))
     return broker
@@ -88,8 +94,10 @@ def hold_instance_lock(service: Service, settings: Settings, stopping) -> Instan
     waiting = False
     while not lock.acquire():
         if not waiting:
-            log.warning("another instance runs; waiting for it to stop",
-                        extra=kv(service=service, pid=lock.holder()))
+            log.warning(
+                "another instance runs; waiting for it to stop",
+                extra=kv(service=service, pid=lock.holder()),
+            )
             waiting = True
         if stopping.wait(1.0):
             return None

@@ -20,21 +20,31 @@ from services.worker import Worker
 class ScreenWorker(Worker):
     service = "SCREEN"
 
-    def __init__(self, broker: Broker, settings: Settings,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, broker: Broker, settings: Settings, clock: Callable[[], float] = time.time
+    ) -> None:
         super().__init__(broker, clock)
         self.settings = settings
 
     def step(self, snap: Snapshot, entries: list) -> float | None:
-        deadline = rules.screen_deadline(snap.state, snap.since, self.settings.menu_idle_s,
-                                         self.settings.result_screen_s)
+        deadline = rules.screen_deadline(
+            snap.state, snap.since, self.settings.menu_idle_s, self.settings.result_screen_s
+        )
         if deadline is None:
             return None
         if self.clock() < deadline:
             return deadline
         # Compare-and-set on the version: a tap that re-sent the menu restarted the timer.
-        self.broker.transition(Transition(State.IDLE, (snap.state,), snap.order_id, {},
-                                          new_order_id=None, expect_version=snap.version))
+        self.broker.transition(
+            Transition(
+                State.IDLE,
+                (snap.state,),
+                snap.order_id,
+                {},
+                new_order_id=None,
+                expect_version=snap.version,
+            )
+        )
         return None
 
 

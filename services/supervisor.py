@@ -65,8 +65,9 @@ class Supervisor:
             return self.settings.redis_url
         data_dir = self.settings.var_dir / "redis"
         # Never a port promised to the machine's own servers, which bind it a moment later.
-        taken = frozenset({self.settings.ws_port, self.settings.sandbox_port,
-                           self.settings.notification_port})
+        taken = frozenset(
+            {self.settings.ws_port, self.settings.sandbox_port, self.settings.notification_port}
+        )
         port = _previous_port(self.settings.redis_url_file)
         if port is None or port in taken:
             port = free_port(exclude=taken)
@@ -74,12 +75,14 @@ class Supervisor:
         try:
             self.redis.start()
         except Exception:
-            self.redis = RedisProcess(data_dir, port=free_port(exclude=taken),
-                                      appendonly=True).start()
+            self.redis = RedisProcess(
+                data_dir, port=free_port(exclude=taken), appendonly=True
+            ).start()
         self.settings.redis_url_file.parent.mkdir(parents=True, exist_ok=True)
         self.settings.redis_url_file.write_text(self.redis.url + "\n", encoding="utf-8")
-        log.info("redis started", extra=kv(url=self.redis.url, binary=self.redis.binary,
-                                          data=data_dir))
+        log.info(
+            "redis started", extra=kv(url=self.redis.url, binary=self.redis.binary, data=data_dir)
+        )
         return self.redis.url
 
     def prepare(self, redis_url: str) -> None:
@@ -103,22 +106,30 @@ class Supervisor:
         # in VAR_DIR/logs/<name>.log.
         quiet = "--no-log-file"
         if self.settings.uses_local_sandbox:
-            self.children.append(Child("SANDBOX", [self.python, main, "--service", "SANDBOX",
-                                                   quiet]))
-        self.children.append(Child("WEBSOCKET", [self.python, str(ROOT / "websocket_server.py"),
-                                                 quiet]))
+            self.children.append(
+                Child("SANDBOX", [self.python, main, "--service", "SANDBOX", quiet])
+            )
+        self.children.append(
+            Child("WEBSOCKET", [self.python, str(ROOT / "websocket_server.py"), quiet])
+        )
         for service in (*WORKERS, Service.NOTIFICATION):
-            self.children.append(Child(str(service), [self.python, main, "--service", service,
-                                                      quiet]))
+            self.children.append(
+                Child(str(service), [self.python, main, "--service", service, quiet])
+            )
 
     def spawn(self, child: Child) -> None:
         log_dir = self.settings.var_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         child.log_path = log_dir / f"{child.name.lower()}.log"
         with child.log_path.open("ab") as out:
-            child.process = subprocess.Popen(child.argv, env=self.env, cwd=ROOT,
-                                             stdout=out, stderr=subprocess.STDOUT,
-                                             preexec_fn=die_with_parent)
+            child.process = subprocess.Popen(
+                child.argv,
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent,
+            )
         child.started_at = time.monotonic()
         child.restart_at = None
         pid_dir = self.settings.var_dir / "pids"
@@ -132,15 +143,20 @@ class Supervisor:
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
         self.lock = lock = InstanceLock(self.settings.var_dir / "up.lock")
         if not lock.acquire():
-            print(f"another `main.py up` (pid {lock.holder()}) runs this machine with "
-                  f"VAR_DIR={self.settings.var_dir}; stop it first", file=sys.stderr)
+            print(
+                f"another `main.py up` (pid {lock.holder()}) runs this machine with "
+                f"VAR_DIR={self.settings.var_dir}; stop it first",
+                file=sys.stderr,
+            )
             return 1
         redis_url = self.start_redis()
         self.prepare(redis_url)
         self.plan(redis_url)
         if self.settings.uses_local_sandbox:
-            banner = ("MIDTRANS_SERVER_KEY is unset: payments go to the LOCAL SANDBOX at "
-                      f"{self.settings.sandbox_url} (no real money). Pay from the simulator.")
+            banner = (
+                "MIDTRANS_SERVER_KEY is unset: payments go to the LOCAL SANDBOX at "
+                f"{self.settings.sandbox_url} (no real money). Pay from the simulator."
+            )
             print("!" * 78 + "\n" + banner + "\n" + "!" * 78, file=sys.stderr, flush=True)
         for child in self.children:
             self.spawn(child)
@@ -175,8 +191,7 @@ class Supervisor:
                 child.quick_deaths = 0 if lived > HEALTHY_AFTER_S else child.quick_deaths + 1
                 pause = RESTART_BACKOFF_S[min(child.quick_deaths, len(RESTART_BACKOFF_S) - 1)]
                 child.restart_at = now + pause
-                log.warning("child died", extra=kv(child=child.name, code=code,
-                                                  restart_in_s=pause))
+                log.warning("child died", extra=kv(child=child.name, code=code, restart_in_s=pause))
             elif now >= child.restart_at:
                 child.restarts += 1
                 self.spawn(child)

@@ -192,8 +192,11 @@ class WebsocketServer:
         ):
             log.warning(
                 "websocket refused: origin not allowed",
-                extra=kv(origin=", ".join(origins)[:200], host=", ".join(hosts)[:200],
-                         peer=peer_name(connection)),
+                extra=kv(
+                    origin=", ".join(origins)[:200],
+                    host=", ".join(hosts)[:200],
+                    peer=peer_name(connection),
+                ),
             )
             return respond(HTTPStatus.FORBIDDEN, b"origin not allowed\n", ".txt")
         return None
@@ -262,7 +265,9 @@ class WebsocketServer:
         """Handle one frame from a page that the gate let through or limited."""
         if arrival.verdict is Verdict.LIMIT:
             await self._refuse(
-                ws, peer, ErrorCode.RATE_LIMITED,
+                ws,
+                peer,
+                ErrorCode.RATE_LIMITED,
                 f"more than {CLIENT_FRAMES_PER_S} frames per second",
             )
             return

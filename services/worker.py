@@ -12,6 +12,7 @@ finished first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -66,10 +67,8 @@ class Worker:
     def run(self) -> None:
         """Serve until `request_stop` (SIGTERM finishes the step in hand, then returns)."""
         log.info("worker started", extra=kv(worker=self.service))
-        try:
+        with contextlib.suppress(Stopping):  # raised by _on_signal out of a block on Redis
             self._loop()
-        except Stopping:
-            pass
         log.info("worker stopped", extra=kv(worker=self.service))
 
     def _loop(self) -> None:
@@ -101,8 +100,9 @@ class Worker:
                 entries = []
                 self.stopping.wait(delay)
 
-    def _wait(self, cursor: dict[str, str], block_s: float
-              ) -> tuple[dict[str, str], list[tuple[str, dict]]]:
+    def _wait(
+        self, cursor: dict[str, str], block_s: float
+    ) -> tuple[dict[str, str], list[tuple[str, dict]]]:
         self._blocking = True
         try:
             if self.stopping.is_set():
