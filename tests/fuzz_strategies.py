@@ -1,4 +1,4 @@
-"""Hypothesis strategies for tests/test_fuzz.py: what a broken, hostile or confused client may
+"""Hypothesis strategies for tests/test_fuzz_*.py: what a broken, hostile or confused client may
 send to the kiosk websocket, the notification receiver and the local Midtrans sandbox.
 
 Every generated input carries what the server may answer to it, decided from the protocol
@@ -10,8 +10,9 @@ in shared/DESIGN.md and shared/midtrans.md (not from the server's code):
   an action the transaction's status forbids), so that its ledger must not change.
 
 Strings never hold lone surrogates here (hypothesis' default alphabet leaves them out, and
-JSON escapes them only when asked); the servers' handling of those is pinned down by the
-xfail tests of test_fuzz.py.
+JSON escapes them only when asked), but for `surrogates`, which draws nothing else: the
+servers' handling of those is pinned down by the regression tests at the end of
+test_fuzz_kiosk.py and test_fuzz_notifications.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from hypothesis import strategies as st
 from constants.states import ERROR_EVENT, State
 from constants.tunables import CLIENT_FRAME_MAX_BYTES
 
+#: Strings of lone surrogates only: what once crashed the servers (regression tests).
+surrogates = st.text(st.characters(categories=["Cs"]), min_size=1, max_size=3)
+
 # --- websocket frames ------------------------------------------------------------------------
 
 CLIENT_EVENTS = ("SHOW_MENU", "ORDER", "CANCEL")
@@ -35,7 +39,7 @@ CLIENT_EVENTS = ("SHOW_MENU", "ORDER", "CANCEL")
 MACHINE_EVENTS = (*(s.value for s in State if s.value not in CLIENT_EVENTS), ERROR_EVENT)
 #: A drink id as the protocol spells it (DESIGN, "ORDER"; cores/protocol.py DRINK_ID).
 DRINK_ID = re.compile(r"[a-z0-9_-]{1,40}")
-#: The fuzz menu: cola is in stock, tea is sold out (tests/test_fuzz.py MENU).
+#: The fuzz menu: cola is in stock, tea is sold out (tests/kiosk_helpers.py MENU).
 IN_STOCK, SOLD_OUT = "cola", "tea"
 
 MALFORMED = "malformed_frame"
