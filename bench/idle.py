@@ -70,8 +70,9 @@ class Monitor(threading.Thread):
     def __init__(self, url: str) -> None:
         super().__init__(daemon=True)
         # No socket timeout: an idle machine may send nothing for longer than the default 5 s.
-        self.client = redis.Redis.from_url(url, decode_responses=True, client_name="bench-idle",
-                                           socket_timeout=None)
+        self.client = redis.Redis.from_url(
+            url, decode_responses=True, client_name="bench-idle", socket_timeout=None
+        )
         self.counts: collections.Counter[str] = collections.Counter()
         self.commands: collections.Counter[tuple[str, str]] = collections.Counter()
         self.stop = threading.Event()

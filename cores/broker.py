@@ -21,10 +21,16 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.client import Pipeline
+from redis.typing import (
+    EncodableT,
+    FieldT,
+    StreamRangeResponse,
+    XReadResponse,
+)
 
 from constants import keys
 from constants.orders import Command, OrderField
@@ -39,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: What a judge returns: the writes to queue in MULTI, or None to change nothing.
 Writes = Callable[[Pipeline], None] | None
+#: Stream entries as this module reads them: (entry id, fields).
+Entries = list[tuple[str, dict[str, str]]]
 
 
 class CommandRefused(Exception):
@@ -81,7 +89,7 @@ class Broker:
     # --- reading ----------------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        return Snapshot.parse(self.redis.hgetall(self.state_key))
+        return Snapshot.parse(_texts(self.redis.hgetall(self.state_key)))
 
     def menu(self) -> list[Drink]:
         raw = self.redis.hgetall(self.menu_key)
@@ -89,7 +97,7 @@ class Broker:
         return sorted(drinks, key=lambda d: (d.price, d.id))
 
     def stock(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.redis.hgetall(self.stock_key).items()}
+        return {k: int(v) for k, v in _texts(self.redis.hgetall(self.stock_key)).items()}
 
     def menu_values(self) -> list[dict]:
         """The SHOW_MENU frame's values: drinks with their stock."""
@@ -99,16 +107,16 @@ class Broker:
     def order(self, order_id: str | None) -> Order | None:
         if not order_id:
             return None
-        return Order.parse(self.redis.hgetall(self.order_key(order_id)))
+        return Order.parse(_texts(self.redis.hgetall(self.order_key(order_id))))
 
     def current_order(self) -> Order | None:
         return self.order(self.snapshot().order_id)
 
     def sales(self, count: int | None = None) -> list[dict]:
-        return [{"id": i, **f} for i, f in self.redis.xrange(self.sales_key, count=count)]
+        return [{"id": i, **f} for i, f in _entries(self.redis.xrange(self.sales_key, count=count))]
 
     def operator_queue(self) -> dict[str, dict]:
-        return {k: json.loads(v) for k, v in self.redis.hgetall(self.operator_key).items()}
+        return {k: json.loads(v) for k, v in _texts(self.redis.hgetall(self.operator_key)).items()}
 
     def heartbeats(self, services: Iterable[str]) -> dict[str, float | None]:
         """The last heartbeat (unix s) of each service; None when it has expired."""
@@ -122,11 +130,7 @@ class Broker:
     def read_events(self, last_id: str, block_ms: int, count: int = 100) -> list[tuple[str, dict]]:
         """Entries of the events stream after `last_id`, blocking up to `block_ms` for one."""
         answer = self.redis.xread({self.events_key: last_id}, count=count, block=block_ms)
-        if not answer:
-            return []
-        if isinstance(answer, dict):  # RESP3
-            return list(answer.get(self.events_key, [[]])[0])
-        return [entry for _, entries in answer for entry in entries]
+        return [entry for _, entries in _streams(answer) for entry in entries]
 
     # --- set-up and operator ----------------------------------------------------------------
 
@@ -179,17 +183,18 @@ class Broker:
 
         def judge(pipe: Pipeline) -> Writes:
             nonlocal order_id
-            snap = Snapshot.parse(pipe.hgetall(self.state_key))
+            snap = Snapshot.parse(_texts(pipe.hgetall(self.state_key)))
             raw = pipe.hget(self.menu_key, drink_id)
             stock = int(pipe.hget(self.stock_key, drink_id) or 0)
             refusal = rules.check_order(snap.state, raw is not None, stock, quantity)
             if refusal:
                 raise _refused(refusal)
+            assert raw is not None  # check_order refuses a drink that is not on the menu
             drink = Drink.parse(json.loads(raw))
             order_id = order_id or self.new_order_id()
             now = self.clock()
             order = Order(order_id, drink, drink.price, str(uuid.uuid4()), now)
-            fields = {
+            fields: dict[FieldT, EncodableT] = {
                 OrderField.ORDER_ID: order_id,
                 OrderField.DRINK: json.dumps(drink.public()),
                 OrderField.AMOUNT: drink.price,
@@ -223,7 +228,7 @@ class Broker:
         seen: list[Snapshot] = []
 
         def judge(pipe: Pipeline) -> Writes:
-            snap = Snapshot.parse(pipe.hgetall(self.state_key))
+            snap = Snapshot.parse(_texts(pipe.hgetall(self.state_key)))
             seen.append(snap)
             if snap.state in rules.CANCEL_TO_IDLE_FROM:
                 move = Transition(State.IDLE, (snap.state,), snap.order_id, {})
@@ -266,7 +271,7 @@ class Broker:
         seen: list[Snapshot] = []
 
         def judge(pipe: Pipeline) -> Writes:
-            snap = Snapshot.parse(pipe.hgetall(self.state_key))
+            snap = Snapshot.parse(_texts(pipe.hgetall(self.state_key)))
             seen.append(snap)
             if (
                 snap.state not in move.from_states
@@ -346,10 +351,12 @@ class Broker:
         block_ms = math.ceil(timeout_s * 1000)
         if block_ms <= 0:
             return cursor, []
-        answer = self.redis.xread(cursor, block=block_ms, count=100)
+        # redis-py types `streams` as Dict[KeyT, StreamIdT], invariant, where it only reads it
+        # (a Mapping would do): a dict[str, str] is refused though it is one.
+        answer = self.redis.xread(cursor, block=block_ms, count=100)  # type: ignore[arg-type]
         cursor = dict(cursor)
         entries = []
-        for stream, items in answer or []:
+        for stream, items in _streams(answer):
             for entry_id, fields in items:
                 cursor[stream] = entry_id
                 entries.append((stream, fields))
@@ -370,7 +377,7 @@ class Broker:
         tid = uuid.uuid4().hex
 
         def plan(pipe: Pipeline) -> Writes:
-            snap = Snapshot.parse(pipe.hgetall(self.state_key))
+            snap = Snapshot.parse(_texts(pipe.hgetall(self.state_key)))
             to = judge(snap)
             if to is None:
                 raise _refused(rules.wrong_state(command, snap.state))
@@ -489,7 +496,7 @@ class Broker:
             return False
 
     def _last_id(self, stream: str) -> str:
-        last = self.redis.xrevrange(stream, count=1)
+        last = _entries(self.redis.xrevrange(stream, count=1))
         return last[0][0] if last else "0-0"
 
     def _command(self, pipe: Any, command: Command, order_id: str) -> None:
@@ -512,6 +519,33 @@ def _sale_fields(order_id: str, kind: Any, fields: Mapping[str, Any], now: float
 
 def _refused(refusal: rules.Refusal) -> CommandRefused:
     return CommandRefused(refusal.code, refusal.message)
+
+
+# redis-py types its replies as bytes | str, as it cannot know how a client decodes. This
+# module's clients are made with decode_responses=True (services/runtime.py, the tests), so
+# every key, field and value is a str; these say so once, where a reply enters the module.
+
+
+def _texts(reply: Mapping[bytes | str, bytes | str]) -> dict[str, str]:
+    """A hash (HGETALL) of a decoding client."""
+    return cast(dict[str, str], reply)
+
+
+def _entries(reply: StreamRangeResponse | None) -> Entries:
+    """Stream entries (XRANGE, XREVRANGE) of a decoding client; none for no reply."""
+    return cast(Entries, reply or [])
+
+
+def _streams(answer: XReadResponse | None) -> list[tuple[str, Entries]]:
+    """(stream, entries) of each stream in an XREAD answer of a decoding client: RESP2
+    answers a list of [stream, entries], RESP3 a dict of stream -> [entries]."""
+    if not answer:
+        return []
+    if isinstance(answer, dict):  # RESP3
+        return [
+            (stream, found[0]) for stream, found in cast(dict[str, list[Entries]], answer).items()
+        ]
+    return [(stream, entries) for stream, entries in cast(list[tuple[str, Entries]], answer)]
 
 
 __all__ = ["Broker", "CommandRefused", "Drink", "Order", "Snapshot"]

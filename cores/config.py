@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 SANDBOX_BASE_URL = "https://api.sandbox.midtrans.com"
@@ -146,7 +147,7 @@ class Settings:
     def redis_url_file(self) -> Path:
         return self.var_dir / "redis.url"
 
-    def replace(self, **changes: object) -> Settings:
+    def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
@@ -163,7 +164,8 @@ class Settings:
                 load_dotenv(dotenv, override=False)
             environ = os.environ
         env = {k: v for k, v in environ.items() if v != ""}
-        values: dict[str, object] = {}
+        # Field name -> parsed value, each of its field's type; __post_init__ checks the ranges.
+        values: dict[str, Any] = {}
 
         def take(var: str, attr: str, kind: type = str) -> None:
             if var in env:
@@ -197,12 +199,14 @@ class Settings:
         take("VAR_DIR", "var_dir", Path)
         take("MENU_FILE", "menu_file", Path)
         take("LOG_LEVEL", "log_level")
-        faults = {}
+        faults: dict[str, float] = {}
         for name, kind in SANDBOX_FAULTS.items():
             var = "SANDBOX_FAULT_" + name
             if var in env:
-                faults[name] = _parse(var, env[var], kind)
-                _check(faults[name] >= 0, var, "a number >= 0")
+                value = _parse(var, env[var], kind)
+                _check(isinstance(value, int | float) and value >= 0, var, "a number >= 0")
+                assert isinstance(value, int | float)  # SANDBOX_FAULTS kinds are int and float
+                faults[name] = value
         values["sandbox_faults"] = faults
         if "log_level" in values:
             values["log_level"] = str(values["log_level"]).upper()

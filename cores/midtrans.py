@@ -41,7 +41,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import quote
 
 import requests
@@ -103,6 +103,13 @@ _EXPIRE_OK = frozenset({"407", "200"})
 _REFUND_OK = frozenset({"200"})
 # Refund idempotency keys are UUIDs derived from (order_id, refund_key) in this namespace.
 _REFUND_KEY_NAMESPACE = uuid.UUID("5b0f3c2e-8f51-4d3a-9a57-6c1d2e0b7a44")
+
+
+class _Where(TypedDict):
+    """The call an error is about: the `op` and `order_id` keywords of every MidtransError."""
+
+    op: str
+    order_id: str
 
 
 # --------------------------------------------------------------------------------------------
@@ -353,7 +360,7 @@ class MidtransClient:
     ) -> Transaction | GatewayUnreachable:
         """One HTTP exchange: a Transaction, a retryable failure (returned), or a final error
         (raised)."""
-        where = {"op": op, "order_id": order_id}
+        where = _Where(op=op, order_id=order_id)
         try:
             response = self.session.request(
                 method, url, json=payload, headers=headers, auth=self._auth, timeout=timeout

@@ -110,12 +110,17 @@ def verify_signature(body: Mapping[str, Any], server_key: str) -> bool:
     """
     if not isinstance(body, Mapping) or not isinstance(server_key, str) or not server_key:
         return False
-    fields = [body.get(name) for name in ("order_id", "status_code", "gross_amount")]
-    given = body.get("signature_key")
-    if not all(isinstance(value, str) for value in fields) or not isinstance(given, str):
+    order_id, status_code = body.get("order_id"), body.get("status_code")
+    gross_amount, given = body.get("gross_amount"), body.get("signature_key")
+    if not (
+        isinstance(order_id, str)
+        and isinstance(status_code, str)
+        and isinstance(gross_amount, str)
+        and isinstance(given, str)
+    ):
         return False
     try:
-        expected = signature(*fields, server_key)
+        expected = signature(order_id, status_code, gross_amount, server_key)
         return hmac.compare_digest(expected.encode(), given.strip().lower().encode("utf-8"))
     except UnicodeEncodeError:  # a lone surrogate cannot be a genuine Midtrans value
         return False

@@ -158,7 +158,7 @@ def _actions(body: dict[str, Any]) -> dict[str, str]:
         return {}
     if not isinstance(found, list):
         raise MalformedAnswer(f"answer field actions is {type(found).__name__}, not a list")
-    actions = {}
+    actions: dict[str, str] = {}
     for item in found:
         if isinstance(item, dict):
             name, url = item.get("name"), item.get("url")

@@ -164,8 +164,8 @@ class IdempotencyKeys:
             raise invalid(f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LEN} characters")
         with self._lock:
             now = self._clock()
-            for slot, entry in list(self._entries.items()):
-                if now - entry.at >= IDEMPOTENCY_TTL_S and not entry.in_flight:
+            for slot, old in list(self._entries.items()):
+                if now - old.at >= IDEMPOTENCY_TTL_S and not old.in_flight:
                     del self._entries[slot]
             entry = self._entries.get((path, key))
             if entry is None:

@@ -138,7 +138,9 @@ class Sandbox:
         self._ledger.open(self.directory)
         self._server = server = _Server((self.host, self._port), _Handler, self)
         for name, target in (
-            ("sandbox-http", lambda: server.serve_forever(poll_interval=None)),
+            # typeshed types poll_interval as float, but serve_forever hands it to
+            # selector.select(), where None blocks without polling (see _shutdown_server).
+            ("sandbox-http", lambda: server.serve_forever(poll_interval=None)),  # type: ignore[arg-type]
             ("sandbox-expiry", self._ledger.run_expiry_timer),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)

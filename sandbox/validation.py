@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
 from cores import qris
@@ -61,7 +61,7 @@ class RefundAsk:
     problem: str | None
 
 
-def is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -214,15 +214,17 @@ def _item_details(items: object, gross: int, messages: list[str]) -> None:
         price, quantity, name = item.get("price"), item.get("quantity"), item.get("name")
         if not is_number(price) or price != int(price) or abs(price) > MAX_AMOUNT:
             messages.append(f"{where}.price must be whole rupiah")
-            total = None
+            price = None
         if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 1:
             messages.append(f"{where}.quantity must be a whole number >= 1")
-            total = None
+            quantity = None
         if not isinstance(name, str) or not 0 < len(name) <= 50:
             messages.append(f"{where}.name is required (at most 50 characters)")
         if "id" in item and not isinstance(item["id"], str | int):
             messages.append(f"{where}.id must be a string")
-        if total is not None:
+        if total is None or price is None or quantity is None:
+            total = None
+        else:
             total += int(price) * quantity
     if total is not None and gross and total != gross:
         messages.append("transaction_details.gross_amount is not equal to the sum of item_details")

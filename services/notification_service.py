@@ -103,8 +103,9 @@ class NotificationServer:
 
     @property
     def url(self) -> str:
-        host, port = self.http.server_address[:2]
-        return f"http://{host}:{port}/notification"
+        host = self.http.server_address[0]
+        assert isinstance(host, str)  # an AF_INET server: (host, port), the host as text
+        return f"http://{host}:{self.http.server_port}/notification"
 
     def start(self, desk: bool = True) -> NotificationServer:
         """Serve in threads: the receiver, and the desk unless the caller runs it."""

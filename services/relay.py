@@ -210,7 +210,11 @@ class Relay:
             frame = json.loads(text) if isinstance(text, str) else None
         except ValueError:
             frame = None
-        if not isinstance(frame, dict) or not isinstance(frame.get("event"), str):
+        if (
+            not isinstance(text, str)
+            or not isinstance(frame, dict)
+            or not isinstance(frame.get("event"), str)
+        ):
             log.warning("events entry without a frame, skipped", extra=kv(entry=entry_id))
             return
         try:

@@ -94,6 +94,7 @@ class WebFiles:
         return response
 
     async def _health(self) -> Response:
+        body: dict[str, object]
         try:
             snap = await asyncio.to_thread(self.broker.snapshot)
         except redis.RedisError as exc:
