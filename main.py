@@ -20,6 +20,7 @@ import sys
 from constants.services import Service
 from cores import logs
 from cores.config import ConfigError, Settings
+from services import cli
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,71 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         settings.var_dir / "logs" if to_file else None,
     )
     try:
-        return dispatch(args, settings)
+        return cli.run(args, settings)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-
-
-def dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    if args.command == "up":
-        from services import supervisor
-
-        return supervisor.run(settings)
-    if args.service == Service.SANDBOX:
-        from services import sandbox_service
-
-        sandbox_service.run(settings)
-        return 0
-    if args.service == Service.NOTIFICATION:
-        from services import notification_service
-
-        notification_service.run(settings)
-        return 0
-    from services import runtime
-
-    if args.service:
-        runtime.run_worker(Service(args.service), settings)
-        return 0
-    from cores import operator
-    from cores.broker import CommandRefused
-
-    if args.command == "health":
-        return health(settings)
-    broker = runtime.broker_for(settings)
-    try:
-        if args.command == "stock":
-            broker.set_stock(args.drink, args.units)
-        elif args.command == "maintenance":
-            broker.set_out_of_service(args.mode == "on")
-    except CommandRefused as exc:
-        print(f"refused: {exc.message}", file=sys.stderr)
-        return 1
-    print(operator.dumps(operator.status(broker)))
-    return 0
-
-
-def health(settings: Settings) -> int:
-    import redis
-
-    from constants.tunables import HEARTBEAT_TTL_S
-    from cores import operator
-    from cores.broker import Broker
-    from services import runtime
-
-    try:
-        status = operator.status(Broker(runtime.redis_client(settings), settings.machine_id))
-    except redis.RedisError as exc:
-        print(f"unhealthy: redis: {exc}", file=sys.stderr)
-        return 1
-    problems = operator.health(status, HEARTBEAT_TTL_S)
-    for line in problems:
-        print(f"unhealthy: {line}", file=sys.stderr)
-    if not problems:
-        print(f"healthy: {status['state']}")
-    return 1 if problems else 0
 
 
 if __name__ == "__main__":
