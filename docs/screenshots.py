@@ -26,10 +26,11 @@ from pathlib import Path
 
 from playwright.sync_api import Page, expect, sync_playwright
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Launched  # noqa: E402
+from bench.harness import Launched
+
+ROOT = Path(__file__).resolve().parent.parent
 
 log = logging.getLogger("screenshots")
 
