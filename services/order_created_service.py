@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from collections.abc import Callable
 
 from constants.orders import OrderField
 from constants.states import FailReason, State
@@ -22,25 +20,15 @@ from cores.machine import Effects, Transition
 from cores.midtrans import MidtransClient
 from cores.rules import Paid, Step, Watch
 from services import payment
-from services.worker import Worker
+from services.payment import PaymentWorker
 
 log = logging.getLogger(__name__)
 
 
-class OrderCreatedWorker(Worker):
+class OrderCreatedWorker(PaymentWorker):
     service = "ORDER_CREATED"
-
-    def __init__(
-        self,
-        broker: Broker,
-        client: MidtransClient,
-        settings: Settings,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(broker, clock)
-        self.client = client
-        self.settings = settings
-        self.watch: Watch | None = None
+    #: The read schedule of the order on screen (in memory; a new process starts afresh).
+    watch: Watch | None = None
 
     def step(self, snap: Snapshot, entries: list) -> float | None:
         if snap.state != State.ORDER_CREATED or not snap.order_id:

@@ -7,8 +7,6 @@ worker restarted mid-charge re-sends the same key and gets the same answer (mone
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 
 from constants.orders import OrderField
 from constants.states import FailReason, Sale, State
@@ -20,24 +18,13 @@ from cores.machine import Effects, Transition
 from cores.midtrans import GatewayRefused, MidtransClient, MidtransError, Transaction
 from cores.rules import Step
 from services import payment
-from services.worker import Worker
+from services.payment import PaymentWorker
 
 log = logging.getLogger(__name__)
 
 
-class OrderWorker(Worker):
+class OrderWorker(PaymentWorker):
     service = "ORDER"
-
-    def __init__(
-        self,
-        broker: Broker,
-        client: MidtransClient,
-        settings: Settings,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(broker, clock)
-        self.client = client
-        self.settings = settings
 
     def step(self, snap: Snapshot, entries: list) -> float | None:
         if snap.state != State.MENU_CLICKED or not snap.order_id:

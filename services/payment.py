@@ -8,17 +8,37 @@ between is honoured. The decisions are cores.rules'; this module does the calls 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
 from constants.orders import OperatorKind, OrderField, Outcome
 from constants.states import FailReason, Sale, State
 from cores import rules
 from cores.broker import Broker, Order
+from cores.config import Settings
 from cores.logs import kv
 from cores.machine import Effects, Transition
 from cores.midtrans import GatewayRefused, MidtransClient, MidtransError, Transaction
 from cores.rules import Decision, Paid, Step
+from services.worker import Worker
 
 log = logging.getLogger(__name__)
+
+
+class PaymentWorker(Worker):
+    """A worker that asks Midtrans about the order on screen (ORDER, ORDER_CREATED)."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        client: MidtransClient,
+        settings: Settings,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(broker, clock)
+        self.client = client
+        self.settings = settings
+
 
 FAIL_MESSAGES = {
     FailReason.CANCELLED: "The order was cancelled.",
