@@ -11,7 +11,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
@@ -24,6 +24,7 @@ from services.worker import Worker
 
 if TYPE_CHECKING:
     from bench.harness import Launched
+    from services.notification_service import NotificationServer
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -104,6 +105,36 @@ def eventually(check: Callable[[], object], timeout_s: float = 10.0, what: str =
         pause(interval_s)
 
 
+def wait_entry(broker: Broker, cursor: dict[str, str], match: Callable[[dict], bool],
+               timeout_s: float = 15.0, what: str = "an entry") -> dict:
+    """Block on the events and commands streams from `cursor` until an entry whose fields
+    `match`; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    seen: list[dict] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"timed out waiting for {what}; entries seen: {seen}")
+        cursor, entries = broker.wait(cursor, min(left, 0.5))
+        for _, fields in entries:
+            if match(fields):
+                return fields
+            seen.append(fields)
+
+
+def desk_result(server: NotificationServer, order_id: str, skip: Collection[str] = (),
+                timeout_s: float = 10.0) -> str:
+    """The late-payment desk's first result for `order_id` that is not in `skip`."""
+
+    def result() -> str | None:
+        for oid, found in list(server.desk.handled):
+            if oid == order_id and found not in skip:
+                return found
+        return None
+
+    return eventually(result, timeout_s, f"the desk's result for {order_id!r}")
+
+
 def wait_for(broker: Broker, done: Callable[[Snapshot], bool], timeout_s: float = 15.0,
              what: str = "state") -> Snapshot:
     """Block on the events stream until `done(snapshot)`; fail the test after `timeout_s`."""
@@ -182,7 +213,8 @@ def child_env(**extra: str) -> dict[str, str]:
 
 class ChildOutput:
     """The lines a child process writes to one of its pipes, read by a thread as they come,
-    so that a test can block until a line shows up."""
+    so that a test can block until a line shows up. The thread closes the pipe at its end:
+    wait for that (`text(wait_s=...)`) rather than close it under the thread."""
 
     def __init__(self, stream: IO[str]) -> None:
         self.lines: list[str] = []
@@ -191,8 +223,9 @@ class ChildOutput:
         self._thread.start()
 
     def _read(self, stream: IO[str]) -> None:
-        for line in stream:
-            self._queue.put(line)
+        with stream:
+            for line in stream:
+                self._queue.put(line)
         self._queue.put(None)
 
     def wait_for(self, text: str, timeout_s: float = 20.0) -> str:

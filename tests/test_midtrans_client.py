@@ -4,13 +4,9 @@ retries under the sandbox's faults, idempotent charges, and signed notifications
 from __future__ import annotations
 
 import itertools
-import json
-import queue
 import random
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -25,6 +21,7 @@ from cores.midtrans import (
     verify_signature,
 )
 from sandbox import Sandbox
+from tests import sandbox_helpers
 
 KEY = "SB-Mid-server-client-tests"
 ITEMS = [{"id": "cola", "price": 7000, "quantity": 1, "name": "Cola"}]
@@ -46,50 +43,6 @@ class RecordingSession(requests.Session):
         response = super().request(*args, **kwargs)
         self.statuses.append(response.status_code)
         return response
-
-
-class Receiver:
-    """A notification endpoint on port 0: every POST body lands in `bodies`."""
-
-    def __init__(self) -> None:
-        self.bodies: queue.Queue[dict[str, Any]] = queue.Queue()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                receiver.bodies.put(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/notification"
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        )
-        self.thread.start()
-
-    def next_for(self, order_id: str, status: str, timeout_s: float = 5.0) -> dict[str, Any]:
-        """The first notification of `order_id` with `status`, waiting at most `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                body = self.bodies.get(timeout=left)
-            except queue.Empty:
-                break
-            if body.get("order_id") == order_id and body.get("transaction_status") == status:
-                return body
-        raise AssertionError(f"no {status} notification for {order_id} within {timeout_s} s")
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -145,11 +98,7 @@ def client(make_client: Any) -> MidtransClient:
     return make_client()
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.stop()
+receiver = sandbox_helpers.receiver
 
 
 def charge(client: MidtransClient, order_id: str | None = None, **options: Any) -> Transaction:
@@ -445,7 +394,7 @@ def test_a_timed_out_charge_retried_with_the_same_key_makes_one_transaction(make
     def sleep(seconds: float) -> None:
         slept.append(seconds)
         sandbox.set_faults(LATENCY_MS=0)
-        time.sleep(seconds)
+        time.sleep(seconds)  # the client's back-off itself, taken for real
 
     client = make_client(read_timeout=0.2, retry_attempts=30, retry_budget_s=5.0, sleep=sleep)
     client.retry_base_s = 0.05
@@ -464,10 +413,10 @@ def test_a_timed_out_charge_retried_with_the_same_key_makes_one_transaction(make
 def test_sandbox_notifications_verify_and_tampered_ones_do_not(make_client, sandbox, receiver):
     client = make_client(notification_url=receiver.url)
     order_id = charge(client).order_id
-    pending = receiver.next_for(order_id, "pending")
+    pending = receiver.wait_status(order_id, "pending")
     assert verify_signature(pending, KEY)
     sandbox.pay(order_id)
-    settled = receiver.next_for(order_id, "settlement")
+    settled = receiver.wait_status(order_id, "settlement")
     assert settled["status_code"] == "200"
     assert verify_signature(settled, KEY)
     assert Transaction.from_body(settled).is_paid

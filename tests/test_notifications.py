@@ -15,36 +15,41 @@ import pytest
 import requests
 
 from constants.states import FailReason, Sale, State
-from cores.machine import Effects, Transition
 from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY
+from cores.machine import Effects, Transition
 from cores.midtrans import MidtransClient, signature
 from services import payment
 from services.notification_service import NotificationServer
-from services.runtime import load_menu
-from tests.machine_helpers import run_until, sale_kinds, wait_for
+from services.order_created_service import OrderCreatedWorker
+from tests.machine_helpers import (
+    desk_result,
+    eventually,
+    machine_state,
+    run_until,
+    sale_kinds,
+    wait_entry,
+    wait_state,
+)
 
 
 @pytest.fixture
-def broker(real_redis, settings):
-    b = Broker(real_redis, settings.machine_id)
-    b.ensure_ready(load_menu(settings.menu_file))
-    return b
-
-
-@pytest.fixture
-def receiver(broker, sandbox):
-    client = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)
-    server = NotificationServer(broker, client, LOCAL_SANDBOX_KEY).start()
-    yield server
-    server.stop()
-    client.close()
+def receiver(notification_server: NotificationServer) -> NotificationServer:
+    return notification_server
 
 
 @pytest.fixture
 def charging(sandbox, receiver):
     """A client whose charges ask the sandbox to notify our receiver."""
     client = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY, notification_url=receiver.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def quiet(sandbox):
+    """A client whose charges bring no notification: the receiver hears only the test."""
+    client = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)
     yield client
     client.close()
 
@@ -66,36 +71,13 @@ def signed(body: dict) -> dict:
                                                body["gross_amount"], LOCAL_SANDBOX_KEY)}
 
 
-def dump(broker: Broker) -> dict:
-    r = broker.redis
-    return {"state": r.hgetall(broker.state_key), "sales": r.xrange(broker.sales_key),
-            "events": r.xlen(broker.events_key), "operator": r.hgetall(broker.operator_key),
-            "stock": r.hgetall(broker.stock_key)}
-
-
 #: What the desk says of the charge's own "pending" notification, depending on when it lands.
 PASSING = ("woke_worker", "deferred", "nothing_to_do")
 
 
-def wait_result(receiver: NotificationServer, order_id: str, timeout_s: float = 10) -> str:
+def wait_result(receiver: NotificationServer, order_id: str) -> str:
     """The desk's first conclusive result for this order."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for oid, result in list(receiver.desk.handled):
-            if oid == order_id and result not in PASSING:
-                return result
-        time.sleep(0.02)
-    raise AssertionError(f"not handled: {receiver.desk.handled}")
-
-
-def wait_any(receiver: NotificationServer, order_id: str, timeout_s: float = 10) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for oid, result in list(receiver.desk.handled):
-            if oid == order_id:
-                return result
-        time.sleep(0.02)
-    raise AssertionError(f"not handled: {receiver.desk.handled}")
+    return desk_result(receiver, order_id, skip=PASSING)
 
 
 def test_late_payment_on_a_closed_order_is_recorded_and_refunded(broker, sandbox, receiver,
@@ -119,23 +101,19 @@ def test_late_payment_whose_refund_midtrans_refuses_is_recorded_as_owed(broker, 
 
 
 def test_late_payment_is_found_by_the_scheduled_recheck_without_any_notification(
-        broker, sandbox, receiver):
-    quiet = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)  # no notification URL
-    try:
-        order_id = closed_unconfirmed_order(broker, quiet)
-        sandbox.pay(order_id)
-        broker.schedule_recheck(order_id, time.time())
-        assert wait_result(receiver, order_id) == "refunded"
-        assert broker.redis.zscore(broker.recheck_key, order_id) is None
-    finally:
-        quiet.close()
+        broker, sandbox, receiver, quiet):
+    order_id = closed_unconfirmed_order(broker, quiet)
+    sandbox.pay(order_id)
+    broker.schedule_recheck(order_id, time.time())
+    assert wait_result(receiver, order_id) == "refunded"
+    assert broker.redis.zscore(broker.recheck_key, order_id) is None
 
 
 def test_forged_notification_is_refused_and_changes_nothing(broker, sandbox, receiver, charging):
     order_id = closed_unconfirmed_order(broker, charging)
-    wait_any(receiver, order_id)  # the genuine "pending" notification of the charge
+    desk_result(receiver, order_id)  # the genuine "pending" notification of the charge
     handled = len(receiver.desk.handled)
-    before = dump(broker)
+    before = machine_state(broker)
     forged = {"order_id": order_id, "status_code": "200", "gross_amount": "7000.00",
               "transaction_status": "settlement", "signature_key": "0" * 128}
     answer = requests.post(receiver.url, json=forged, timeout=5)
@@ -144,19 +122,19 @@ def test_forged_notification_is_refused_and_changes_nothing(broker, sandbox, rec
                        "transaction_status": "settlement"})
     tampered["gross_amount"] = "1.00"
     assert requests.post(receiver.url, json=tampered, timeout=5).status_code == 401
-    time.sleep(0.3)
-    assert dump(broker) == before
+    # Nothing can follow a refusal: the receiver writes to Redis before its answer or never.
+    assert machine_state(broker) == before
     assert len(receiver.desk.handled) == handled  # never reached the desk
 
 
 @pytest.mark.parametrize("raw", [b"not json", b"[]", b'{"order_id": 5}', b"{" * 5000,
                                  b'"just a string"'])
 def test_malformed_notification_gets_400_and_changes_nothing(broker, receiver, raw):
-    before = dump(broker)
+    before = machine_state(broker)
     answer = requests.post(receiver.url, data=raw, timeout=5,
                            headers={"Content-Type": "application/json"})
     assert answer.status_code == 400
-    assert dump(broker) == before
+    assert machine_state(broker) == before
 
 
 def test_oversized_notification_is_refused(receiver):
@@ -164,14 +142,13 @@ def test_oversized_notification_is_refused(receiver):
     assert answer.status_code == 413
 
 
-def test_replayed_settlement_of_a_dispensed_order_changes_nothing(broker, sandbox, receiver):
-    quiet = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)  # no genuine notifications
+def test_replayed_settlement_of_a_dispensed_order_changes_nothing(broker, sandbox, receiver,
+                                                                quiet):
     broker.show_menu()
     order_id = broker.place_order("cola")
     order = broker.order(order_id)
     quiet.charge(order_id, 7000, [{"id": "cola", "price": 7000, "quantity": 1,
                                    "name": "Cola"}], idempotency_key=order.idempotency_key)
-    quiet.close()
     broker.update_order(order_id, outcome="dispensed")
     path = (State.MENU_CLICKED, State.PAYMENT_SUCCESS, State.DISPENSING, State.DISPENSED)
     for frm, to in itertools.pairwise(path):
@@ -179,17 +156,17 @@ def test_replayed_settlement_of_a_dispensed_order_changes_nothing(broker, sandbo
     assert broker.transition(Transition(State.IDLE, (State.DISPENSED,), order_id, {},
                                         new_order_id=None))
     sandbox.pay(order_id)
-    before = dump(broker)
+    before = machine_state(broker)
     body = signed({"order_id": order_id, "status_code": "200", "gross_amount": "7000.00",
                    "transaction_status": "settlement"})
     for _ in range(3):  # a replay, and duplicates, are answered 200 at once
         assert requests.post(receiver.url, json=body, timeout=5).status_code == 200
-    assert wait_any(receiver, order_id) == "nothing_to_do"
-    deadline = time.monotonic() + 5
-    while broker.redis.zscore(broker.recheck_key, order_id) is not None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    assert dump(broker) == before
+    assert desk_result(receiver, order_id) == "nothing_to_do"
+    eventually(lambda: broker.redis.zscore(broker.recheck_key, order_id) is None, 5,
+               f"the desk to take {order_id} off the RECHECK set")
+    after = machine_state(broker)
+    assert after.pop("commands")[0] == before.pop("commands")[0] + 3  # a hint to the desk each
+    assert after == before
     assert {r for oid, r in receiver.desk.handled if oid == order_id} == {"nothing_to_do"}
 
 
@@ -198,13 +175,13 @@ def test_out_of_order_pending_after_settlement_does_not_regress_a_paid_order(bro
     order_id = broker.place_order("cola")
     broker.update_order(order_id, outcome="paid")
     broker.transition(Transition(State.PAYMENT_SUCCESS, (State.MENU_CLICKED,), order_id, {}))
-    before = dump(broker)
+    before = machine_state(broker)
     body = signed({"order_id": order_id, "status_code": "201", "gross_amount": "7000.00",
                    "transaction_status": "pending"})
     assert requests.post(receiver.url, json=body, timeout=5).status_code == 200
-    wait_for(broker, lambda s: bool(receiver.desk.handled), timeout_s=5)
-    assert dump(broker)["state"] == before["state"]
-    assert dump(broker)["sales"] == before["sales"]
+    eventually(lambda: receiver.desk.handled, 5, "the desk to handle the notification")
+    assert machine_state(broker)["state"] == before["state"]
+    assert machine_state(broker)["sales"] == before["sales"]
 
 
 def test_notification_for_the_order_on_screen_wakes_the_payment_worker(broker, receiver):
@@ -213,23 +190,16 @@ def test_notification_for_the_order_on_screen_wakes_the_payment_worker(broker, r
     cursor = broker.cursor()
     body = signed({"order_id": order_id, "status_code": "200", "gross_amount": "7000.00",
                    "transaction_status": "settlement"})
-    start = time.monotonic()
     assert requests.post(receiver.url, json=body, timeout=5).status_code == 200
-    seen: list[dict] = []
-    while {"command": "CHECK", "order_id": order_id} not in seen:
-        assert time.monotonic() - start < 2, seen
-        cursor, entries = broker.wait(cursor, 0.5)
-        seen += [f for _, f in entries]
+    hint = {"command": "CHECK", "order_id": order_id}
+    wait_entry(broker, cursor, lambda fields: fields == hint, timeout_s=2, what=str(hint))
     assert broker.snapshot().state == State.MENU_CLICKED  # the body itself decided nothing
     assert json.loads(broker.redis.hget(broker.order_key(order_id), "drink"))["id"] == "cola"
 
 
 def test_a_settlement_of_the_wrong_amount_is_not_vended_but_refunded(broker, sandbox, receiver,
-                                                                     settings):
-    from services.order_created_service import OrderCreatedWorker
-    from tests.machine_helpers import wait_state
-
-    client = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)
+                                                                     quiet, settings):
+    client = quiet
     broker.show_menu()
     order_id = broker.place_order("cola")
     order = broker.order(order_id)
@@ -246,4 +216,3 @@ def test_a_settlement_of_the_wrong_amount_is_not_vended_but_refunded(broker, san
     assert Sale.PAID not in sale_kinds(broker, order_id)
     [txn] = [t for t in sandbox.transactions() if t["order_id"] == order_id]
     assert txn["transaction_status"] == "refund" and txn["refund_amount"] == "7000.00"
-    client.close()

@@ -14,27 +14,34 @@ import time
 import pytest
 
 from constants.states import FailReason, RefundOutcome, Sale, State
-from cores.machine import Effects, Transition
 from cores.broker import Broker
 from cores.dispenser import SimulatedDispenser
+from cores.machine import Transition
 from cores.midtrans import MidtransClient
 from sandbox import Sandbox
 from services.dispense_service import DispenseWorker
 from services.order_created_service import OrderCreatedWorker
 from services.order_service import OrderWorker
-from services.runtime import load_menu
 from services.screen_service import ScreenWorker
-from tests.machine_helpers import compress, run_until, sale_kinds, states_seen, wait_state
+from services.worker import Worker
+from tests.machine_helpers import (
+    compress,
+    run_until,
+    sale_kinds,
+    start_worker,
+    states_seen,
+    stop_worker,
+    wait_state,
+)
 
 
 class Machine:
     """The four workers in threads around one Broker, as `main.py up` runs them."""
 
-    def __init__(self, redis_client, sandbox: Sandbox, settings, failure_rate: float = 0.0):
+    def __init__(self, broker: Broker, sandbox: Sandbox, settings, failure_rate: float = 0.0):
         self.settings = settings.replace(midtrans_base_url_override=sandbox.url,
                                          dispense_failure_rate=failure_rate)
-        self.broker = Broker(redis_client, self.settings.machine_id)
-        self.broker.ensure_ready(load_menu(self.settings.menu_file))
+        self.broker = broker
         self.sandbox = sandbox
         self.client = MidtransClient.from_settings(self.settings)
         self.dispenser = SimulatedDispenser(self.settings.var_dir, self.settings.dispense_s,
@@ -45,21 +52,18 @@ class Machine:
             DispenseWorker(self.broker, self.client, self.dispenser, sleep=lambda s: None),
             ScreenWorker(self.broker, self.settings),
         ]
-        self.threads: list[threading.Thread] = []
+        self.threads: dict[Worker, threading.Thread] = {}
 
     def start(self, *only: type) -> Machine:
         for worker in self.workers:
-            if not only or type(worker) in only:
-                thread = threading.Thread(target=worker.run, daemon=True)
-                thread.start()
-                self.threads.append(thread)
+            if (not only or type(worker) in only) and worker not in self.threads:
+                self.threads[worker] = start_worker(worker)
         return self
 
     def stop(self) -> None:
-        for worker in self.workers:
-            worker.request_stop()
-        for thread in self.threads:
-            thread.join(5)
+        for worker, thread in self.threads.items():
+            stop_worker(worker, thread)
+        self.threads.clear()
         self.client.close()
 
     def order(self, drink: str = "cola") -> str:
@@ -71,8 +75,8 @@ class Machine:
 
 
 @pytest.fixture
-def machine(real_redis, sandbox, settings):
-    m = Machine(real_redis, sandbox, settings).start()
+def machine(broker, sandbox, settings):
+    m = Machine(broker, sandbox, settings).start()
     yield m
     m.stop()
 
@@ -115,8 +119,8 @@ def test_cancel_on_the_qr_screen_cancels_at_midtrans_and_fails_with_cancelled(ma
 
 
 def test_deadline_without_payment_cancels_at_midtrans_then_fails_with_timeout(
-        real_redis, sandbox, settings):
-    m = Machine(real_redis, sandbox, settings.replace(payment_deadline_s=2)).start()
+        broker, sandbox, settings):
+    m = Machine(broker, sandbox, settings.replace(payment_deadline_s=2)).start()
     try:
         order_id = m.order()
         snap = wait_state(m.broker, State.PAYMENT_FAILED, timeout_s=10)
@@ -158,9 +162,9 @@ def test_gateway_refusal_of_the_charge_shows_its_reason(machine):
     assert Sale.CHARGE_FAILED in sale_kinds(machine.broker, order_id)
 
 
-def test_dispense_failure_refunds_with_a_key_derived_from_the_order(real_redis, sandbox,
+def test_dispense_failure_refunds_with_a_key_derived_from_the_order(broker, sandbox,
                                                                      settings):
-    m = Machine(real_redis, sandbox, settings, failure_rate=1.0).start()
+    m = Machine(broker, sandbox, settings, failure_rate=1.0).start()
     try:
         order_id = m.order()
         sandbox.pay(order_id)
@@ -176,10 +180,10 @@ def test_dispense_failure_refunds_with_a_key_derived_from_the_order(real_redis, 
         m.stop()
 
 
-def test_refund_refused_by_midtrans_is_recorded_as_owed_for_the_operator(real_redis, sandbox,
+def test_refund_refused_by_midtrans_is_recorded_as_owed_for_the_operator(broker, sandbox,
                                                                          settings):
     sandbox.set_faults(REFUND_DISABLED=1)
-    m = Machine(real_redis, sandbox, settings, failure_rate=1.0).start()
+    m = Machine(broker, sandbox, settings, failure_rate=1.0).start()
     try:
         order_id = m.order()
         sandbox.pay(order_id)
@@ -203,8 +207,8 @@ def paid_then_dispense_worker_died(m: Machine) -> str:
 
 
 def test_restart_mid_vend_without_journal_entry_goes_to_operator_not_revended(
-        real_redis, sandbox, settings):
-    m = Machine(real_redis, sandbox, settings)
+        broker, sandbox, settings):
+    m = Machine(broker, sandbox, settings)
     try:
         order_id = paid_then_dispense_worker_died(m)
         m.start(DispenseWorker)
@@ -218,8 +222,8 @@ def test_restart_mid_vend_without_journal_entry_goes_to_operator_not_revended(
 
 
 def test_restart_mid_vend_with_journal_entry_finishes_without_vending_again(
-        real_redis, sandbox, settings):
-    m = Machine(real_redis, sandbox, settings)
+        broker, sandbox, settings):
+    m = Machine(broker, sandbox, settings)
     try:
         order_id = paid_then_dispense_worker_died(m)
         m.dispenser._append({"order_id": order_id, "drink": "cola", "result": "vended",
@@ -232,8 +236,8 @@ def test_restart_mid_vend_with_journal_entry_finishes_without_vending_again(
 
 
 def test_order_worker_restarted_mid_charge_resends_the_same_key_and_one_charge_exists(
-        real_redis, sandbox, settings):
-    m = Machine(real_redis, sandbox, settings)
+        broker, sandbox, settings):
+    m = Machine(broker, sandbox, settings)
     try:
         m.broker.show_menu()
         order_id = m.broker.place_order("cola")
@@ -251,9 +255,9 @@ def test_order_worker_restarted_mid_charge_resends_the_same_key_and_one_charge_e
         m.stop()
 
 
-def test_cancel_before_any_charge_was_sent_fails_without_calling_midtrans(real_redis, sandbox,
+def test_cancel_before_any_charge_was_sent_fails_without_calling_midtrans(broker, sandbox,
                                                                           settings):
-    m = Machine(real_redis, sandbox, settings)
+    m = Machine(broker, sandbox, settings)
     try:
         m.broker.show_menu()
         order_id = m.broker.place_order("cola")
@@ -267,8 +271,8 @@ def test_cancel_before_any_charge_was_sent_fails_without_calling_midtrans(real_r
         m.stop()
 
 
-def test_menu_returns_to_idle_after_inactivity(real_redis, sandbox, settings):
-    m = Machine(real_redis, sandbox, settings.replace(menu_idle_s=0.5)).start(ScreenWorker)
+def test_menu_returns_to_idle_after_inactivity(broker, sandbox, settings):
+    m = Machine(broker, sandbox, settings.replace(menu_idle_s=0.5)).start(ScreenWorker)
     try:
         m.broker.show_menu()
         wait_state(m.broker, State.SHOW_MENU)
@@ -278,8 +282,8 @@ def test_menu_returns_to_idle_after_inactivity(real_redis, sandbox, settings):
 
 
 def test_a_gateway_silent_past_the_charge_expiry_ends_the_order_with_a_recheck(
-        real_redis, sandbox, settings):
-    m = Machine(real_redis, sandbox, settings)
+        broker, sandbox, settings):
+    m = Machine(broker, sandbox, settings)
     m.start(OrderWorker)
     try:
         order_id = m.order()

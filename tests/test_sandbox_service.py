@@ -5,21 +5,17 @@ its ledger under VAR_DIR, and serves until SIGTERM.
 from __future__ import annotations
 
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
-from pathlib import Path
 
 import requests
 
 from cores.config import Settings
 from services.sandbox_service import build
+from tests.machine_helpers import ROOT, ChildOutput
 from tests.sandbox_helpers import KEY, WAIT_S
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------------------------
 # The SANDBOX service
@@ -60,23 +56,13 @@ def test_service_process_serves_until_sigterm_then_stops_cleanly(tmp_path):
         stdout=subprocess.DEVNULL,
         text=True,
     ) as proc:
-        lines: queue.Queue[str] = queue.Queue()
-
-        def read() -> None:
-            assert proc.stderr is not None
-            for line in proc.stderr:
-                lines.put(line)
-
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        seen = []
-        url = None
+        assert proc.stderr is not None
+        output = ChildOutput(proc.stderr)
         try:
-            while url is None:
-                line = lines.get(timeout=20)
-                seen.append(line)
-                found = re.search(r"msg=\"sandbox ready\".* url=(http://\S+)", line)
-                url = found.group(1) if found else None
+            ready = output.wait_for('msg="sandbox ready"', timeout_s=20)
+            found = re.search(r" url=(http://\S+)", ready)
+            assert found, ready
+            url = found.group(1)
             with requests.Session() as s:
                 assert s.get(url + "/simulator/faults", timeout=10).status_code == 200
                 charge = {
@@ -91,10 +77,7 @@ def test_service_process_serves_until_sigterm_then_stops_cleanly(tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        reader.join(WAIT_S)
-        while not lines.empty():
-            seen.append(lines.get())
-    text = "".join(seen)
+        text = output.text(wait_s=WAIT_S)
     assert "ANY key" in text
     assert 'msg="sandbox stopped"' in text
     assert "Traceback" not in text

@@ -10,25 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from pathlib import Path
 from typing import Any
 
 import pytest
 import segno
 from segno import consts as segno_consts
-from segno import encoder as segno_encoder
 
 from constants.states import ErrorCode, FailReason, RefundOutcome, State
+from tests.machine_helpers import ROOT, need
 
-ROOT = Path(__file__).resolve().parent.parent
 WEB = ROOT / "web"
 NODE = shutil.which("node")
-IN_CI = os.environ.get("CI", "").lower() == "true"
 QR_LIBRARY = "vendor/qrcode-generator/qrcode.js"
 SCRIPTS = ("kiosk.js", QR_LIBRARY)
 
@@ -50,11 +46,9 @@ QRIS_SAMPLE = (
 
 
 def need_node() -> str:
-    if NODE:
-        return NODE
-    if IN_CI:
-        pytest.fail("required in CI: node, to run web/kiosk.js and its QR library")
-    pytest.skip("node is not installed")
+    need(NODE is not None, "node, to run web/kiosk.js and its QR library")
+    assert NODE is not None
+    return NODE
 
 
 def run_node(script: str, payload: Any) -> Any:
@@ -114,19 +108,6 @@ def assert_same_symbol_as_segno(text: str, ours: dict[str, Any]) -> None:
     smallest version, standard padding and Reed-Solomon blocks then agree module for module."""
     mask = mask_at_level_m(ours["rows"])
     assert ours == segno_rows(text, mask=mask), f"{len(text)} characters"
-
-
-@pytest.fixture
-def segno_standard_padding(monkeypatch: pytest.MonkeyPatch) -> None:
-    """segno adds a whole zero byte when the bit stream already ends on a codeword boundary
-    (segno issues #123 and #148); ISO/IEC 18004 7.4.10 adds padding bits only up to that
-    boundary, as qrcode-generator does. Byte mode always ends on it, so compare with segno
-    corrected."""
-
-    def write_padding_bits(buff: Any, version: int, length: int) -> None:
-        buff.extend([0] * (-length % 8))
-
-    monkeypatch.setattr(segno_encoder, "write_padding_bits", write_padding_bits)
 
 
 def byte_capacity(version: int) -> int:

@@ -7,15 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import http.client
 import json
 import os
-import selectors
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,18 +35,22 @@ from constants.tunables import (
 from cores.broker import Broker
 from cores.config import ConfigError, Settings
 from cores.protocol import FLOOD_CLOSE_FACTOR
-from cores.redis_process import RedisProcess, find_binary, free_port
+from cores.redis_process import free_port
 from services.runtime import redis_url
 from services.web_files import CONTENT_SECURITY_POLICY
-from services.websocket_service import WebsocketServer
-
-ROOT = Path(__file__).resolve().parent.parent
-MENU = [
-    {"id": "cola", "name": "Cola", "icon": "assets/cola.svg", "price": 7000, "stock": 5},
-    {"id": "tea", "name": "Iced Tea", "icon": "assets/tea.svg", "price": 6000, "stock": 0},
-]
-WAIT_S = 5
-
+from tests.kiosk_helpers import (
+    MENU,
+    WAIT_S,
+    Running,
+    error_code,
+    health,
+    http_request,
+    open_page,
+    recv,
+    send,
+    serving,
+)
+from tests.machine_helpers import ROOT, ChildOutput, child_env, machine_state
 
 # --- fixtures and helpers --------------------------------------------------------------------
 
@@ -70,60 +71,25 @@ def web_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def broker(real_redis: redis.Redis, settings: Settings) -> Broker:
-    """A machine in IDLE with a menu: cola in stock, tea sold out."""
-    broker = Broker(real_redis, settings.machine_id)
-    broker.ensure_ready(MENU)
-    return broker
-
-
-class Running:
-    def __init__(self, server: WebsocketServer, thread: threading.Thread) -> None:
-        self.server = server
-        self.thread = thread
-        self.port = server.port
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def stop(self) -> None:
-        self.server.request_stop()
-        self.thread.join(WAIT_S * 2)
-        assert not self.thread.is_alive(), "server did not stop"
+def menu() -> list[dict]:
+    """Cola in stock, tea sold out."""
+    return MENU
 
 
 @pytest.fixture
 def start_server(settings: Settings, web_dir: Path) -> Iterator[Callable[..., Running]]:
-    """Start a WebsocketServer on 127.0.0.1:0 in a thread of its own; stopped after the test."""
-    running: list[Running] = []
+    """Start WebsocketServers on 127.0.0.1:0 serving `web_dir`, each in a thread of its own;
+    all stopped after the test."""
+    with contextlib.ExitStack() as stack:
 
-    def start(
-        client: redis.Redis,
-        clock: Callable[[], float] = time.monotonic,
-        settings: Settings = settings,
-    ) -> Running:
-        server = WebsocketServer(settings, client, web_dir=web_dir, clock=clock)
-        ready = threading.Event()
-        failure: list[BaseException] = []
+        def start(
+            client: redis.Redis,
+            clock: Callable[[], float] = time.monotonic,
+            settings: Settings = settings,
+        ) -> Running:
+            return stack.enter_context(serving(settings, client, clock=clock, web_dir=web_dir))
 
-        def main() -> None:
-            try:
-                asyncio.run(server.serve("127.0.0.1", 0, ready=lambda port: ready.set()))
-            except BaseException as exc:  # surfaced below
-                failure.append(exc)
-                ready.set()
-
-        thread = threading.Thread(target=main, name="ws-server", daemon=True)
-        thread.start()
-        assert ready.wait(WAIT_S * 2), "server did not start"
-        assert not failure, failure
-        running.append(Running(server, thread))
-        return running[-1]
-
-    yield start
-    for one in running:
-        one.stop()
+        yield start
 
 
 @pytest.fixture
@@ -136,34 +102,7 @@ def pages(server: Running) -> Iterator[Callable[[], ClientConnection]]:
     """Open kiosk pages on the server; each has read its snapshot frame already."""
     # websockets 17.1+: connect() outside a `with` is deprecated; an ExitStack holds them.
     with contextlib.ExitStack() as stack:
-        yield lambda: stack.enter_context(
-            connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1)
-        )
-
-
-def recv(ws: ClientConnection) -> dict:
-    return json.loads(ws.recv(timeout=WAIT_S))
-
-
-def send(ws: ClientConnection, event: str, values: object = None) -> None:
-    frame: dict = {"event": event}
-    if values is not None:
-        frame["values"] = values
-    ws.send(json.dumps(frame))
-
-
-def error_code(frame: dict) -> str:
-    assert frame["event"] == "ERROR", frame
-    assert frame["values"]["message"]
-    return frame["values"]["code"]
-
-
-def machine(broker: Broker) -> tuple:
-    """Everything a refused command must leave as it was."""
-    snap = broker.snapshot()
-    events = broker.redis.xlen(broker.events_key)
-    sales = broker.redis.xlen(broker.sales_key)
-    return snap.state, snap.version, snap.order_id, broker.stock(), events, sales
+        yield lambda: stack.enter_context(open_page(server.ws_url))
 
 
 def on_menu(open_page: Callable[[], ClientConnection]) -> ClientConnection:
@@ -172,17 +111,6 @@ def on_menu(open_page: Callable[[], ClientConnection]) -> ClientConnection:
     send(page, "SHOW_MENU", {})
     assert recv(page)["event"] == "SHOW_MENU"
     return page
-
-
-def http_request(port: int, path: str, method: str = "GET") -> tuple[int, dict, bytes]:
-    """A raw HTTP request: the path is sent exactly as given (no '..' normalisation)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
-    try:
-        conn.request(method, path)
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        conn.close()
 
 
 # --- screens ---------------------------------------------------------------------------------
@@ -251,10 +179,10 @@ def test_order_refused_by_the_broker_is_an_error_to_the_sender_only(pages, broke
     sender = on_menu(pages)
     other = pages()
     assert recv(other)["event"] == "SHOW_MENU"
-    before = machine(broker)
+    before = machine_state(broker)
     send(sender, "ORDER", {"id": drink, "total": 1})
     assert error_code(recv(sender)) == code
-    assert machine(broker) == before
+    assert machine_state(broker) == before
     # The other page's next frame is the next broadcast: it never saw the ERROR.
     send(sender, "SHOW_MENU", {})
     assert recv(other)["event"] == "SHOW_MENU"
@@ -264,12 +192,12 @@ def test_order_refused_by_the_broker_is_an_error_to_the_sender_only(pages, broke
 def test_command_in_the_wrong_state_is_refused_and_changes_nothing(pages, broker):
     page = pages()
     assert recv(page)["event"] == "IDLE"
-    before = machine(broker)
+    before = machine_state(broker)
     send(page, "CANCEL", {})
     assert error_code(recv(page)) == "wrong_state"
     send(page, "ORDER", {"id": "cola", "total": 1})
     assert error_code(recv(page)) == "wrong_state"
-    assert machine(broker) == before
+    assert machine_state(broker) == before
 
 
 @pytest.mark.parametrize(
@@ -296,10 +224,10 @@ def test_malformed_frame_gets_an_error_and_changes_nothing(pages, broker, frame,
     page = on_menu(pages)
     other = pages()
     assert recv(other)["event"] == "SHOW_MENU"
-    before = machine(broker)
+    before = machine_state(broker)
     page.send(frame)
     assert error_code(recv(page)) == code
-    assert machine(broker) == before
+    assert machine_state(broker) == before
     # The connection stays usable, and the other page saw no echo and no ERROR.
     send(page, "CANCEL", {})
     assert recv(page)["event"] == "IDLE"
@@ -308,13 +236,13 @@ def test_malformed_frame_gets_an_error_and_changes_nothing(pages, broker, frame,
 
 def test_frame_larger_than_4_kib_closes_the_connection_with_1009(pages, broker):
     page = on_menu(pages)
-    before = machine(broker)
+    before = machine_state(broker)
     padding = " " * CLIENT_FRAME_MAX_BYTES
     page.send('{"event":"ORDER","values":{"id":"cola","total":1}}' + padding)
     with pytest.raises(ConnectionClosed) as closed:
         page.recv(timeout=WAIT_S)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
-    assert machine(broker) == before
+    assert machine_state(broker) == before
 
 
 def test_frame_of_exactly_4_kib_is_still_handled(pages, broker):
@@ -327,15 +255,15 @@ def test_frame_of_exactly_4_kib_is_still_handled(pages, broker):
 def test_flooding_page_is_rate_limited_then_closed_with_1008(start_server, broker):
     # A frozen clock: every frame arrives at the same instant, whatever the machine's speed.
     server = start_server(broker.redis, clock=lambda: 1000.0)
-    with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
+    with open_page(server.ws_url) as page:
         assert recv(page)["event"] == "IDLE"
         for _ in range(CLIENT_FRAMES_BURST):
             send(page, "CANCEL", {})
             assert error_code(recv(page)) == "wrong_state"
-        before = machine(broker)
+        before = machine_state(broker)
         send(page, "SHOW_MENU", {})
         assert error_code(recv(page)) == "rate_limited"
-        assert machine(broker) == before
+        assert machine_state(broker) == before
         codes = []
         with pytest.raises(ConnectionClosed) as closed:
             for _ in range(CLIENT_FRAMES_BURST * FLOOD_CLOSE_FACTOR):
@@ -344,13 +272,13 @@ def test_flooding_page_is_rate_limited_then_closed_with_1008(start_server, broke
                 codes.append(error_code(recv(page)))
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         assert set(codes) == {"rate_limited"}
-        assert machine(broker) == before
+        assert machine_state(broker) == before
 
 
 def test_calm_page_is_never_rate_limited(start_server, broker):
     now = [0.0]
     server = start_server(broker.redis, clock=lambda: now[0])
-    with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
+    with open_page(server.ws_url) as page:
         assert recv(page)["event"] == "IDLE"
         for _ in range(CLIENT_FRAMES_PER_S * 3):
             now[0] += 1.0 / CLIENT_FRAMES_PER_S + 0.001
@@ -490,12 +418,6 @@ def close_code_after_frames(sock: socket.socket) -> int:
             return int.from_bytes(payload[:2], "big")
 
 
-def health(port: int) -> dict:
-    status, _, body = http_request(port, "/healthz")
-    assert status == 200, body
-    return json.loads(body)
-
-
 def test_page_that_reads_nothing_is_closed_once_its_unsent_frames_pass_the_limit(
     server, pages, broker
 ):
@@ -558,19 +480,17 @@ def test_health_is_503_when_redis_is_down(start_server, dead_redis):
 
 def test_commands_get_unavailable_when_redis_is_down(start_server, dead_redis):
     server = start_server(dead_redis)
-    with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
+    with open_page(server.ws_url) as page:
         assert error_code(recv(page)) == "unavailable"
         send(page, "SHOW_MENU", {})
         assert error_code(recv(page)) == "unavailable"
 
 
 def test_relay_recovers_after_a_redis_restart_and_redraws_every_page(
-    start_server, settings, tmp_path
+    start_server, settings, start_redis_server
 ):
     """Redis dies and comes back empty: pages get the current screen, then new frames."""
-    if find_binary() is None:
-        pytest.skip("no redis-server")
-    process = RedisProcess(tmp_path / "redis", appendonly=False).start()
+    process = start_redis_server(appendonly=False)
     # No client-side retries: the relay must see the outage itself, not have it papered over.
     client = redis.Redis.from_url(
         process.url, decode_responses=True, socket_timeout=5, retry=Retry(NoBackoff(), 0)
@@ -580,7 +500,7 @@ def test_relay_recovers_after_a_redis_restart_and_redraws_every_page(
         broker.ensure_ready(MENU)
         broker.show_menu()
         server = start_server(client)
-        with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
+        with open_page(server.ws_url) as page:
             assert recv(page)["event"] == "SHOW_MENU"
             process.stop()
             status, _, _ = http_request(server.port, "/healthz")
@@ -595,7 +515,6 @@ def test_relay_recovers_after_a_redis_restart_and_redraws_every_page(
             assert [f["event"] for f in frames] in (["SHOW_MENU"], ["IDLE", "SHOW_MENU"])
     finally:
         client.close()
-        process.stop()
 
 
 # --- HTTP ------------------------------------------------------------------------------------
@@ -697,7 +616,7 @@ def test_websocket_from_the_pages_own_origin_a_file_page_or_no_browser_is_accept
 ):
     if origin == "own":
         origin = f"http://127.0.0.1:{server.port}"
-    with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1, origin=origin) as page:
+    with open_page(server.ws_url, origin=origin) as page:
         assert recv(page)["event"] == "IDLE"
 
 
@@ -706,10 +625,10 @@ def test_websocket_from_the_pages_own_origin_a_file_page_or_no_browser_is_accept
     ["http://evil.example", "http://localhost:{port}", "http://127.0.0.1:1", "https://x.test:{port}"],
 )
 def test_websocket_from_another_origin_is_refused_with_403(server, broker, origin):
-    before = machine(broker)
+    before = machine_state(broker)
     assert refused_status(server.ws_url, origin.format(port=server.port)) == 403
     assert health(server.port)["pages"] == 0
-    assert machine(broker) == before
+    assert machine_state(broker) == before
 
 
 @pytest.mark.parametrize(
@@ -734,7 +653,7 @@ def test_websocket_from_an_origin_of_kiosk_allowed_origins_is_accepted(
     )
     server = start_server(broker.redis, settings=listed)
     for origin in ("http://kiosk.local:8080", "https://shop.example"):
-        with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1, origin=origin) as page:
+        with open_page(server.ws_url, origin=origin) as page:
             assert recv(page)["event"] == "IDLE"
     assert refused_status(server.ws_url, "http://kiosk.local:9090") == 403
 
@@ -769,7 +688,7 @@ def test_content_security_policy_allows_what_the_kiosk_page_loads_and_nothing_el
 
 def test_stopping_the_server_closes_pages_with_going_away(start_server, broker):
     server = start_server(broker.redis)
-    with connect(server.ws_url, open_timeout=WAIT_S, close_timeout=1) as page:
+    with open_page(server.ws_url) as page:
         assert recv(page)["event"] == "IDLE"
         server.stop()
         with pytest.raises(ConnectionClosed) as closed:
@@ -789,17 +708,11 @@ def test_missing_redis_url_is_a_config_error_naming_redis_url(tmp_path):
         redis_url(Settings(var_dir=tmp_path))
 
 
-def _entry_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "WS_"))}
-    env.update(extra)
-    return env
-
-
 def test_entry_script_exits_2_on_invalid_configuration(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "websocket_server.py")],
         cwd=tmp_path,
-        env=_entry_env(WS_PORT="not-a-port"),
+        env=child_env(WS_PORT="not-a-port"),
         capture_output=True,
         text=True,
         timeout=30,
@@ -813,15 +726,17 @@ def test_entry_script_serves_until_sigterm_then_exits_0(tmp_path, redis_server, 
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "websocket_server.py"), "--port", str(port)],
         cwd=tmp_path,
-        env=_entry_env(REDIS_URL=redis_server.url, VAR_DIR=str(tmp_path / "var")),
+        env=child_env(REDIS_URL=redis_server.url, VAR_DIR=str(tmp_path / "var")),
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert process.stderr is not None
+    output = ChildOutput(process.stderr)
     try:
-        assert _wait_for_line(process, "websocket server listening", timeout_s=30)
+        output.wait_for("websocket server listening", timeout_s=30)
         status, _, body = http_request(port, "/healthz")
         assert status == 200 and json.loads(body)["redis"] == "ok"
-        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=WAIT_S) as page:
+        with open_page(f"ws://127.0.0.1:{port}/ws") as page:
             assert recv(page)["event"] == "IDLE"
             process.send_signal(signal.SIGTERM)
             with pytest.raises(ConnectionClosed):
@@ -832,21 +747,4 @@ def test_entry_script_serves_until_sigterm_then_exits_0(tmp_path, redis_server, 
         if process.poll() is None:
             process.kill()
             process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
-
-
-def _wait_for_line(process: subprocess.Popen, text: str, timeout_s: float) -> bool:
-    assert process.stderr is not None
-    deadline = time.monotonic() + timeout_s
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stderr, selectors.EVENT_READ)
-        while time.monotonic() < deadline:
-            if not selector.select(timeout=deadline - time.monotonic()):
-                continue
-            line = process.stderr.readline()
-            if not line:
-                return False
-            if text in line:
-                return True
-    return False
+        output.text(wait_s=WAIT_S)  # the reader ends with the pipe, and closes it

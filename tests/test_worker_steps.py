@@ -18,18 +18,8 @@ from services.dispense_service import DispenseWorker
 from services.late_payments import Desk, LatePayments
 from services.order_created_service import OrderCreatedWorker
 from services.order_service import OrderWorker
-from services.runtime import load_menu
 from services.screen_service import ScreenWorker
-
-T0 = 1_800_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.machine_helpers import T0
 
 
 def txn(order_id: str, status: str, amount: int = 7000, **extra: str) -> Transaction:
@@ -92,14 +82,10 @@ class Dispenser:
 
 
 @pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def broker(fake_redis, settings, clock):
+def broker(fake_redis, menu, settings, clock):
+    """The machine on fakeredis, on the test's clock."""
     b = Broker(fake_redis, settings.machine_id, clock=clock)
-    b.ensure_ready(load_menu(settings.menu_file))
+    b.ensure_ready(menu)
     return b
 
 
