@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test lint format screenshots chaos clean
+.PHONY: run test test-fast lint format screenshots chaos clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(VENV)/.dev
 		  apt-get install -y -qq chromium zbar-tools >/dev/null; } || \
 		echo "Chromium or zbarimg missing: browser tests skip (they fail when CI=true)"
 	$(PY) -m pytest
+
+# The unit tests only: no redis-server, no process of the machine, no browser (under a minute).
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest -m "not integration and not browser and not slow"
 
 screenshots: $(VENV)/.dev
 	$(PY) docs/screenshots.py

@@ -6,8 +6,12 @@ the real Redis (`broker`, with the `menu` a module may override), the local Midt
 the notification receiver, a check that no server logged an error, Chromium for Playwright.
 
 Markers (pyproject.toml) are set here from the fixtures a test uses: `integration` for a real
-redis-server, `browser` for Chromium. A test that starts processes of the machine, or runs for
-seconds, says so itself with `pytestmark` or a mark of its own.
+redis-server, `browser` for Chromium. Where the fixtures do not tell, a test says so itself
+(`pytestmark` or a mark of its own): `integration` when it starts processes of the machine
+(main.py, websocket_server.py, the sandbox service), `slow` when it runs for more than about
+3 s on its own (the chaos soak, a kill -9 and restart, every fuzz test under the long
+profile). The real half of a test parametrized over fakeredis and a real Redis carries
+`integration` on its parameter. `make test-fast` runs what carries none of the three.
 
 Tests that need a real redis-server or Chromium skip with a reason on a laptop that lacks
 them, and fail instead when CI=true (tests/machine_helpers.need).

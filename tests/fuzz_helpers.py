@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -34,7 +35,13 @@ PROFILE = "long" if os.environ.get("HYPOTHESIS_PROFILE") == "long" else "fuzz"
 FUZZ = settings.get_profile(PROFILE)
 #: pytest-timeout per test: the long profile runs for minutes.
 TIMEOUT_S = 1800 if PROFILE == "long" else 300
-fuzz_test = pytest.mark.timeout(TIMEOUT_S)
+
+
+def fuzz_test(test: Callable) -> Callable:
+    """A fuzz test's marks: its timeout, and `slow` under the long profile."""
+    test = pytest.mark.timeout(TIMEOUT_S)(test)
+    return pytest.mark.slow(test) if PROFILE == "long" else test
+
 #: Settings of the regression tests: their explicit examples first, then a few more.
 PINNED = settings(FUZZ, max_examples=10, phases=[Phase.explicit, Phase.generate])
 

@@ -97,6 +97,7 @@ def test_cancel_on_the_qr_screen_cancels_the_midtrans_transaction(up, kiosk):
     kiosk.until("IDLE")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("worker", ["order", "order_created"])
 def test_kill_9_of_a_payment_worker_mid_step_still_completes_the_purchase_once(up, kiosk,
                                                                                worker):
@@ -128,6 +129,7 @@ def test_kill_9_of_a_payment_worker_mid_step_still_completes_the_purchase_once(u
     assert [v["order_id"] for v in vends] == [order_id]
 
 
+@pytest.mark.slow
 def test_kill_9_of_the_dispense_worker_mid_vend_is_never_vended_twice(tmp_path):
     up = launch(tmp_path, DISPENSE_S="3")
     try:

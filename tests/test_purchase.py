@@ -281,6 +281,7 @@ def test_menu_returns_to_idle_after_inactivity(broker, sandbox, settings):
         m.stop()
 
 
+@pytest.mark.slow
 def test_a_gateway_silent_past_the_charge_expiry_ends_the_order_with_a_recheck(
         broker, sandbox, settings):
     m = Machine(broker, sandbox, settings)

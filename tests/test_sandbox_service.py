@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import requests
 
 from cores.config import Settings
@@ -37,6 +38,7 @@ def test_service_builds_the_sandbox_from_settings_with_its_ledger_under_var_dir(
     assert sb.directory == tmp_path / "sandbox"
 
 
+@pytest.mark.integration
 def test_service_process_serves_until_sigterm_then_stops_cleanly(tmp_path):
     script = (
         "import sys\n"

@@ -708,6 +708,7 @@ def test_missing_redis_url_is_a_config_error_naming_redis_url(tmp_path):
         redis_url(Settings(var_dir=tmp_path))
 
 
+@pytest.mark.integration
 def test_entry_script_exits_2_on_invalid_configuration(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "websocket_server.py")],

@@ -125,6 +125,7 @@ def test_a_worker_process_exits_cleanly_on_sigterm(redis_server, real_redis, tmp
     assert "worker stopped" in out
 
 
+@pytest.mark.integration
 def test_invalid_configuration_stops_a_process_at_start_naming_the_variable(tmp_path):
     env = service_env("redis://127.0.0.1:1/0", tmp_path, PAYMENT_DEADLINE_S="0")
     proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--service", "ORDER"],
