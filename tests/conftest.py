@@ -192,6 +192,7 @@ def segno_standard_padding(monkeypatch: pytest.MonkeyPatch) -> None:
     (segno issues #123 and #148); ISO/IEC 18004 7.4.10 adds padding bits only up to that
     boundary, as qrcode-generator (which web/kiosk.js uses) does. Byte mode always ends on
     it, so compare with segno corrected."""
+
     def write_padding_bits(buff: Any, version: int, length: int) -> None:
         buff.extend([0] * (-length % 8))
 

@@ -42,6 +42,7 @@ def fuzz_test(test: Callable) -> Callable:
     test = pytest.mark.timeout(TIMEOUT_S)(test)
     return pytest.mark.slow(test) if PROFILE == "long" else test
 
+
 #: Settings of the regression tests: their explicit examples first, then a few more.
 PINNED = settings(FUZZ, max_examples=10, phases=[Phase.explicit, Phase.generate])
 

@@ -57,6 +57,7 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
+
 #: Workers run in a thread by a test sleep on Redis this long at most, so that a stop from
 #: the test's thread is seen at once (a signal interrupts the sleep; a thread cannot).
 TEST_BLOCK_S = 0.05
@@ -86,8 +87,13 @@ def run_until(worker: Worker, done: Callable[[], bool], timeout_s: float = 10.0)
         stop_worker(worker, thread)
 
 
-def eventually(check: Callable[[], object], timeout_s: float = 10.0, what: str = "condition",
-               interval_s: float = 0.01, pause: Callable[[float], None] = time.sleep) -> object:
+def eventually(
+    check: Callable[[], object],
+    timeout_s: float = 10.0,
+    what: str = "condition",
+    interval_s: float = 0.01,
+    pause: Callable[[float], None] = time.sleep,
+) -> object:
     """Return `check()`'s first truthy answer; fail the test after `timeout_s`.
 
     For what has no event to block on (another process's files, an HTTP peer, a thread's
@@ -105,8 +111,13 @@ def eventually(check: Callable[[], object], timeout_s: float = 10.0, what: str =
         pause(interval_s)
 
 
-def wait_entry(broker: Broker, cursor: dict[str, str], match: Callable[[dict], bool],
-               timeout_s: float = 15.0, what: str = "an entry") -> dict:
+def wait_entry(
+    broker: Broker,
+    cursor: dict[str, str],
+    match: Callable[[dict], bool],
+    timeout_s: float = 15.0,
+    what: str = "an entry",
+) -> dict:
     """Block on the events and commands streams from `cursor` until an entry whose fields
     `match`; fail the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -122,8 +133,9 @@ def wait_entry(broker: Broker, cursor: dict[str, str], match: Callable[[dict], b
             seen.append(fields)
 
 
-def desk_result(server: NotificationServer, order_id: str, skip: Collection[str] = (),
-                timeout_s: float = 10.0) -> str:
+def desk_result(
+    server: NotificationServer, order_id: str, skip: Collection[str] = (), timeout_s: float = 10.0
+) -> str:
     """The late-payment desk's first result for `order_id` that is not in `skip`."""
 
     def result() -> str | None:
@@ -135,8 +147,9 @@ def desk_result(server: NotificationServer, order_id: str, skip: Collection[str]
     return eventually(result, timeout_s, f"the desk's result for {order_id!r}")
 
 
-def wait_for(broker: Broker, done: Callable[[Snapshot], bool], timeout_s: float = 15.0,
-             what: str = "state") -> Snapshot:
+def wait_for(
+    broker: Broker, done: Callable[[Snapshot], bool], timeout_s: float = 15.0, what: str = "state"
+) -> Snapshot:
     """Block on the events stream until `done(snapshot)`; fail the test after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     cursor = broker.cursor()
@@ -146,8 +159,10 @@ def wait_for(broker: Broker, done: Callable[[Snapshot], bool], timeout_s: float 
             return snap
         left = deadline - time.monotonic()
         if left <= 0:
-            raise AssertionError(f"timed out waiting for {what}; machine is {snap.state} "
-                                 f"(events: {states_seen(broker)})")
+            raise AssertionError(
+                f"timed out waiting for {what}; machine is {snap.state} "
+                f"(events: {states_seen(broker)})"
+            )
         cursor, _ = broker.wait(cursor, min(left, 0.5))
 
 
@@ -236,8 +251,9 @@ class ChildOutput:
             try:
                 line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
-                raise AssertionError(f"no line with {text!r} within {timeout_s} s: "
-                                     f"{self.text()!r}") from None
+                raise AssertionError(
+                    f"no line with {text!r} within {timeout_s} s: {self.text()!r}"
+                ) from None
             if line is None:
                 raise AssertionError(f"output ended without {text!r}: {self.text()!r}")
             self.lines.append(line)

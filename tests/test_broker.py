@@ -72,7 +72,14 @@ def events(broker: Broker) -> list[dict]:
 def to_order_created(broker: Broker, drink: str = "cola") -> str:
     broker.show_menu()
     oid = broker.place_order(drink)
-    assert broker.transition(Transition(State.ORDER_CREATED, (State.MENU_CLICKED,), oid, {"order_id": oid, "qr_string": "000201"}))
+    assert broker.transition(
+        Transition(
+            State.ORDER_CREATED,
+            (State.MENU_CLICKED,),
+            oid,
+            {"order_id": oid, "qr_string": "000201"},
+        )
+    )
     return oid
 
 
@@ -375,7 +382,15 @@ def test_cancel_with_nothing_to_cancel_is_refused_and_changes_nothing(broker, cl
 def test_transition_from_a_state_the_machine_is_not_in_is_refused(broker, client):
     oid = to_order_created(broker)
     before = dump(client)
-    assert not broker.transition(Transition(State.DISPENSED, (State.DISPENSING,), oid, {}, Effects(sale={"kind": Sale.PAID}, order_fields={"x": 1}, stock_drink="cola")))
+    assert not broker.transition(
+        Transition(
+            State.DISPENSED,
+            (State.DISPENSING,),
+            oid,
+            {},
+            Effects(sale={"kind": Sale.PAID}, order_fields={"x": 1}, stock_drink="cola"),
+        )
+    )
     assert dump(client) == before
 
 
@@ -392,15 +407,26 @@ def test_an_effect_a_move_may_not_write_is_a_bug_raised_and_changes_nothing(brok
     oid = to_order_created(broker)
     before = dump(client)
     with pytest.raises(IllegalTransition, match="cannot write stock"):
-        broker.transition(Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), oid, {},
-                                     Effects(stock_drink="cola")))
+        broker.transition(
+            Transition(
+                State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), oid, {}, Effects(stock_drink="cola")
+            )
+        )
     assert dump(client) == before
 
 
 def test_transition_for_another_order_is_refused(broker, client):
     to_order_created(broker)
     before = dump(client)
-    assert not broker.transition(Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), "vm-1-other", {}, Effects(sale={"kind": Sale.PAID}, order_fields={"x": 1})))
+    assert not broker.transition(
+        Transition(
+            State.PAYMENT_SUCCESS,
+            (State.ORDER_CREATED,),
+            "vm-1-other",
+            {},
+            Effects(sale={"kind": Sale.PAID}, order_fields={"x": 1}),
+        )
+    )
     assert dump(client) == before
 
 
@@ -408,9 +434,15 @@ def test_transition_with_a_stale_version_is_refused(broker, client):
     oid = to_order_created(broker)
     version = broker.snapshot().version
     before = dump(client)
-    assert not broker.transition(Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), oid, {}, expect_version=version - 1))
+    assert not broker.transition(
+        Transition(
+            State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), oid, {}, expect_version=version - 1
+        )
+    )
     assert dump(client) == before
-    assert broker.transition(Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), oid, {}, expect_version=version))
+    assert broker.transition(
+        Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), oid, {}, expect_version=version)
+    )
 
 
 def test_applied_transition_writes_everything_it_was_given(broker, client, clock):
@@ -420,7 +452,20 @@ def test_applied_transition_writes_everything_it_was_given(broker, client, clock
     clock.now = T0 + 30
     values = {"order_id": oid, "amount": 7000}
 
-    assert broker.transition(Transition(State.PAYMENT_FAILED, (State.MENU_CLICKED, State.ORDER_CREATED), oid, values, Effects(sale={"kind": Sale.VEND_UNKNOWN, "amount": 7000, "note": None}, order_fields={"outcome": "x", "paid": True, "detail": {"a": 1}}, operator={"kind": "vend_unknown", "amount": 7000}, recheck_at=T0 + 90)))
+    assert broker.transition(
+        Transition(
+            State.PAYMENT_FAILED,
+            (State.MENU_CLICKED, State.ORDER_CREATED),
+            oid,
+            values,
+            Effects(
+                sale={"kind": Sale.VEND_UNKNOWN, "amount": 7000, "note": None},
+                order_fields={"outcome": "x", "paid": True, "detail": {"a": 1}},
+                operator={"kind": "vend_unknown", "amount": 7000},
+                recheck_at=T0 + 90,
+            ),
+        )
+    )
 
     snap = broker.snapshot()
     assert snap.state is State.PAYMENT_FAILED
@@ -457,17 +502,29 @@ def test_applied_transition_writes_everything_it_was_given(broker, client, clock
 def test_a_dispensed_drink_takes_one_unit_of_its_stock_in_the_same_transition(broker):
     oid = to_order_created(broker)
     stock = broker.stock()["cola"]
-    for frm, to in ((State.ORDER_CREATED, State.PAYMENT_SUCCESS),
-                    (State.PAYMENT_SUCCESS, State.DISPENSING)):
+    for frm, to in (
+        (State.ORDER_CREATED, State.PAYMENT_SUCCESS),
+        (State.PAYMENT_SUCCESS, State.DISPENSING),
+    ):
         assert broker.transition(Transition(to, (frm,), oid, {}))
-    assert broker.transition(Transition(State.DISPENSED, (State.DISPENSING,), oid, {},
-                                        Effects(stock_drink="cola")))
+    assert broker.transition(
+        Transition(State.DISPENSED, (State.DISPENSING,), oid, {}, Effects(stock_drink="cola"))
+    )
     assert broker.stock()["cola"] == stock - 1
 
 
 def test_transition_that_clears_the_order_records_the_sale_under_the_old_order(broker):
     oid = to_order_created(broker)
-    assert broker.transition(Transition(State.PAYMENT_FAILED, (State.ORDER_CREATED,), oid, {}, Effects(sale={"kind": Sale.CANCELLED}), new_order_id=None))
+    assert broker.transition(
+        Transition(
+            State.PAYMENT_FAILED,
+            (State.ORDER_CREATED,),
+            oid,
+            {},
+            Effects(sale={"kind": Sale.CANCELLED}),
+            new_order_id=None,
+        )
+    )
     assert broker.snapshot().order_id is None
     assert broker.sales()[-1]["order_id"] == oid
 
@@ -482,8 +539,10 @@ def test_transition_without_sale_appends_no_sale(broker):
 def reset(client, broker: Broker, state: State, order_id: str) -> None:
     """Put the machine in `state` for `order_id`, as a test's set-up (not a transition)."""
     snap = broker.snapshot()
-    client.hset(broker.state_key, mapping={"state": str(state), "order_id": order_id,
-                                           "version": snap.version, "tid": ""})
+    client.hset(
+        broker.state_key,
+        mapping={"state": str(state), "order_id": order_id, "version": snap.version, "tid": ""},
+    )
 
 
 def race(client, order_id: str, targets: tuple[State, ...]) -> dict[State, bool]:
@@ -494,7 +553,15 @@ def race(client, order_id: str, targets: tuple[State, ...]) -> dict[State, bool]
     def decide(to: State) -> None:
         racer = Broker(client, MACHINE)
         barrier.wait(timeout=10)
-        results[to] = racer.transition(Transition(to, (State.ORDER_CREATED,), order_id, {"order_id": order_id}, Effects(sale={"kind": str(to)})))
+        results[to] = racer.transition(
+            Transition(
+                to,
+                (State.ORDER_CREATED,),
+                order_id,
+                {"order_id": order_id},
+                Effects(sale={"kind": str(to)}),
+            )
+        )
 
     threads = [threading.Thread(target=decide, args=(to,)) for to in targets]
     for t in threads:
@@ -537,7 +604,14 @@ def test_events_count_equals_the_applied_transitions(broker, client):
         broker.transition(Transition(State.ORDER_CREATED, (State.MENU_CLICKED,), oid, {})),
         broker.transition(Transition(State.ORDER_CREATED, (State.MENU_CLICKED,), oid, {})),
         broker.transition(Transition(State.PAYMENT_FAILED, (State.ORDER_CREATED,), "other", {})),
-        broker.transition(Transition(State.PAYMENT_FAILED, (State.ORDER_CREATED,), oid, {"reason": str(FailReason.CANCELLED)})),
+        broker.transition(
+            Transition(
+                State.PAYMENT_FAILED,
+                (State.ORDER_CREATED,),
+                oid,
+                {"reason": str(FailReason.CANCELLED)},
+            )
+        ),
     ]
     assert outcomes == [True, False, False, True]
     applied += sum(outcomes)

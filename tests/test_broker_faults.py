@@ -52,8 +52,9 @@ def test_an_order_whose_reply_was_lost_returns_its_id_and_exists_once(broker, mo
     assert [s["kind"] for s in broker.sales()].count("ordered") == 1
 
 
-def test_the_desk_survives_a_redis_outage_and_answers_503_meanwhile(start_redis_server, menu,
-                                                                    caplog):
+def test_the_desk_survives_a_redis_outage_and_answers_503_meanwhile(
+    start_redis_server, menu, caplog
+):
     server = start_redis_server(appendonly=True)
     client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=5)
     broker = Broker(client, "vm-1")

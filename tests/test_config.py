@@ -203,7 +203,6 @@ def test_invalid_value_raises_config_error_naming_the_variable(var, raw):
     assert isinstance(info.value, ValueError)
 
 
-
 def test_kiosk_allowed_origins_are_read_comma_separated():
     s = Settings.from_env(
         {"KIOSK_ALLOWED_ORIGINS": " http://kiosk.local:3333, https://shop.example ,, "}

@@ -35,7 +35,8 @@ def test_every_state_can_be_reached_from_idle_and_leads_back_to_idle():
 
 def test_stock_is_taken_only_when_a_drink_is_dispensed():
     assert [move for move, effects in TRANSITIONS.items() if Effect.STOCK in effects] == [
-        (State.DISPENSING, State.DISPENSED)]
+        (State.DISPENSING, State.DISPENSED)
+    ]
 
 
 def test_money_is_recorded_only_on_moves_of_an_order():
@@ -50,21 +51,42 @@ def test_no_customer_is_interrupted_by_maintenance():
 
 
 def test_a_transition_with_legal_effects_passes_the_check():
-    Transition(State.DISPENSED, (State.DISPENSING,), "o-1", {},
-               Effects(sale={"kind": "dispensed"}, stock_drink="cola",
-                       order_fields={"outcome": "dispensed"})).check()
+    Transition(
+        State.DISPENSED,
+        (State.DISPENSING,),
+        "o-1",
+        {},
+        Effects(
+            sale={"kind": "dispensed"}, stock_drink="cola", order_fields={"outcome": "dispensed"}
+        ),
+    ).check()
 
 
-@pytest.mark.parametrize(("move", "message"), [
-    (Transition(State.DISPENSED, (State.ORDER_CREATED,), "o-1", {}), "not a move"),
-    (Transition(State.PAYMENT_SUCCESS, (State.ORDER_CREATED,), "o-1", {},
-                Effects(stock_drink="cola")), "cannot write stock"),
-    (Transition(State.IDLE, (State.SHOW_MENU,), None, {}, Effects(sale={"kind": "x"})),
-     "cannot write sale"),
-    (Transition(State.IDLE, (), None, {}), "from no state"),
-    (Transition(State.OUT_OF_SERVICE, (State.IDLE, State.ORDER_CREATED), None, {}),
-     "ORDER_CREATED -> OUT_OF_SERVICE"),
-])
+@pytest.mark.parametrize(
+    ("move", "message"),
+    [
+        (Transition(State.DISPENSED, (State.ORDER_CREATED,), "o-1", {}), "not a move"),
+        (
+            Transition(
+                State.PAYMENT_SUCCESS,
+                (State.ORDER_CREATED,),
+                "o-1",
+                {},
+                Effects(stock_drink="cola"),
+            ),
+            "cannot write stock",
+        ),
+        (
+            Transition(State.IDLE, (State.SHOW_MENU,), None, {}, Effects(sale={"kind": "x"})),
+            "cannot write sale",
+        ),
+        (Transition(State.IDLE, (), None, {}), "from no state"),
+        (
+            Transition(State.OUT_OF_SERVICE, (State.IDLE, State.ORDER_CREATED), None, {}),
+            "ORDER_CREATED -> OUT_OF_SERVICE",
+        ),
+    ],
+)
 def test_a_move_or_effect_outside_the_table_is_refused_as_a_bug(move, message):
     with pytest.raises(IllegalTransition, match=message):
         move.check()
@@ -72,8 +94,7 @@ def test_a_move_or_effect_outside_the_table_is_refused_as_a_bug(move, message):
 
 def test_a_transition_keeps_its_order_unless_told_otherwise():
     assert Transition(State.IDLE, (State.IDLE,), "o-1", {}).next_order_id == "o-1"
-    assert Transition(State.IDLE, (State.IDLE,), "o-1", {}, new_order_id=None
-                      ).next_order_id is None
+    assert Transition(State.IDLE, (State.IDLE,), "o-1", {}, new_order_id=None).next_order_id is None
 
 
 def test_the_diagram_lists_every_move_once_with_its_effects():
@@ -85,8 +106,8 @@ def test_the_diagram_lists_every_move_once_with_its_effects():
 def test_the_readme_state_table_is_the_machine_table():
     """README's "States" block is `python -m cores.machine`'s output: a new move updates it."""
     text = README.read_text(encoding="utf-8")
-    found = re.search(r"<!-- states:begin -->\n```\n(.*?)\n```\n<!-- states:end -->", text,
-                      re.S)
+    found = re.search(r"<!-- states:begin -->\n```\n(.*?)\n```\n<!-- states:end -->", text, re.S)
     assert found, "README.md has no <!-- states:begin --> block"
     assert found.group(1) == machine.diagram(), (
-        "README.md's state table is stale: paste `python -m cores.machine` into it")
+        "README.md's state table is stale: paste `python -m cores.machine` into it"
+    )

@@ -21,8 +21,11 @@ def test_sigterm_stops_an_idle_machine_without_waiting_out_its_sleeping_workers(
     services = [*WORKERS, Service.NOTIFICATION]
     try:
         # Every worker has beaten once and gone to sleep on Redis.
-        eventually(lambda: all(machine.broker.heartbeats(services).values()), 15,
-                   what="every worker's first heartbeat")
+        eventually(
+            lambda: all(machine.broker.heartbeats(services).values()),
+            15,
+            what="every worker's first heartbeat",
+        )
     finally:
         # The supervisor kills a child that has not stopped 10 s after SIGTERM; a worker
         # sleeping out its HEARTBEAT_EVERY_S would be killed, and the stop would take longer.

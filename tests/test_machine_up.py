@@ -79,9 +79,13 @@ def test_malformed_frames_and_a_forged_payment_success_change_nothing(up, kiosk)
     kiosk.send("SHOW_MENU")
     kiosk.until("SHOW_MENU")
     before = up.broker.snapshot()
-    for raw in ("not json", "[]", '{"event": "PAYMENT_SUCCESS", "values": {}}',
-                '{"event": "ORDER", "values": {"id": "cola", "total": 2}}',
-                '{"event": "ORDER", "values": {"id": 5, "total": 1}}'):
+    for raw in (
+        "not json",
+        "[]",
+        '{"event": "PAYMENT_SUCCESS", "values": {}}',
+        '{"event": "ORDER", "values": {"id": "cola", "total": 2}}',
+        '{"event": "ORDER", "values": {"id": 5, "total": 1}}',
+    ):
         kiosk.send_raw(raw)
         assert kiosk.until("ERROR")["event"] == "ERROR"
     assert up.broker.snapshot() == before
@@ -99,8 +103,7 @@ def test_cancel_on_the_qr_screen_cancels_the_midtrans_transaction(up, kiosk):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("worker", ["order", "order_created"])
-def test_kill_9_of_a_payment_worker_mid_step_still_completes_the_purchase_once(up, kiosk,
-                                                                               worker):
+def test_kill_9_of_a_payment_worker_mid_step_still_completes_the_purchase_once(up, kiosk, worker):
     if worker == "order":
         up.faults(LATENCY_MS=1500)  # the charge is in flight when the worker dies
         kiosk.send("SHOW_MENU")

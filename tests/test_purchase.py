@@ -39,13 +39,15 @@ class Machine:
     """The four workers in threads around one Broker, as `main.py up` runs them."""
 
     def __init__(self, broker: Broker, sandbox: Sandbox, settings, failure_rate: float = 0.0):
-        self.settings = settings.replace(midtrans_base_url_override=sandbox.url,
-                                         dispense_failure_rate=failure_rate)
+        self.settings = settings.replace(
+            midtrans_base_url_override=sandbox.url, dispense_failure_rate=failure_rate
+        )
         self.broker = broker
         self.sandbox = sandbox
         self.client = MidtransClient.from_settings(self.settings)
-        self.dispenser = SimulatedDispenser(self.settings.var_dir, self.settings.dispense_s,
-                                            failure_rate)
+        self.dispenser = SimulatedDispenser(
+            self.settings.var_dir, self.settings.dispense_s, failure_rate
+        )
         self.workers = [
             OrderWorker(self.broker, self.client, self.settings),
             OrderCreatedWorker(self.broker, self.client, self.settings),
@@ -99,10 +101,21 @@ def test_paid_cola_is_dispensed_once_stock_drops_and_sales_record_it(machine):
     wait_state(machine.broker, State.IDLE)
 
     assert compress(states_seen(machine.broker)) == [
-        "IDLE", "SHOW_MENU", "MENU_CLICKED", "ORDER_CREATED", "PAYMENT_SUCCESS", "DISPENSING",
-        "DISPENSED", "IDLE"]
+        "IDLE",
+        "SHOW_MENU",
+        "MENU_CLICKED",
+        "ORDER_CREATED",
+        "PAYMENT_SUCCESS",
+        "DISPENSING",
+        "DISPENSED",
+        "IDLE",
+    ]
     assert sale_kinds(machine.broker, order_id) == [
-        Sale.ORDERED, Sale.CHARGED, Sale.PAID, Sale.DISPENSED]
+        Sale.ORDERED,
+        Sale.CHARGED,
+        Sale.PAID,
+        Sale.DISPENSED,
+    ]
     assert machine.broker.stock()["cola"] == stock_before - 1
     vends = [e for e in machine.dispenser.entries() if e["order_id"] == order_id]
     assert [v["result"] for v in vends] == ["vended"]
@@ -119,7 +132,8 @@ def test_cancel_on_the_qr_screen_cancels_at_midtrans_and_fails_with_cancelled(ma
 
 
 def test_deadline_without_payment_cancels_at_midtrans_then_fails_with_timeout(
-        broker, sandbox, settings):
+    broker, sandbox, settings
+):
     m = Machine(broker, sandbox, settings.replace(payment_deadline_s=2)).start()
     try:
         order_id = m.order()
@@ -162,8 +176,7 @@ def test_gateway_refusal_of_the_charge_shows_its_reason(machine):
     assert Sale.CHARGE_FAILED in sale_kinds(machine.broker, order_id)
 
 
-def test_dispense_failure_refunds_with_a_key_derived_from_the_order(broker, sandbox,
-                                                                     settings):
+def test_dispense_failure_refunds_with_a_key_derived_from_the_order(broker, sandbox, settings):
     m = Machine(broker, sandbox, settings, failure_rate=1.0).start()
     try:
         order_id = m.order()
@@ -180,8 +193,7 @@ def test_dispense_failure_refunds_with_a_key_derived_from_the_order(broker, sand
         m.stop()
 
 
-def test_refund_refused_by_midtrans_is_recorded_as_owed_for_the_operator(broker, sandbox,
-                                                                         settings):
+def test_refund_refused_by_midtrans_is_recorded_as_owed_for_the_operator(broker, sandbox, settings):
     sandbox.set_faults(REFUND_DISABLED=1)
     m = Machine(broker, sandbox, settings, failure_rate=1.0).start()
     try:
@@ -202,12 +214,15 @@ def paid_then_dispense_worker_died(m: Machine) -> str:
     m.sandbox.pay(order_id)
     wait_state(m.broker, State.PAYMENT_SUCCESS)
     order = m.broker.order(order_id)
-    assert m.broker.transition(Transition(State.DISPENSING, (State.PAYMENT_SUCCESS,), order_id, order.values()))
+    assert m.broker.transition(
+        Transition(State.DISPENSING, (State.PAYMENT_SUCCESS,), order_id, order.values())
+    )
     return order_id
 
 
 def test_restart_mid_vend_without_journal_entry_goes_to_operator_not_revended(
-        broker, sandbox, settings):
+    broker, sandbox, settings
+):
     m = Machine(broker, sandbox, settings)
     try:
         order_id = paid_then_dispense_worker_died(m)
@@ -222,12 +237,12 @@ def test_restart_mid_vend_without_journal_entry_goes_to_operator_not_revended(
 
 
 def test_restart_mid_vend_with_journal_entry_finishes_without_vending_again(
-        broker, sandbox, settings):
+    broker, sandbox, settings
+):
     m = Machine(broker, sandbox, settings)
     try:
         order_id = paid_then_dispense_worker_died(m)
-        m.dispenser._append({"order_id": order_id, "drink": "cola", "result": "vended",
-                             "at": 0})
+        m.dispenser._append({"order_id": order_id, "drink": "cola", "result": "vended", "at": 0})
         m.start(DispenseWorker)
         wait_state(m.broker, State.DISPENSED)
         assert len(m.dispenser.entries()) == 1
@@ -236,16 +251,20 @@ def test_restart_mid_vend_with_journal_entry_finishes_without_vending_again(
 
 
 def test_order_worker_restarted_mid_charge_resends_the_same_key_and_one_charge_exists(
-        broker, sandbox, settings):
+    broker, sandbox, settings
+):
     m = Machine(broker, sandbox, settings)
     try:
         m.broker.show_menu()
         order_id = m.broker.place_order("cola")
         order = m.broker.order(order_id)
         # The first worker sent the charge and died before storing the answer.
-        m.client.charge(order_id, 7000, [{"id": "cola", "price": 7000, "quantity": 1,
-                                          "name": "Cola"}],
-                        idempotency_key=order.idempotency_key)
+        m.client.charge(
+            order_id,
+            7000,
+            [{"id": "cola", "price": 7000, "quantity": 1, "name": "Cola"}],
+            idempotency_key=order.idempotency_key,
+        )
         m.broker.update_order(order_id, charge_sent=1)
         m.start()
         snap = wait_state(m.broker, State.ORDER_CREATED)
@@ -255,8 +274,9 @@ def test_order_worker_restarted_mid_charge_resends_the_same_key_and_one_charge_e
         m.stop()
 
 
-def test_cancel_before_any_charge_was_sent_fails_without_calling_midtrans(broker, sandbox,
-                                                                          settings):
+def test_cancel_before_any_charge_was_sent_fails_without_calling_midtrans(
+    broker, sandbox, settings
+):
     m = Machine(broker, sandbox, settings)
     try:
         m.broker.show_menu()
@@ -266,7 +286,9 @@ def test_cancel_before_any_charge_was_sent_fails_without_calling_midtrans(broker
         snap = wait_state(m.broker, State.PAYMENT_FAILED)
         assert snap.frame["values"]["reason"] == FailReason.CANCELLED
         assert sandbox.transactions() == []
-        assert json.loads(m.broker.redis.hget(m.broker.order_key(order_id), "drink"))["id"] == "cola"
+        assert (
+            json.loads(m.broker.redis.hget(m.broker.order_key(order_id), "drink"))["id"] == "cola"
+        )
     finally:
         m.stop()
 
@@ -283,7 +305,8 @@ def test_menu_returns_to_idle_after_inactivity(broker, sandbox, settings):
 
 @pytest.mark.slow
 def test_a_gateway_silent_past_the_charge_expiry_ends_the_order_with_a_recheck(
-        broker, sandbox, settings):
+    broker, sandbox, settings
+):
     m = Machine(broker, sandbox, settings)
     m.start(OrderWorker)
     try:
@@ -291,8 +314,12 @@ def test_a_gateway_silent_past_the_charge_expiry_ends_the_order_with_a_recheck(
         m.stop()
         sandbox.set_faults(DROP_RATE=1)  # every gateway call is lost
         expiry = float(m.broker.order(order_id).get("gateway_expiry"))
-        late = OrderCreatedWorker(m.broker, m.client, m.settings,
-                                  clock=lambda: time.time() + (expiry - time.time()) + 3600)
+        late = OrderCreatedWorker(
+            m.broker,
+            m.client,
+            m.settings,
+            clock=lambda: time.time() + (expiry - time.time()) + 3600,
+        )
         run_until(late, lambda: m.broker.snapshot().state == State.PAYMENT_FAILED, 30)
         snap = m.broker.snapshot()
         assert snap.state == State.PAYMENT_FAILED

@@ -434,36 +434,42 @@ def test_closing_is_given_up_only_past_the_charge_expiry_plus_grace():
     assert stop_closing(1010.0, 950.0, 60)
 
 
-@pytest.mark.parametrize(("on_screen", "outcome", "late", "expected"), [
-    (True, None, None, Late.WAKE_WORKER),
-    (True, "failed:timeout", None, Late.WAKE_WORKER),
-    (False, None, None, Late.NOTHING),
-    (False, "dispensed", None, Late.NOTHING),
-    (False, "dispense_failed:refunded", None, Late.NOTHING),
-    (False, "failed:cancelled", None, Late.READ_STATUS),
-    (False, "failed:amount_mismatch", "pending", Late.READ_STATUS),
-    (False, "failed:cancelled", "refunded", Late.SETTLED),
-    (False, "failed:cancelled", "owed", Late.SETTLED),
-])
-def test_late_triage_reads_the_gateway_only_for_orders_closed_as_failed(on_screen, outcome,
-                                                                       late, expected):
+@pytest.mark.parametrize(
+    ("on_screen", "outcome", "late", "expected"),
+    [
+        (True, None, None, Late.WAKE_WORKER),
+        (True, "failed:timeout", None, Late.WAKE_WORKER),
+        (False, None, None, Late.NOTHING),
+        (False, "dispensed", None, Late.NOTHING),
+        (False, "dispense_failed:refunded", None, Late.NOTHING),
+        (False, "failed:cancelled", None, Late.READ_STATUS),
+        (False, "failed:amount_mismatch", "pending", Late.READ_STATUS),
+        (False, "failed:cancelled", "refunded", Late.SETTLED),
+        (False, "failed:cancelled", "owed", Late.SETTLED),
+    ],
+)
+def test_late_triage_reads_the_gateway_only_for_orders_closed_as_failed(
+    on_screen, outcome, late, expected
+):
     assert late_triage(on_screen, outcome, late) is expected
 
 
-@pytest.mark.parametrize(("late", "status", "fraud", "paid", "expected"), [
-    (None, "settlement", None, 7000, LateStatus.REFUND),
-    (None, "settlement", None, 6000, LateStatus.REFUND),  # wrong amount: still refunded
-    (None, "capture", "accept", 7000, LateStatus.REFUND),
-    (None, "capture", "challenge", 7000, LateStatus.PENDING),
-    (None, "pending", None, 7000, LateStatus.PENDING),
-    (None, "cancel", None, 7000, LateStatus.UNPAID),
-    (None, "expire", None, 7000, LateStatus.UNPAID),
-    ("pending", "refund", None, 7000, LateStatus.RECORD_REFUNDED),
-    ("pending", "partial_refund", None, 7000, LateStatus.RECORD_REFUNDED),
-    ("pending", "settlement", None, 7000, LateStatus.REFUND),  # re-send the same refund
-])
-def test_late_status_refunds_any_settlement_of_a_closed_order(late, status, fraud, paid,
-                                                              expected):
+@pytest.mark.parametrize(
+    ("late", "status", "fraud", "paid", "expected"),
+    [
+        (None, "settlement", None, 7000, LateStatus.REFUND),
+        (None, "settlement", None, 6000, LateStatus.REFUND),  # wrong amount: still refunded
+        (None, "capture", "accept", 7000, LateStatus.REFUND),
+        (None, "capture", "challenge", 7000, LateStatus.PENDING),
+        (None, "pending", None, 7000, LateStatus.PENDING),
+        (None, "cancel", None, 7000, LateStatus.UNPAID),
+        (None, "expire", None, 7000, LateStatus.UNPAID),
+        ("pending", "refund", None, 7000, LateStatus.RECORD_REFUNDED),
+        ("pending", "partial_refund", None, 7000, LateStatus.RECORD_REFUNDED),
+        ("pending", "settlement", None, 7000, LateStatus.REFUND),  # re-send the same refund
+    ],
+)
+def test_late_status_refunds_any_settlement_of_a_closed_order(late, status, fraud, paid, expected):
     assert late_status(late, status, fraud, paid, 7000) is expected
 
 
@@ -480,16 +486,20 @@ def test_a_new_order_gets_a_fresh_schedule_and_its_first_read_soon():
 def test_a_notification_or_a_cancel_cuts_the_wait_short():
     watch = rules.Watch("o-1", 3, 150.0)
     for command in (Command.CHECK, Command.CANCEL):
-        assert rules.watch_schedule(watch, "o-1", 110.0, {command}, closing=False
-                                    ).next_check == 110.0
+        assert (
+            rules.watch_schedule(watch, "o-1", 110.0, {command}, closing=False).next_check == 110.0
+        )
 
 
 def test_while_closing_only_news_from_the_gateway_cuts_the_wait_short():
     watch = rules.Watch("o-1", 3, 150.0)
-    assert rules.watch_schedule(watch, "o-1", 110.0, {Command.CANCEL}, closing=True
-                                ).next_check == 150.0
-    assert rules.watch_schedule(watch, "o-1", 110.0, {Command.CHECK}, closing=True
-                                ).next_check == 110.0
+    assert (
+        rules.watch_schedule(watch, "o-1", 110.0, {Command.CANCEL}, closing=True).next_check
+        == 150.0
+    )
+    assert (
+        rules.watch_schedule(watch, "o-1", 110.0, {Command.CHECK}, closing=True).next_check == 110.0
+    )
 
 
 def test_each_read_backs_the_next_one_off():
@@ -500,12 +510,15 @@ def test_each_read_backs_the_next_one_off():
         assert watch.next_check == 100.0 + rules.poll_delay(checks)
 
 
-@pytest.mark.parametrize(("now", "cancel", "step", "at"), [
-    (100.0, False, Step.WAIT, 105.0),  # next read at 105, deadline at 120
-    (105.0, False, Step.READ, None),  # the read is due
-    (100.0, True, Step.READ, None),  # a cancel: read now, then close
-    (121.0, False, Step.READ, None),  # past the deadline: read once more before closing
-])
+@pytest.mark.parametrize(
+    ("now", "cancel", "step", "at"),
+    [
+        (100.0, False, Step.WAIT, 105.0),  # next read at 105, deadline at 120
+        (105.0, False, Step.READ, None),  # the read is due
+        (100.0, True, Step.READ, None),  # a cancel: read now, then close
+        (121.0, False, Step.READ, None),  # past the deadline: read once more before closing
+    ],
+)
 def test_before_any_call_the_worker_waits_or_reads(now, cancel, step, at):
     decision = rules.next_payment_step(now, rules.Watch("o-1", 1, 105.0), 120.0, cancel, None)
     assert decision.step is step and decision.at == at
@@ -513,10 +526,12 @@ def test_before_any_call_the_worker_waits_or_reads(now, cancel, step, at):
 
 def test_a_closing_order_is_cancelled_again_on_its_schedule():
     watch = rules.Watch("o-1", 1, 105.0)
-    assert rules.next_payment_step(100.0, watch, 120.0, False, FailReason.TIMEOUT
-                                   ) == Decision(Step.WAIT, at=105.0)
-    assert rules.next_payment_step(105.0, watch, 120.0, False, FailReason.TIMEOUT
-                                   ) == Decision(Step.CLOSE, FailReason.TIMEOUT)
+    assert rules.next_payment_step(100.0, watch, 120.0, False, FailReason.TIMEOUT) == Decision(
+        Step.WAIT, at=105.0
+    )
+    assert rules.next_payment_step(105.0, watch, 120.0, False, FailReason.TIMEOUT) == Decision(
+        Step.CLOSE, FailReason.TIMEOUT
+    )
 
 
 def test_an_unconfirmed_close_is_retried_until_the_charge_expiry_and_grace_pass():
@@ -524,52 +539,67 @@ def test_an_unconfirmed_close_is_retried_until_the_charge_expiry_and_grace_pass(
     assert rules.closing_outcome(retry, 100.0, 1000.0, transaction_found=False) == retry
     after = 1000.0 + RECHECK_AFTER_EXPIRY_S
     assert rules.closing_outcome(retry, after, 1000.0, transaction_found=False) == Decision(
-        Step.FAIL, FailReason.GATEWAY_UNREACHABLE, recheck_at=after)
+        Step.FAIL, FailReason.GATEWAY_UNREACHABLE, recheck_at=after
+    )
 
 
 def test_a_close_of_a_transaction_midtrans_does_not_know_is_read_once_more_later():
     failed = Decision(Step.FAIL, FailReason.TIMEOUT)
-    assert rules.closing_outcome(failed, 100.0, 1000.0, transaction_found=False
-                                 ).recheck_at == 100.0 + RECHECK_EVERY_S
+    assert (
+        rules.closing_outcome(failed, 100.0, 1000.0, transaction_found=False).recheck_at
+        == 100.0 + RECHECK_EVERY_S
+    )
     assert rules.closing_outcome(failed, 100.0, 1000.0, transaction_found=True) == failed
     paid = Decision(Step.SUCCEED)
     assert rules.closing_outcome(paid, 100.0, 1000.0, transaction_found=True) == paid
 
 
-@pytest.mark.parametrize(("code", "step", "reason", "recorded"), [
-    (None, Step.CLOSE, FailReason.GATEWAY_UNREACHABLE, True),
-    ("406", Step.CLOSE, FailReason.GATEWAY_REFUSED, False),
-    ("400", Step.FAIL, FailReason.GATEWAY_REFUSED, True),
-    ("500", Step.FAIL, FailReason.GATEWAY_REFUSED, True),
-])
+@pytest.mark.parametrize(
+    ("code", "step", "reason", "recorded"),
+    [
+        (None, Step.CLOSE, FailReason.GATEWAY_UNREACHABLE, True),
+        ("406", Step.CLOSE, FailReason.GATEWAY_REFUSED, False),
+        ("400", Step.FAIL, FailReason.GATEWAY_REFUSED, True),
+        ("500", Step.FAIL, FailReason.GATEWAY_REFUSED, True),
+    ],
+)
 def test_a_failed_charge_is_closed_where_it_may_exist_and_failed_where_it_cannot(
-        code, step, reason, recorded):
+    code, step, reason, recorded
+):
     decision, record = rules.charge_error(code)
     assert (decision.step, decision.reason, record) == (step, reason, recorded)
 
 
 def test_closing_a_charge_nobody_saw_fails_at_once_and_rechecks_after_its_expiry():
     unconfirmed = Decision(Step.CLOSE, FailReason.GATEWAY_UNREACHABLE, at=102.0)
-    decision = rules.unseen_charge_outcome(unconfirmed, FailReason.GATEWAY_UNREACHABLE, 100.0,
-                                           payment_deadline_s=60)
+    decision = rules.unseen_charge_outcome(
+        unconfirmed, FailReason.GATEWAY_UNREACHABLE, 100.0, payment_deadline_s=60
+    )
     expiry_s = rules.charge_expiry_minutes(60) * 60
-    assert decision == Decision(Step.FAIL, FailReason.GATEWAY_UNREACHABLE,
-                                recheck_at=100.0 + expiry_s + RECHECK_AFTER_EXPIRY_S)
+    assert decision == Decision(
+        Step.FAIL,
+        FailReason.GATEWAY_UNREACHABLE,
+        recheck_at=100.0 + expiry_s + RECHECK_AFTER_EXPIRY_S,
+    )
 
 
 def test_closing_a_charge_nobody_saw_says_why_we_closed_it_and_honours_a_payment():
     cancelled = Decision(Step.FAIL, FailReason.CANCELLED)
-    assert rules.unseen_charge_outcome(cancelled, FailReason.GATEWAY_REFUSED, 100.0, 60
-                                       ) == Decision(Step.FAIL, FailReason.GATEWAY_REFUSED)
+    assert rules.unseen_charge_outcome(
+        cancelled, FailReason.GATEWAY_REFUSED, 100.0, 60
+    ) == Decision(Step.FAIL, FailReason.GATEWAY_REFUSED)
     for kept in (Decision(Step.SUCCEED), Decision(Step.FAIL, FailReason.AMOUNT_MISMATCH)):
         assert rules.unseen_charge_outcome(kept, FailReason.GATEWAY_REFUSED, 100.0, 60) == kept
 
 
-@pytest.mark.parametrize(("reason", "kind", "recheck"), [
-    (FailReason.CANCELLED, Sale.CANCELLED, None),
-    (FailReason.TIMEOUT, Sale.PAYMENT_FAILED, None),
-    (FailReason.AMOUNT_MISMATCH, Sale.PAYMENT_FAILED, 100.0),  # refunded at once
-])
+@pytest.mark.parametrize(
+    ("reason", "kind", "recheck"),
+    [
+        (FailReason.CANCELLED, Sale.CANCELLED, None),
+        (FailReason.TIMEOUT, Sale.PAYMENT_FAILED, None),
+        (FailReason.AMOUNT_MISMATCH, Sale.PAYMENT_FAILED, 100.0),  # refunded at once
+    ],
+)
 def test_a_failed_payment_is_recorded_by_its_reason(reason, kind, recheck):
     assert rules.failure_record(reason, 100.0, None) == (kind, recheck)
 
@@ -581,13 +611,17 @@ def test_a_failure_keeps_a_recheck_it_was_given():
 # --- a vend that gave no drink, and refunds -------------------------------------------------
 
 
-@pytest.mark.parametrize(("outcome", "kind", "operator"), [
-    (RefundOutcome.REFUNDED, Sale.REFUNDED, None),
-    (RefundOutcome.OWED, Sale.REFUND_OWED, OperatorKind.REFUND_OWED),
-    (RefundOutcome.VEND_UNKNOWN, Sale.VEND_UNKNOWN, OperatorKind.VEND_UNKNOWN),
-])
+@pytest.mark.parametrize(
+    ("outcome", "kind", "operator"),
+    [
+        (RefundOutcome.REFUNDED, Sale.REFUNDED, None),
+        (RefundOutcome.OWED, Sale.REFUND_OWED, OperatorKind.REFUND_OWED),
+        (RefundOutcome.VEND_UNKNOWN, Sale.VEND_UNKNOWN, OperatorKind.VEND_UNKNOWN),
+    ],
+)
 def test_a_vend_without_a_drink_is_recorded_and_goes_to_a_person_unless_refunded(
-        outcome, kind, operator):
+    outcome, kind, operator
+):
     recorded, asks, _detail = rules.vend_record(outcome)
     assert (recorded, asks) == (kind, operator)
 

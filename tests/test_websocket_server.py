@@ -286,9 +286,7 @@ def test_calm_page_is_never_rate_limited(start_server, broker):
             assert error_code(recv(page)) == "wrong_state"
 
 
-def test_server_that_falls_behind_never_refuses_a_page_sending_15_frames_per_second(
-    pages, broker
-):
+def test_server_that_falls_behind_never_refuses_a_page_sending_15_frames_per_second(pages, broker):
     """Redis stalls every command of the server for 1.5 s while a page sends 30 frames at 15
     a second. The frames are timed as they arrive, not when the server gets to them: the
     ones that waited are not a burst, and none is rate_limited."""
@@ -413,8 +411,12 @@ def close_code_after_frames(sock: socket.socket) -> int:
         if opcode & 0x0F == 0x8:
             mask = os.urandom(4)
             body = payload[:2]
-            sock.sendall(b"\x88" + bytes([0x80 | len(body)]) + mask
-                         + bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
+            sock.sendall(
+                b"\x88"
+                + bytes([0x80 | len(body)])
+                + mask
+                + bytes(b ^ mask[i % 4] for i, b in enumerate(body))
+            )
             return int.from_bytes(payload[:2], "big")
 
 
@@ -432,8 +434,9 @@ def test_page_that_reads_nothing_is_closed_once_its_unsent_frames_pass_the_limit
         most = (PAGE_WRITE_LIMIT_BYTES + 8 * 1024 * 1024) // frame_bytes
         for i in range(most):
             frame = json.dumps({"event": "IDLE", "values": {"i": i, "pad": pad}})
-            broker.redis.xadd(broker.events_key, {"state": "IDLE", "order_id": "",
-                                                  "version": 0, "frame": frame})
+            broker.redis.xadd(
+                broker.events_key, {"state": "IDLE", "order_id": "", "version": 0, "frame": frame}
+            )
             # The page that reads gets every frame, undelayed by the one that does not.
             assert recv(reader)["values"]["i"] == i
             # The relay judges the pages right after each broadcast: once this page has
@@ -611,9 +614,7 @@ def refused_status(url: str, origin: str) -> int:
 
 
 @pytest.mark.parametrize("origin", ["own", "null", None])
-def test_websocket_from_the_pages_own_origin_a_file_page_or_no_browser_is_accepted(
-    server, origin
-):
+def test_websocket_from_the_pages_own_origin_a_file_page_or_no_browser_is_accepted(server, origin):
     if origin == "own":
         origin = f"http://127.0.0.1:{server.port}"
     with open_page(server.ws_url, origin=origin) as page:
@@ -622,7 +623,12 @@ def test_websocket_from_the_pages_own_origin_a_file_page_or_no_browser_is_accept
 
 @pytest.mark.parametrize(
     "origin",
-    ["http://evil.example", "http://localhost:{port}", "http://127.0.0.1:1", "https://x.test:{port}"],
+    [
+        "http://evil.example",
+        "http://localhost:{port}",
+        "http://127.0.0.1:1",
+        "https://x.test:{port}",
+    ],
 )
 def test_websocket_from_another_origin_is_refused_with_403(server, broker, origin):
     before = machine_state(broker)
@@ -659,9 +665,7 @@ def test_websocket_from_an_origin_of_kiosk_allowed_origins_is_accepted(
 
 
 @pytest.mark.parametrize("path", ["/", "/kiosk.js", "/assets/cola.svg", "/healthz", "/missing"])
-def test_every_http_answer_carries_the_content_security_policy_and_forbids_framing(
-    server, path
-):
+def test_every_http_answer_carries_the_content_security_policy_and_forbids_framing(server, path):
     _, headers, _ = http_request(server.port, path)
     assert headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
     assert headers["X-Frame-Options"] == "DENY"

@@ -71,8 +71,12 @@ def test_a_worker_is_woken_by_the_transition_itself_not_by_its_block_timeout(bro
     def woken_by_the_entry() -> bool:
         # XREAD returned the new events entry and handed it to the step; a worker that
         # slept or polled would only ever see the state, with no entries.
-        return any(f.get("state") == "SHOW_MENU" for _, state, entries in worker.seen
-                   for stream, f in entries if stream == broker.events_key)
+        return any(
+            f.get("state") == "SHOW_MENU"
+            for _, state, entries in worker.seen
+            for stream, f in entries
+            if stream == broker.events_key
+        )
 
     eventually(woken_by_the_entry, 5, "a step handed the SHOW_MENU entry")
 
@@ -108,9 +112,14 @@ def service_env(redis_url: str, tmp_path: Path, **extra: str) -> dict:
 @pytest.mark.parametrize("service", ["ORDER", "ORDER_CREATED", "DISPENSE", "SCREEN"])
 def test_a_worker_process_exits_cleanly_on_sigterm(redis_server, real_redis, tmp_path, service):
     env = service_env(redis_server.url, tmp_path)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--service", service],
-                            env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--service", service],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     key = f"vm:{{vm-1}}:heartbeat:{service}"
 
     def heartbeat() -> bool:
@@ -128,37 +137,46 @@ def test_a_worker_process_exits_cleanly_on_sigterm(redis_server, real_redis, tmp
 @pytest.mark.integration
 def test_invalid_configuration_stops_a_process_at_start_naming_the_variable(tmp_path):
     env = service_env("redis://127.0.0.1:1/0", tmp_path, PAYMENT_DEADLINE_S="0")
-    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--service", "ORDER"],
-                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=20)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "--service", "ORDER"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert proc.returncode == 2
     assert "PAYMENT_DEADLINE_S" in proc.stderr
 
 
-def test_health_exits_1_without_workers_and_0_with_fresh_heartbeats(redis_server, real_redis,
-                                                                    tmp_path):
+def test_health_exits_1_without_workers_and_0_with_fresh_heartbeats(
+    redis_server, real_redis, tmp_path
+):
     env = service_env(redis_server.url, tmp_path)
     cmd = [sys.executable, str(ROOT / "main.py"), "health"]
-    sick = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=20)
+    sick = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=20)
     assert sick.returncode == 1 and "ORDER: no heartbeat" in sick.stderr
     for service in ("ORDER", "ORDER_CREATED", "DISPENSE", "SCREEN", "NOTIFICATION"):
         real_redis.set(f"vm:{{vm-1}}:heartbeat:{service}", time.time(), ex=15)
-    well = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=20)
+    well = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=20)
     assert well.returncode == 0, well.stderr
 
 
-def test_a_second_worker_of_the_same_service_waits_for_the_first(redis_server, real_redis,
-                                                                  tmp_path):
+def test_a_second_worker_of_the_same_service_waits_for_the_first(
+    redis_server, real_redis, tmp_path
+):
     env = service_env(redis_server.url, tmp_path)
     cmd = [sys.executable, str(ROOT / "main.py"), "--service", "DISPENSE"]
-    first = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     key = "vm:{vm-1}:heartbeat:DISPENSE"
-    eventually(lambda: real_redis.get(key) is not None, 15, "the first worker's heartbeat",
-               interval_s=0.05)
-    second = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    eventually(
+        lambda: real_redis.get(key) is not None, 15, "the first worker's heartbeat", interval_s=0.05
+    )
+    second = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     assert second.stdout is not None
     output = ChildOutput(second.stdout)
     try:

@@ -24,10 +24,17 @@ from tests.machine_helpers import T0
 
 def txn(order_id: str, status: str, amount: int = 7000, **extra: str) -> Transaction:
     code = {"pending": "201", "settlement": "200", "cancel": "200", "refund": "200"}[status]
-    return Transaction.from_body({
-        "order_id": order_id, "transaction_id": f"t-{order_id}", "status_code": code,
-        "transaction_status": status, "gross_amount": f"{amount}.00", "payment_type": "qris",
-        **extra})
+    return Transaction.from_body(
+        {
+            "order_id": order_id,
+            "transaction_id": f"t-{order_id}",
+            "status_code": code,
+            "transaction_status": status,
+            "gross_amount": f"{amount}.00",
+            "payment_type": "qris",
+            **extra,
+        }
+    )
 
 
 @dataclass
@@ -183,14 +190,16 @@ def test_payment_step_cancels_at_midtrans_before_showing_a_cancel(broker, settin
     order_id = charged(broker, gateway, settings, clock)
     broker.request_cancel()
     worker = OrderCreatedWorker(broker, gateway, settings, clock)
-    worker.step(broker.snapshot(), [("commands", {"command": Command.CANCEL,
-                                                  "order_id": order_id})])
+    worker.step(
+        broker.snapshot(), [("commands", {"command": Command.CANCEL, "order_id": order_id})]
+    )
     assert [op for op, _ in gateway.calls][-3:] == ["status", "cancel", "status"]
     assert broker.snapshot().frame["values"]["reason"] == FailReason.CANCELLED
 
 
 def test_payment_step_past_the_deadline_closes_and_honours_a_late_settlement(
-        broker, settings, clock):
+    broker, settings, clock
+):
     gateway = Gateway()
     order_id = charged(broker, gateway, settings, clock)
     clock.now += settings.payment_deadline_s + 1
@@ -218,21 +227,18 @@ def test_dispense_step_vends_once_and_takes_one_from_stock(broker, settings, clo
 def test_dispense_step_refunds_a_failed_vend(broker, settings, clock):
     gateway = Gateway()
     order_id = paid(broker, gateway, settings, clock)
-    worker = DispenseWorker(broker, gateway, Dispenser(Vend.FAILED), clock,
-                            sleep=lambda s: None)
+    worker = DispenseWorker(broker, gateway, Dispenser(Vend.FAILED), clock, sleep=lambda s: None)
     step(worker)
     assert broker.snapshot().frame["values"]["refund"] == RefundOutcome.REFUNDED
     assert ("refund", order_id) in gateway.calls
     assert kinds(broker, order_id)[-2:] == [Sale.DISPENSE_FAILED, Sale.REFUNDED]
 
 
-def test_dispense_step_records_a_refused_refund_as_owed_for_the_operator(
-        broker, settings, clock):
+def test_dispense_step_records_a_refused_refund_as_owed_for_the_operator(broker, settings, clock):
     gateway = Gateway()
     order_id = paid(broker, gateway, settings, clock)
     gateway.errors["refund"] = GatewayRefused("412", "no", {})
-    worker = DispenseWorker(broker, gateway, Dispenser(Vend.FAILED), clock,
-                            sleep=lambda s: None)
+    worker = DispenseWorker(broker, gateway, Dispenser(Vend.FAILED), clock, sleep=lambda s: None)
     step(worker)
     assert broker.snapshot().frame["values"]["refund"] == RefundOutcome.OWED
     assert broker.operator_queue()[order_id]["kind"] == OperatorKind.REFUND_OWED
@@ -240,8 +246,7 @@ def test_dispense_step_records_a_refused_refund_as_owed_for_the_operator(
 
 def test_dispense_step_after_a_crash_mid_vend_asks_a_person(broker, settings, clock):
     order_id = paid(broker, Gateway(), settings, clock)
-    assert broker.transition(Transition(State.DISPENSING, (State.PAYMENT_SUCCESS,), order_id,
-                                        {}))
+    assert broker.transition(Transition(State.DISPENSING, (State.PAYMENT_SUCCESS,), order_id, {}))
     dispenser = Dispenser()
     step(DispenseWorker(broker, Gateway(), dispenser, clock, sleep=lambda s: None))
     assert dispenser.journal == {}  # never re-vended on a guess
@@ -264,13 +269,18 @@ def test_screen_step_returns_the_menu_to_idle_only_after_its_timeout(broker, set
 # --- the late-payment desk -------------------------------------------------------------------
 
 
-def test_desk_step_refunds_a_payment_that_settled_after_its_order_closed(
-        broker, settings, clock):
+def test_desk_step_refunds_a_payment_that_settled_after_its_order_closed(broker, settings, clock):
     gateway = Gateway()
     order_id = ordered(broker)
-    assert broker.transition(Transition(
-        State.PAYMENT_FAILED, (State.MENU_CLICKED,), order_id, {},
-        Effects(order_fields={OrderField.OUTCOME: "failed:timeout"}, recheck_at=T0)))
+    assert broker.transition(
+        Transition(
+            State.PAYMENT_FAILED,
+            (State.MENU_CLICKED,),
+            order_id,
+            {},
+            Effects(order_fields={OrderField.OUTCOME: "failed:timeout"}, recheck_at=T0),
+        )
+    )
     gateway.statuses[order_id] = "settlement"
     desk = Desk(LatePayments(broker, gateway, clock), clock)
     step(desk)
