@@ -6,19 +6,23 @@ plain HTTP. Used by tests/test_websocket_server.py and tests/test_fuzz_kiosk.py.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import http.client
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import redis
 from websockets.sync.client import ClientConnection, connect
 
 from cores.config import Settings
 from services.websocket_service import WebsocketServer
+
+T = TypeVar("T")
 
 #: How long a page waits for a frame, or a client for an answer.
 WAIT_S = 5.0
@@ -83,6 +87,13 @@ def serving(
         yield running
     finally:
         running.stop()
+
+
+def run_async(main: Callable[[], Coroutine[object, object, T]]) -> T:
+    """`asyncio.run(main())` in a thread of its own: the test's thread may have an event loop
+    running already (pytest-playwright's sync API keeps one for the whole session)."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="async-clients") as pool:
+        return pool.submit(lambda: asyncio.run(main())).result(timeout=WAIT_S * 6)
 
 
 def open_page(url: str, **options: object) -> ClientConnection:

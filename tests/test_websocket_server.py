@@ -47,6 +47,7 @@ from tests.kiosk_helpers import (
     http_request,
     open_page,
     recv,
+    run_async,
     send,
     serving,
 )
@@ -338,7 +339,7 @@ def test_pages_tapping_show_menu_at_the_same_instant_get_no_wrong_state(server, 
                 errors.append(mine)
             return errors
 
-    errors = asyncio.run(tap_together())
+    errors = run_async(tap_together)
     assert broker.snapshot().state is State.SHOW_MENU
     assert errors == [[]] * 20
 
