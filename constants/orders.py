@@ -33,7 +33,6 @@ class OrderField(StrEnum):
     CLOSED_AT = "closed_at"
     VEND_STARTED_AT = "vend_started_at"
     DISPENSE_FAILED_RECORDED = "dispense_failed_recorded"  # "1": the sale entry is written
-    REFUND_ATTEMPTS = "refund_attempts"  # refunds tried and unanswered so far
     LATE = "late"  # see LateRefund
 
 
