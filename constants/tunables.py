@@ -18,8 +18,12 @@ HEARTBEAT_TTL_S = 60
 #: A worker run in a thread (an in-process server) sleeps on Redis at most this long, so that
 #: a stop from another thread is seen promptly.
 THREAD_BLOCK_MAX_S = 0.2
-#: Socket timeout of a worker's Redis client: above its longest BLOCK (shared/TESTING.md).
-WORKER_SOCKET_TIMEOUT_S = HEARTBEAT_EVERY_S + 10
+#: Socket timeout of the client of a process's blocking reads: above its longest BLOCK
+#: (shared/TESTING.md).
+BLOCKING_SOCKET_TIMEOUT_S = max(HEARTBEAT_EVERY_S, REDIS_BLOCK_MAX_MS / 1000) + 10
+#: Socket timeout of the client of a process's commands: a Redis that hangs fails a command
+#: (and a kiosk tap gets ERROR unavailable) in this long.
+COMMAND_SOCKET_TIMEOUT_S = 6.0
 #: Order hashes are kept this long after they close, for late notifications and audits.
 ORDER_KEEP_S = 30 * 24 * 3600
 

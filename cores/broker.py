@@ -62,9 +62,17 @@ class Broker:
     """The machine's state in Redis. Clients are passed in: fakeredis, or a real server."""
 
     def __init__(
-        self, client: redis.Redis, machine_id: str, clock: Callable[[], float] = time.time
+        self,
+        client: redis.Redis,
+        machine_id: str,
+        clock: Callable[[], float] = time.time,
+        blocking: redis.Redis | None = None,
     ) -> None:
+        """`blocking`: the client of the long blocking reads (`wait`, `read_events`), whose
+        socket timeout outlasts their BLOCK; `client`'s stays short, so that a Redis that
+        hangs fails a command quickly. Both may be the same client (tests)."""
         self.redis = client
+        self.blocking = blocking or client
         self.machine_id = machine_id
         self.clock = clock
         self.state_key = self._key(keys.STATE)
@@ -129,7 +137,7 @@ class Broker:
 
     def read_events(self, last_id: str, block_ms: int, count: int = 100) -> list[tuple[str, dict]]:
         """Entries of the events stream after `last_id`, blocking up to `block_ms` for one."""
-        answer = self.redis.xread({self.events_key: last_id}, count=count, block=block_ms)
+        answer = self.blocking.xread({self.events_key: last_id}, count=count, block=block_ms)
         return [entry for _, entries in _streams(answer) for entry in entries]
 
     # --- set-up and operator ----------------------------------------------------------------
@@ -353,7 +361,7 @@ class Broker:
             return cursor, []
         # redis-py types `streams` as Dict[KeyT, StreamIdT], invariant, where it only reads it
         # (a Mapping would do): a dict[str, str] is refused though it is one.
-        answer = self.redis.xread(cursor, block=block_ms, count=100)  # type: ignore[arg-type]
+        answer = self.blocking.xread(cursor, block=block_ms, count=100)  # type: ignore[arg-type]
         cursor = dict(cursor)
         entries = []
         for stream, items in _streams(answer):
@@ -361,11 +369,6 @@ class Broker:
                 cursor[stream] = entry_id
                 entries.append((stream, fields))
         return cursor, entries
-
-    def interrupt(self) -> None:
-        """End a blocking `wait` or `read_events` now, from another thread or a signal
-        handler: its connection is closed, so the read fails at once (the caller is stopping)."""
-        self.redis.connection_pool.disconnect(inuse_connections=True)
 
     # --- internals --------------------------------------------------------------------------
 

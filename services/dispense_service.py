@@ -136,6 +136,8 @@ class DispenseWorker(Worker):
                 self.broker.record_sale(order.order_id, Sale.DISPENSE_FAILED, amount=order.amount)
                 self.broker.update_order(order.order_id, **{OrderField.DISPENSE_FAILED_RECORDED: 1})
             result = self.refunder.refund(order.order_id, order.amount, "dispense failed")
+            if result is None:  # stopping: stay DISPENSING; the next start refunds again
+                return
             outcome, detail = result.outcome, result.detail
         assert outcome is not None  # after_vend names it unless a refund was asked for
         kind, operator_kind, operator_detail = rules.vend_record(outcome)

@@ -104,18 +104,18 @@ class LatePayments:
                 transaction_id=txn.transaction_id,
             )
         result = self.refunder.refund(order_id, txn.amount_idr, "paid after the order was closed")
+        if result is None:  # stopping: the next run reads the status again
+            return self._again(order_id, "stopped during the refund")
         if result.outcome is RefundOutcome.REFUNDED:
             return self._refunded(order_id, txn.amount_idr)
         self.broker.update_order(order_id, **{OrderField.LATE: LateRefund.OWED})
-        self.broker.record_sale(
-            order_id, Sale.REFUND_OWED, amount=txn.amount_idr, detail=result.detail
-        )
+        self.broker.record_sale(order_id, Sale.REFUND_OWED, amount=txn.amount_idr, code=result.code)
         self.broker.flag_for_operator(
             order_id,
             OperatorKind.REFUND_OWED,
             amount=txn.amount_idr,
             drink=order.drink.id,
-            detail=f"late payment, {result.detail}",
+            detail=f"late payment, {result.detail}" + (f" ({result.code})" if result.code else ""),
         )
         log.warning("late payment: refund owed", extra=kv(order_id=order_id))
         return Result.REFUND_OWED

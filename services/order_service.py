@@ -27,7 +27,7 @@ class OrderWorker(PaymentWorker):
     service = "ORDER"
 
     def step(self, snap: Snapshot, entries: list) -> float | None:
-        if snap.state != State.MENU_CLICKED or not snap.order_id:
+        if snap.state != State.MENU_CLICKED:
             return None
         order = self.broker.order(snap.order_id)
         if order is None:
@@ -61,11 +61,13 @@ class OrderWorker(PaymentWorker):
                 extra=kv(order_id=order.order_id, code=refused or "-", error=str(exc)),
             )
             decision, record = rules.charge_error(refused)
-            detail = f"{exc.code}: {exc.message}" if isinstance(exc, GatewayRefused) else None
+            detail = None
+            why: dict[str, str] = {"error": str(exc)}
+            if isinstance(exc, GatewayRefused):
+                detail = f"{exc.code}: {exc.message}"
+                why = {"code": exc.code, "message": exc.message}
             if record:
-                self.broker.record_sale(
-                    order.order_id, Sale.CHARGE_FAILED, code=refused, message=detail, error=str(exc)
-                )
+                self.broker.record_sale(order.order_id, Sale.CHARGE_FAILED, **why)
             if decision.step is Step.CLOSE:
                 self.close(order, decision.reason or FailReason.GATEWAY_UNREACHABLE)
             else:

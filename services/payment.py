@@ -155,7 +155,7 @@ def fail(
     )
 
 
-def order_missing(broker: Broker, order_id: str, from_state: State) -> bool:
+def order_missing(broker: Broker, order_id: str | None, from_state: State) -> bool:
     """The state names an order whose record is gone: close it, and tell the operator."""
     log.error("order missing", extra=kv(order_id=order_id))
     return broker.transition(

@@ -15,6 +15,7 @@ PAGE_WRITE_LIMIT_BYTES reads nothing and is closed (1008), its buffer dropped wi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -143,7 +144,9 @@ class Relay:
 
         def hand_over(kind: str, item: Any) -> None:
             if not stop.is_set():
-                loop.call_soon_threadsafe(inbox.put_nowait, (kind, item))
+                # The loop may close between the check and the call, at shutdown.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(inbox.put_nowait, (kind, item))
 
         reader = threading.Thread(
             target=self._read, args=(hand_over, stop), daemon=True, name="ws-relay"

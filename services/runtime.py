@@ -9,7 +9,7 @@ from pathlib import Path
 import redis
 
 from constants.services import Service
-from constants.tunables import WORKER_SOCKET_TIMEOUT_S
+from constants.tunables import BLOCKING_SOCKET_TIMEOUT_S, COMMAND_SOCKET_TIMEOUT_S
 from cores.broker import Broker
 from cores.config import ConfigError, Settings
 from cores.logs import kv
@@ -37,14 +37,18 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
-def redis_client(settings: Settings, name: str | None = None) -> redis.Redis:
-    """A client whose socket timeout outlasts the longest BLOCK (shared/TESTING.md), named
-    after its process in CLIENT LIST (`bench/idle.py` counts commands by name)."""
+def redis_client(
+    settings: Settings, name: str | None = None, *, blocking: bool = False
+) -> redis.Redis:
+    """A client named after its process in CLIENT LIST (`bench/idle.py` counts commands by
+    name). `blocking`: for long blocking reads, its socket timeout outlasts the longest BLOCK
+    (shared/TESTING.md); otherwise short, so that a Redis that hangs fails a command quickly."""
     return redis.Redis.from_url(
         redis_url(settings),
         decode_responses=True,
-        socket_timeout=WORKER_SOCKET_TIMEOUT_S,
+        socket_timeout=BLOCKING_SOCKET_TIMEOUT_S if blocking else COMMAND_SOCKET_TIMEOUT_S,
         socket_connect_timeout=5,
+        health_check_interval=0 if blocking else 30,
         client_name=name,
     )
 
@@ -64,7 +68,12 @@ def load_menu(path: Path) -> list[dict]:
 def broker_for(
     settings: Settings, client: redis.Redis | None = None, name: str | None = None
 ) -> Broker:
-    broker = Broker(client or redis_client(settings, name), settings.machine_id)
+    if client is None:
+        client = redis_client(settings, name)
+        blocking = redis_client(settings, name, blocking=True)
+    else:
+        blocking = client
+    broker = Broker(client, settings.machine_id, blocking=blocking)
     broker.ensure_ready(load_menu(settings.menu_file))
     return broker
 

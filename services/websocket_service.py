@@ -18,8 +18,8 @@ The server never echoes a page's frame and holds no business state of its own; R
 truth.
 
 The broker's Redis client is synchronous (redis-py), so commands run in asyncio's default
-executor. Its socket_timeout must exceed REDIS_BLOCK_MAX_MS, for the relay (`run` builds one
-that does).
+executor with a short socket timeout; the relay's blocking read has a client of its own whose
+timeout exceeds REDIS_BLOCK_MAX_MS (`run` builds both).
 """
 
 from __future__ import annotations
@@ -45,12 +45,13 @@ from websockets.http11 import Request, Response
 
 from constants.states import ClientEvent, ErrorCode
 from constants.tunables import (
+    BLOCKING_SOCKET_TIMEOUT_S,
     CLIENT_FRAME_MAX_BYTES,
     CLIENT_FRAME_QUEUE_MAX,
     CLIENT_FRAMES_PER_S,
+    COMMAND_SOCKET_TIMEOUT_S,
     PAGE_SEND_TIMEOUT_S,
     PAGE_WRITE_LIMIT_BYTES,
-    REDIS_BLOCK_MAX_MS,
 )
 from cores.broker import Broker, CommandRefused
 from cores.config import Settings
@@ -102,9 +103,11 @@ class WebsocketServer:
         *,
         web_dir: Path = WEB_DIR,
         clock: Callable[[], float] = time.monotonic,
+        relay_client: redis.Redis | None = None,
     ) -> None:
         self.settings = settings
-        self.broker = Broker(redis_client, settings.machine_id)
+        # The relay's long blocking read has a client of its own (Broker `blocking`).
+        self.broker = Broker(redis_client, settings.machine_id, blocking=relay_client)
         self.clock = clock
         self.pages = Pages()
         self.web = WebFiles(web_dir, self.broker, lambda: len(self.pages))
@@ -342,8 +345,7 @@ def run(settings: Settings) -> int:
     client = redis.Redis.from_url(
         redis_url(settings),
         decode_responses=True,
-        # Above the relay's longest BLOCK (shared/TESTING.md: redis-py's default is 5 s).
-        socket_timeout=REDIS_BLOCK_MAX_MS / 1000 + 5,
+        socket_timeout=COMMAND_SOCKET_TIMEOUT_S,
         socket_connect_timeout=3,
         health_check_interval=30,
         client_name="websocket",
@@ -351,7 +353,16 @@ def run(settings: Settings) -> int:
         # (redis-py's default retries for several), and the relay retries on its own schedule.
         retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
     )
-    server = WebsocketServer(settings, client)
+    # Above the relay's longest BLOCK (shared/TESTING.md: redis-py's default is 5 s).
+    relay_client = redis.Redis.from_url(
+        redis_url(settings),
+        decode_responses=True,
+        socket_timeout=BLOCKING_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=3,
+        client_name="websocket",
+        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
+    )
+    server = WebsocketServer(settings, client, relay_client=relay_client)
     try:
         asyncio.run(server.serve(settings.ws_host, settings.ws_port, handle_signals=True))
     except OSError as exc:
@@ -362,6 +373,7 @@ def run(settings: Settings) -> int:
         return 1
     finally:
         client.close()
+        relay_client.close()
     return 0
 
 

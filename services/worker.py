@@ -103,8 +103,8 @@ class Worker:
     def _wait(
         self, cursor: dict[str, str], block_s: float
     ) -> tuple[dict[str, str], list[tuple[str, dict]]]:
-        self._blocking = True
         try:
+            self._blocking = True
             if self.stopping.is_set():
                 return cursor, []
             return self.broker.wait(cursor, block_s)

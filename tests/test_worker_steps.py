@@ -288,3 +288,43 @@ def test_desk_step_refunds_a_payment_that_settled_after_its_order_closed(broker,
     assert broker.order(order_id).get(OrderField.LATE) == LateRefund.REFUNDED
     assert kinds(broker, order_id)[-2:] == [Sale.LATE_PAYMENT, Sale.REFUNDED]
     assert broker.rechecks_due(T0 + 10**6) == ([], None)
+
+
+def stopped(seconds: float) -> bool:
+    """A pause cut short by a stop, as threading.Event.wait answers once the event is set."""
+    return True
+
+
+def test_a_stop_during_a_refunds_pause_records_nothing_as_owed(broker, settings, clock):
+    """The gateway does not answer the refund; a stop cuts the pause before the next attempt
+    short: the order stays in DISPENSING (the next start refunds again with the same key),
+    and no refund is recorded as owed on a guess."""
+    gateway = Gateway()
+    order_id = paid(broker, gateway, settings, clock)
+    gateway.errors["refund"] = GatewayUnreachable("down")
+    step(DispenseWorker(broker, gateway, Dispenser(Vend.FAILED), clock, sleep=stopped))
+    assert broker.snapshot().state == State.DISPENSING
+    assert [op for op, _ in gateway.calls].count("refund") == 1
+    assert Sale.REFUND_OWED not in kinds(broker, order_id)
+    assert broker.operator_queue() == {}
+
+
+def test_a_stop_during_a_late_refunds_pause_keeps_the_order_for_the_next_run(
+    broker, settings, clock
+):
+    gateway = Gateway(errors={"refund": GatewayUnreachable("down")})
+    order_id = ordered(broker)
+    assert broker.transition(
+        Transition(
+            State.PAYMENT_FAILED,
+            (State.MENU_CLICKED,),
+            order_id,
+            {},
+            Effects(order_fields={OrderField.OUTCOME: "failed:timeout"}, recheck_at=T0),
+        )
+    )
+    gateway.statuses[order_id] = "settlement"
+    late = LatePayments(broker, gateway, clock, sleep=stopped)
+    assert late.handle(order_id) == "deferred"
+    assert broker.order(order_id).get(OrderField.LATE) == LateRefund.PENDING
+    assert Sale.REFUND_OWED not in kinds(broker, order_id)
