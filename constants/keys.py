@@ -26,6 +26,13 @@ RECHECK = PREFIX + ":recheck"
 HEARTBEAT = PREFIX + ":heartbeat:{service}"
 #: string: counter for order ids.
 ORDER_SEQ = PREFIX + ":order_seq"
+#: stream, append-only: every operator action {actor, action, target, before (JSON), after
+#: (JSON), at (unix s)}; never capped (shared/DESIGN.md, "Operator console").
+AUDIT = PREFIX + ":audit"
+
+#: Fleet-wide (no machine tag): hash of the console's operators, name -> argon2id hash.
+OPERATORS = "console:operators"
+
 
 
 def key(template: str, machine_id: str, **parts: str) -> str:

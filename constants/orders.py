@@ -67,3 +67,12 @@ class OperatorKind(StrEnum):
     REFUND_OWED = "refund_owed"
     VEND_UNKNOWN = "vend_unknown"
     ORDER_MISSING = "order_missing"
+
+
+class Resolution(StrEnum):
+    """What a person does about an entry of the operator's queue (cores.rules.RESOLUTIONS)."""
+
+    RETRY_REFUND = "retry_refund"  # the refund again at Midtrans, with the same refund key
+    MARK_REFUNDED = "mark_refunded"  # refunded by hand (a note says how)
+    MARK_VENDED = "mark_vended"  # the drink did come out
+    REFUND = "refund"  # the drink did not come out: refund at Midtrans

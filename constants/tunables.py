@@ -88,3 +88,16 @@ PAGE_SEND_TIMEOUT_S = 5.0
 PAGE_CLOSE_TIMEOUT_S = 2.0
 #: Entries the relay reads from the events stream at once.
 RELAY_BATCH = 100
+
+#: Operator catalog limits (shared/DESIGN.md, "Operator console"; issue "Bad input").
+#: Dispenser slots are numbered 1..SLOTS_MAX.
+SLOTS_MAX = 60
+#: A price is a whole number of Rupiah from 1 to this.
+PRICE_MAX_IDR = 10_000_000
+#: A drink's names: 1 to this many characters, after stripping spaces.
+DRINK_NAME_MAX_CHARS = 40
+#: A slot holds at most this many units; a drink without its own capacity holds the default.
+CAPACITY_MAX_UNITS = 1000
+CAPACITY_DEFAULT_UNITS = 10
+#: A drink is low on stock at this many units or fewer, unless it sets its own threshold.
+LOW_STOCK_DEFAULT_UNITS = 2

@@ -36,7 +36,7 @@ from constants import keys
 from constants.orders import Command, OrderField
 from constants.states import ClientEvent, ErrorCode, Sale, State
 from constants.tunables import COMMANDS_MAXLEN, EVENTS_MAXLEN, ORDER_KEEP_S
-from cores import rules
+from cores import catalog, rules
 from cores.logs import kv
 from cores.machine import OUT_OF_SERVICE_FROM, Effects, Transition
 from cores.models import Drink, Order, Snapshot, text
@@ -100,17 +100,15 @@ class Broker:
         return Snapshot.parse(_texts(self.redis.hgetall(self.state_key)))
 
     def menu(self) -> list[Drink]:
-        raw = self.redis.hgetall(self.menu_key)
-        drinks = [Drink.parse(json.loads(v)) for v in raw.values()]
-        return sorted(drinks, key=lambda d: (d.price, d.id))
+        """Every drink, enabled or not, cheapest first."""
+        return catalog.menu_from_hash(_texts(self.redis.hgetall(self.menu_key)))
 
     def stock(self) -> dict[str, int]:
         return {k: int(v) for k, v in _texts(self.redis.hgetall(self.stock_key)).items()}
 
     def menu_values(self) -> list[dict]:
-        """The SHOW_MENU frame's values: drinks with their stock."""
-        stock = self.stock()
-        return [{**d.public(), "stock": stock.get(d.id, 0)} for d in self.menu()]
+        """The SHOW_MENU frame's values: the enabled drinks with their stock."""
+        return catalog.kiosk_menu(self.menu(), self.stock())
 
     def order(self, order_id: str | None) -> Order | None:
         if not order_id:
@@ -143,16 +141,22 @@ class Broker:
     # --- set-up and operator ----------------------------------------------------------------
 
     def ensure_ready(self, drinks: Iterable[Mapping[str, Any]]) -> None:
-        """At first start: load the menu and stock, and put the machine in IDLE."""
+        """At first start: load the menu and stock, and put the machine in IDLE. A menu
+        written before slots gets them stored (catalog.menu_from_hash)."""
         drinks = list(drinks)
         if not self.redis.exists(self.menu_key):
             with self.redis.pipeline() as pipe:
-                for d in drinks:
-                    drink = Drink.parse(d)
-                    pipe.hset(self.menu_key, drink.id, json.dumps(drink.public()))
+                for n, d in enumerate(drinks, 1):
+                    drink = Drink.parse({"slot": n, **d})
+                    pipe.hset(self.menu_key, drink.id, json.dumps(drink.record()))
                     pipe.hsetnx(self.stock_key, drink.id, int(d.get("stock", 0)))
                 pipe.execute()
             log.info("menu loaded", extra=kv(drinks=len(drinks)))
+        raw = _texts(self.redis.hgetall(self.menu_key))
+        unslotted = [k for k, v in raw.items() if "slot" not in json.loads(v)]
+        if unslotted:
+            fixed = {d.id: json.dumps(d.record()) for d in catalog.menu_from_hash(raw)}
+            self.redis.hset(self.menu_key, mapping={k: fixed[k] for k in unslotted})
         if not self.redis.exists(self.state_key):
             self.transition(Transition(State.IDLE, (State.IDLE,), None, {}))
 
@@ -161,6 +165,9 @@ class Broker:
             raise CommandRefused(ErrorCode.UNKNOWN_DRINK, f"no drink {drink_id!r} on the menu")
         if units < 0:
             raise CommandRefused(ErrorCode.BAD_VALUES, "stock cannot be negative")
+        drink = Drink.parse(json.loads(cast(str, self.redis.hget(self.menu_key, drink_id))))
+        if units > drink.capacity:
+            raise CommandRefused(ErrorCode.BAD_VALUES, f"{drink_id} holds {drink.capacity} at most")
         self.redis.hset(self.stock_key, drink_id, units)
 
     def set_out_of_service(self, out: bool) -> None:
@@ -194,11 +201,13 @@ class Broker:
             snap = Snapshot.parse(_texts(pipe.hgetall(self.state_key)))
             raw = pipe.hget(self.menu_key, drink_id)
             stock = int(pipe.hget(self.stock_key, drink_id) or 0)
-            refusal = rules.check_order(snap.state, raw is not None, stock, quantity)
+            drink = Drink.parse(json.loads(raw)) if raw is not None else None
+            # A disabled drink is not on the kiosk's menu: refused as unknown.
+            known = drink is not None and drink.enabled
+            refusal = rules.check_order(snap.state, known, stock, quantity)
             if refusal:
                 raise _refused(refusal)
-            assert raw is not None  # check_order refuses a drink that is not on the menu
-            drink = Drink.parse(json.loads(raw))
+            assert drink is not None  # check_order refuses a drink that is not on the menu
             order_id = order_id or self.new_order_id()
             now = self.clock()
             order = Order(order_id, drink, drink.price, str(uuid.uuid4()), now)

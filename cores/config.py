@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 SANDBOX_BASE_URL = "https://api.sandbox.midtrans.com"
 PRODUCTION_BASE_URL = "https://api.midtrans.com"
@@ -77,6 +78,8 @@ class Settings:
     var_dir: Path = Path("var")
     menu_file: Path = Path(__file__).resolve().parent.parent / "menu.json"
     log_level: str = "INFO"
+    #: The machine's time zone (IANA name): sales reports and the dates operators read.
+    timezone: str = "Asia/Jakarta"
 
     def __post_init__(self) -> None:
         _check(
@@ -105,6 +108,7 @@ class Settings:
         _check(self.dispenser in DISPENSERS, "DISPENSER", " or ".join(DISPENSERS))
         _check(0 <= self.dispense_s <= 120, "DISPENSE_S", "0 to 120 seconds")
         _check(0 <= self.dispense_failure_rate <= 1, "DISPENSE_FAILURE_RATE", "0 to 1")
+        _check(_is_zone(self.timezone), "TIMEZONE", "an IANA time zone such as Asia/Jakarta")
         if self.redis_url is not None:
             _check(
                 self.redis_url.startswith(("redis://", "rediss://", "unix://")),
@@ -142,6 +146,10 @@ class Settings:
     @property
     def kiosk_url(self) -> str:
         return f"http://{self.ws_host}:{self.ws_port}/"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @property
     def redis_url_file(self) -> Path:
@@ -199,6 +207,7 @@ class Settings:
         take("VAR_DIR", "var_dir", Path)
         take("MENU_FILE", "menu_file", Path)
         take("LOG_LEVEL", "log_level")
+        take("TIMEZONE", "timezone")
         faults: dict[str, float] = {}
         for name, kind in SANDBOX_FAULTS.items():
             var = "SANDBOX_FAULT_" + name
@@ -249,6 +258,14 @@ def _is_origin(text: str) -> bool:
         and "@" not in parts.netloc
         and text == text.strip()
     )
+
+
+def _is_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ValueError, ZoneInfoNotFoundError):
+        return False
+    return True
 
 
 def _check(ok: bool, var: str, expected: str) -> None:

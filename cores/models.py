@@ -13,6 +13,7 @@ from typing import Any
 
 from constants.orders import OrderField
 from constants.states import State
+from constants.tunables import CAPACITY_DEFAULT_UNITS, LOW_STOCK_DEFAULT_UNITS
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,58 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Drink:
+    """A drink of the menu, as the operator set it (cores/catalog.py validates it).
+
+    `slot` is the dispenser slot (0: not assigned yet, in a menu written before slots);
+    `capacity` the units the slot holds and `low_stock` the threshold of the low-stock alert.
+    """
+
     id: str
     name: str
     icon: str
     price: int
+    name_en: str = ""
+    slot: int = 0
+    enabled: bool = True
+    capacity: int = CAPACITY_DEFAULT_UNITS
+    low_stock: int = LOW_STOCK_DEFAULT_UNITS
 
     @classmethod
     def parse(cls, d: Mapping[str, Any]) -> Drink:
-        return cls(id=str(d["id"]), name=str(d["name"]), icon=str(d["icon"]), price=int(d["price"]))
+        """A drink from Redis, menu.json or an order; fields that an older entry lacks take
+        their defaults (the English name: the name)."""
+        name = str(d["name"])
+        return cls(
+            id=str(d["id"]),
+            name=name,
+            icon=str(d.get("icon") or ""),
+            price=int(d["price"]),
+            name_en=str(d.get("name_en") or name),
+            slot=int(d.get("slot") or 0),
+            enabled=bool(d.get("enabled", True)),
+            capacity=int(d.get("capacity", CAPACITY_DEFAULT_UNITS)),
+            low_stock=int(d.get("low_stock", LOW_STOCK_DEFAULT_UNITS)),
+        )
 
     def public(self) -> dict:
-        return {"id": self.id, "name": self.name, "icon": self.icon, "price": self.price}
+        """What the kiosk shows (and what an order keeps of its drink)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "name_en": self.name_en or self.name,
+            "icon": self.icon,
+            "price": self.price,
+        }
+
+    def record(self) -> dict:
+        """Every field, as the menu hash stores it."""
+        return {
+            **self.public(),
+            "slot": self.slot,
+            "enabled": self.enabled,
+            "capacity": self.capacity,
+            "low_stock": self.low_stock,
+        }
 
 
 @dataclass

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, replace
 from enum import Enum
 
-from constants.orders import Command, LateRefund, OperatorKind, outcome_is_failed
+from constants.orders import Command, LateRefund, OperatorKind, Resolution, outcome_is_failed
 from constants.states import RESULT_STATES, ErrorCode, FailReason, RefundOutcome, Sale, State
 from constants.tunables import (
     CHARGE_EXPIRY_MARGIN_MIN,
@@ -422,3 +422,35 @@ def refund_next(result: RefundTry, attempt: int) -> tuple[RefundOutcome | None, 
 def refund_key(order_id: str) -> str:
     """Deterministic, so a refund retried after a crash is the same refund at Midtrans."""
     return f"{order_id}-r1"
+
+
+# --- the operator's queue: what a person may do about each kind of entry ---------------------
+
+#: The resolutions each kind of entry accepts.
+RESOLUTIONS: dict[OperatorKind, tuple[Resolution, ...]] = {
+    OperatorKind.REFUND_OWED: (Resolution.RETRY_REFUND, Resolution.MARK_REFUNDED),
+    OperatorKind.VEND_UNKNOWN: (Resolution.MARK_VENDED, Resolution.REFUND),
+    OperatorKind.ORDER_MISSING: (Resolution.MARK_VENDED, Resolution.MARK_REFUNDED),
+}
+#: Resolutions that move money through Midtrans (money rule 2, with rules.refund_key).
+REFUNDS_AT_GATEWAY = frozenset({Resolution.RETRY_REFUND, Resolution.REFUND})
+#: Resolutions a person takes on their word: a note must say what they did.
+NOTE_REQUIRED = frozenset({Resolution.MARK_REFUNDED})
+
+
+def check_resolution(kind: str, action: str, note: str) -> str | None:
+    """Why `action` cannot resolve an entry of `kind` (None: it can)."""
+    allowed = RESOLUTIONS.get(OperatorKind(kind)) if kind in set(OperatorKind) else None
+    if not allowed:
+        return f"an entry of kind {kind!r} cannot be resolved here"
+    if action not in allowed:
+        names = " or ".join(allowed)
+        return f"{action!r} does not resolve a {kind} entry: use {names}"
+    if action in NOTE_REQUIRED and not note.strip():
+        return f"{action} needs a note saying how the money went back"
+    return None
+
+
+def resolution_sale(action: Resolution) -> Sale:
+    """The sales entry that closes an entry resolved by `action` (the money's last word)."""
+    return Sale.DISPENSED if action is Resolution.MARK_VENDED else Sale.REFUNDED

@@ -170,11 +170,18 @@ def test_show_menu_from_idle_shows_drinks_with_stock(broker, client, clock):
     assert snap.frame == {
         "event": "SHOW_MENU",
         "values": [
-            {"id": "water", "name": "Water", "icon": "assets/water.svg", "price": 4000, "stock": 3},
-            {"id": "tea", "name": "Iced Tea", "icon": "assets/tea.svg", "price": 5000, "stock": 0},
-            {"id": "cola", "name": "Cola", "icon": "assets/cola.svg", "price": 7000, "stock": 5},
+            {**DRINK_FRAME["water"], "stock": 3},
+            {**DRINK_FRAME["tea"], "stock": 0},
+            {**DRINK_FRAME["cola"], "stock": 5},
         ],
     }
+
+
+#: A drink as the kiosk's frames show it: the English name defaults to the name.
+DRINK_FRAME = {
+    d["id"]: {k: d[k] for k in ("id", "name", "icon", "price")} | {"name_en": d["name"]}
+    for d in DRINKS
+}
 
 
 def test_show_menu_appends_one_event_whose_frame_equals_the_snapshot(broker, client):
@@ -232,12 +239,7 @@ def test_place_order_creates_the_order_and_shows_menu_clicked(broker, client, cl
     raw = client.hgetall(broker.order_key(oid))
     assert raw["order_id"] == oid
     assert int(raw["amount"]) == 7000
-    assert json.loads(raw["drink"]) == {
-        "id": "cola",
-        "name": "Cola",
-        "icon": "assets/cola.svg",
-        "price": 7000,
-    }
+    assert json.loads(raw["drink"]) == DRINK_FRAME["cola"]
     assert uuid.UUID(raw["idempotency_key"])
     assert float(raw["created_at"]) == T0 + 7
     assert 0 < client.ttl(broker.order_key(oid)) <= ORDER_KEEP_S
@@ -254,7 +256,7 @@ def test_place_order_creates_the_order_and_shows_menu_clicked(broker, client, cl
         "values": {
             "order_id": oid,
             "amount": 7000,
-            "drink": {"id": "cola", "name": "Cola", "icon": "assets/cola.svg", "price": 7000},
+            "drink": DRINK_FRAME["cola"],
         },
     }
     entry = events(broker)[-1]
@@ -699,8 +701,8 @@ def test_blocking_wait_times_out_with_no_entries(real_redis):
 
 
 def test_set_stock_changes_the_units_of_a_drink(broker):
-    broker.set_stock("tea", 12)
-    assert broker.stock()["tea"] == 12
+    broker.set_stock("tea", 9)
+    assert broker.stock()["tea"] == 9
 
 
 def test_set_stock_of_an_unknown_drink_is_refused_and_changes_nothing(broker, client):

@@ -1,0 +1,379 @@
+"""The operator's writes: menu, prices, stock, the queue's resolutions, and the audit stream.
+
+The broker's other half, for the console and `main.py`'s operator commands: each action reads
+under WATCH, validates (cores/catalog.py, cores/rules.py), and writes in one MULTI its change,
+an AUDIT entry {actor, action, target, before, after, at} and, when the machine shows the menu,
+the menu again (SHOW_MENU -> SHOW_MENU), so a change reaches the kiosk at once. An order already
+placed keeps the drink and amount it snapshotted at ORDER time (shared/DESIGN.md, "Operator
+console"). A refused action raises cores.console_errors and changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from redis.client import Pipeline
+from redis.typing import EncodableT, FieldT
+
+from constants import keys
+from constants.orders import Resolution
+from constants.states import State
+from cores import catalog, rules, sales
+from cores.broker import Broker, Writes
+from cores.console_errors import ActionRefused, InvalidInput, NotFound
+from cores.logs import kv
+from cores.machine import Transition
+from cores.models import Drink, Snapshot
+
+log = logging.getLogger(__name__)
+
+#: (drinks by id, stock by id) as an edit reads them; an edit returns the new ones.
+Menu = tuple[dict[str, Drink], dict[str, int]]
+
+
+@dataclass(frozen=True)
+class Change:
+    """What an edit does: the new menu and stock, and the audit's before and after."""
+
+    drinks: dict[str, Drink]
+    stock: dict[str, int]
+    before: Any
+    after: Any
+
+
+class Operations:
+    """Operator actions on one machine's Redis, through its Broker."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.redis = broker.redis
+        self.audit_key = broker._key(keys.AUDIT)
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def drinks(self) -> list[Drink]:
+        """Every drink, enabled or not, cheapest first."""
+        return self.broker.menu()
+
+    def drink(self, drink_id: str) -> Drink:
+        found = next((d for d in self.drinks() if d.id == drink_id), None)
+        if found is None:
+            raise NotFound("drink", f"no drink {drink_id!r} on the menu")
+        return found
+
+    def stock_levels(self) -> list[catalog.StockLevel]:
+        return catalog.stock_levels(self.drinks(), self.broker.stock())
+
+    def queue(self) -> list[dict]:
+        """What needs a person, oldest first: {order_id, kind, amount, drink, detail, at}."""
+        return sorted(self.broker.operator_queue().values(), key=lambda e: e.get("at", 0))
+
+    def audit(self, count: int = 100) -> list[dict]:
+        """The newest `count` operator actions, newest first; before/after parsed."""
+        out = []
+        found = cast(
+            list[tuple[str, dict[str, str]]], self.redis.xrevrange(self.audit_key, count=count)
+        )
+        for entry_id, fields in found:
+            entry: dict[str, Any] = dict(fields)
+            for name in ("before", "after"):
+                entry[name] = json.loads(entry.get(name) or "null")
+            out.append({"id": entry_id, **entry, "at": float(entry["at"])})
+        return out
+
+    def sales_entries(self, start_s: float, end_s: float | None = None) -> list[dict]:
+        """Sales entries from `start_s` (unix s) up to `end_s` (None: the newest), oldest first:
+        an XRANGE on the stream ids, which are the entries' times in ms."""
+        low = f"{int(start_s * 1000)}-0"
+        high = "+" if end_s is None else f"{int(end_s * 1000) - 1}-18446744073709551615"
+        entries = self.redis.xrange(self.broker.sales_key, low, high)
+        return [{"id": i, **f} for i, f in cast(list[tuple[str, dict[str, str]]], entries)]
+
+    def sales_report(self, first: str, last: str, tz: Any) -> sales.Report:
+        """The report of the days `first`..`last` (YYYY-MM-DD, in `tz`, both included): the
+        orders placed in that range, followed to their end however late it came."""
+        start, end = sales.day_range(first, last, tz)
+        return sales.report(self.sales_entries(start), start, end, tz)
+
+    # --- the menu ---------------------------------------------------------------------------
+
+    def put_drink(self, fields: Mapping[str, Any], actor: str) -> Drink:
+        """Add a drink, or change one (fields left out keep their values). A new drink may
+        carry its `stock`; it starts empty otherwise."""
+        made: list[Drink] = []
+
+        def edit(drinks: dict[str, Drink], stock: dict[str, int]) -> Change:
+            drink = catalog.parse_drink(fields, list(drinks.values()))
+            new_stock = dict(stock)
+            if drink.id not in drinks:
+                units = fields.get("stock")
+                new_stock[drink.id] = (
+                    0 if units in (None, "") else catalog.parse_stock(units, drink)
+                )
+            elif stock.get(drink.id, 0) > drink.capacity:
+                raise InvalidInput(
+                    "capacity",
+                    f"{drink.id} holds {stock[drink.id]} now: more than {drink.capacity}",
+                )
+            was = drinks.get(drink.id)
+            made.append(drink)
+            return Change(
+                {**drinks, drink.id: drink},
+                new_stock,
+                None if was is None else was.record(),
+                drink.record(),
+            )
+
+        self._edit("put_drink", str(fields.get("id")), edit, actor)
+        return made[-1]
+
+    def remove_drink(self, drink_id: str, actor: str) -> None:
+        def edit(drinks: dict[str, Drink], stock: dict[str, int]) -> Change:
+            was = _named(drinks, drink_id)
+            rest = {k: v for k, v in drinks.items() if k != drink_id}
+            left = {k: v for k, v in stock.items() if k != drink_id}
+            return Change(rest, left, {**was.record(), "stock": stock.get(drink_id, 0)}, None)
+
+        self._edit("remove_drink", drink_id, edit, actor)
+
+    def set_price(self, drink_id: str, price: Any, actor: str) -> Drink:
+        """The price of the next order of this drink (never of one placed already)."""
+        return self._set_field("set_price", drink_id, "price", price, actor)
+
+    def set_enabled(self, drink_id: str, enabled: Any, actor: str) -> Drink:
+        """A disabled drink leaves the kiosk's menu and cannot be ordered."""
+        return self._set_field("set_enabled", drink_id, "enabled", enabled, actor)
+
+    def set_stock(self, drink_id: str, units: Any, actor: str) -> int:
+        """Units in the drink's slot: 0 to its capacity."""
+
+        def edit(drinks: dict[str, Drink], stock: dict[str, int]) -> Change:
+            drink = _named(drinks, drink_id)
+            value = catalog.parse_stock(units, drink)
+            return Change(drinks, {**stock, drink_id: value}, stock.get(drink_id, 0), value)
+
+        self._edit("set_stock", drink_id, edit, actor)
+        return int(units)
+
+    def refill(self, drink_id: str | None, actor: str) -> dict[str, int]:
+        """A slot (or, with None, every slot) filled to its capacity: the new stock by drink."""
+
+        def edit(drinks: dict[str, Drink], stock: dict[str, int]) -> Change:
+            chosen = [_named(drinks, drink_id)] if drink_id else list(drinks.values())
+            full = {d.id: d.capacity for d in chosen}
+            before = {d.id: stock.get(d.id, 0) for d in chosen}
+            return Change(drinks, {**stock, **full}, before, full)
+
+        return cast(dict[str, int], self._edit("refill", drink_id or "*", edit, actor).after)
+
+    def preview_import(self, items: Any) -> list[str]:
+        """What `import_menu(items)` would change (InvalidInput for a bad file)."""
+        parsed = catalog.parse_menu(items)
+        return catalog.menu_changes(self.drinks(), [d for d, _ in parsed])
+
+    def import_menu(self, items: Any, actor: str) -> list[str]:
+        """Make the menu `items` (a menu file's list): drinks not in it are removed; a drink's
+        stock is set where the file gives one. Returns the changes applied."""
+        parsed = catalog.parse_menu(items)
+        changes: list[str] = []
+
+        def edit(drinks: dict[str, Drink], stock: dict[str, int]) -> Change:
+            new = {d.id: d for d, _ in parsed}
+            new_stock = {k: stock.get(k, 0) for k in new}
+            new_stock.update({d.id: units for d, units in parsed if units is not None})
+            for d in new.values():
+                if new_stock[d.id] > d.capacity:
+                    raise InvalidInput("stock", f"{d.id} holds {new_stock[d.id]}: over capacity")
+            changes.extend(catalog.menu_changes(list(drinks.values()), list(new.values())))
+            return Change(new, new_stock, None, changes)
+
+        self._edit("import_menu", "menu", edit, actor)
+        return changes
+
+    # --- the operator's queue -----------------------------------------------------------------
+
+    def queue_entry(self, order_id: str) -> dict:
+        entry = self.broker.operator_queue().get(order_id)
+        if entry is None:
+            raise NotFound("order_id", f"order {order_id!r} is not in the operator's queue")
+        return entry
+
+    def close_entry(
+        self,
+        order_id: str,
+        action: Resolution,
+        actor: str,
+        note: str = "",
+        requeue: Mapping[str, Any] | None = None,
+        detail: str = "",
+    ) -> dict:
+        """Resolve a queue entry: in one MULTI, take it off the queue (or, with `requeue`,
+        replace it: a refund that is owed after all), append the sales entry that closes it
+        (rules.resolution_sale, with resolved_by), and audit. `mark_vended` also takes the
+        unit from the stock. Returns the entry as it was."""
+        _check_actor(actor)
+        tid = uuid.uuid4().hex
+        seen: list[dict] = []
+
+        def judge(pipe: Pipeline) -> Writes:
+            raw = pipe.hget(self.broker.operator_key, order_id)
+            if raw is None:
+                raise NotFound("order_id", f"order {order_id!r} is not in the operator's queue")
+            entry = json.loads(cast(str, raw))
+            why = rules.check_resolution(entry.get("kind", ""), action, note)
+            if why:
+                raise ActionRefused(why)
+            seen.append(entry)
+            now = self.broker.clock()
+            amount = entry.get("amount")
+            drink = entry.get("drink")
+
+            def write(p: Pipeline) -> None:
+                after: dict[str, Any] = {"resolution": str(action), "note": note}
+                if requeue is not None:
+                    fresh = {**entry, **requeue, "order_id": order_id, "at": now}
+                    p.hset(self.broker.operator_key, order_id, json.dumps(fresh))
+                    after["queue"] = fresh
+                else:
+                    p.hdel(self.broker.operator_key, order_id)
+                    sale = rules.resolution_sale(action)
+                    fields: dict[FieldT, EncodableT] = {
+                        "kind": str(sale),
+                        "order_id": order_id,
+                        "at": now,
+                    }
+                    fields.update({"resolved_by": actor, "resolution": str(action)})
+                    if amount is not None:
+                        fields["amount"] = int(amount)
+                    if drink:
+                        fields["drink_id"] = str(drink)
+                    if note:
+                        fields["note"] = note
+                    if action in rules.REFUNDS_AT_GATEWAY:
+                        fields["refund_key"] = rules.refund_key(order_id)
+                    p.xadd(self.broker.sales_key, fields)
+                    after["sale"] = str(sale)
+                    if action is Resolution.MARK_VENDED and drink:
+                        p.hincrby(self.broker.stock_key, str(drink), -1)
+                if detail:
+                    after["detail"] = detail
+                self._audit(p, actor, str(action), order_id, entry, after, now)
+
+            return write
+
+        watch = (self.broker.operator_key, self.broker.stock_key)
+        self.broker._compare_and_set(watch, judge, tid)
+        log.info(
+            "queue entry resolved",
+            extra=kv(order_id=order_id, action=action, actor=actor, requeued=requeue is not None),
+        )
+        return seen[-1]
+
+    def record_attempt(self, order_id: str, action: Resolution, actor: str, detail: str) -> None:
+        """Audit a resolution that changed nothing (a refund Midtrans still refused)."""
+        self._audit(self.redis, actor, str(action), order_id, None, {"failed": detail})
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _set_field(self, action: str, drink_id: str, name: str, value: Any, actor: str) -> Drink:
+        made: list[Drink] = []
+
+        def edit(drinks: dict[str, Drink], stock: dict[str, int]) -> Change:
+            was = _named(drinks, drink_id)
+            drink = catalog.parse_drink({"id": drink_id, name: value}, list(drinks.values()))
+            made.append(drink)
+            before, after = getattr(was, name), getattr(drink, name)
+            return Change({**drinks, drink_id: drink}, stock, {name: before}, {name: after})
+
+        self._edit(action, drink_id, edit, actor)
+        return made[-1]
+
+    def _edit(
+        self,
+        action: str,
+        target: str,
+        edit: Callable[[dict[str, Drink], dict[str, int]], Change],
+        actor: str,
+    ) -> Change:
+        """Read the menu and stock under WATCH, `edit` them (it raises to refuse), and write
+        the new ones with the audit entry and, on the menu screen, the menu re-sent."""
+        _check_actor(actor)
+        tid = uuid.uuid4().hex
+        done: list[Change] = []
+        broker = self.broker
+
+        def judge(pipe: Pipeline) -> Writes:
+            snap = Snapshot.parse(cast(dict[str, str], pipe.hgetall(broker.state_key)))
+            raw = cast(dict[str, str], pipe.hgetall(broker.menu_key))
+            drinks = {d.id: d for d in catalog.menu_from_hash(raw)}
+            stock = {
+                k: int(v) for k, v in cast(dict[str, str], pipe.hgetall(broker.stock_key)).items()
+            }
+            change = edit(drinks, stock)
+            done.append(change)
+            now = broker.clock()
+
+            def write(p: Pipeline) -> None:
+                for gone in drinks.keys() - change.drinks.keys():
+                    p.hdel(broker.menu_key, gone)
+                for d in change.drinks.values():
+                    if drinks.get(d.id) != d or d.id not in raw:
+                        p.hset(broker.menu_key, d.id, json.dumps(d.record()))
+                for gone in stock.keys() - change.stock.keys():
+                    p.hdel(broker.stock_key, gone)
+                for k, units in change.stock.items():
+                    if stock.get(k) != units:
+                        p.hset(broker.stock_key, k, units)
+                self._audit(p, actor, action, target, change.before, change.after, now)
+                if snap.state is State.SHOW_MENU:
+                    values = catalog.kiosk_menu(change.drinks.values(), change.stock)
+                    move = Transition(State.SHOW_MENU, (State.SHOW_MENU,), None, values)
+                    broker._queue(p, snap, move, now, tid)
+
+            return write
+
+        broker._compare_and_set((broker.state_key, broker.menu_key, broker.stock_key), judge, tid)
+        log.info("operator action", extra=kv(action=action, target=target, actor=actor))
+        return done[-1]
+
+    def _audit(
+        self,
+        pipe: Any,
+        actor: str,
+        action: str,
+        target: str,
+        before: Any,
+        after: Any,
+        now: float | None = None,
+    ) -> None:
+        pipe.xadd(
+            self.audit_key,
+            {
+                "actor": actor,
+                "action": action,
+                "target": target,
+                "before": json.dumps(before, sort_keys=True),
+                "after": json.dumps(after, sort_keys=True),
+                "at": self.broker.clock() if now is None else now,
+            },
+        )
+
+
+def _check_actor(actor: str) -> None:
+    """Every operator action names who did it: `cli:NAME` or `console:NAME` (the audit)."""
+    if not actor.strip():
+        raise InvalidInput("actor", "every operator action names who did it")
+
+
+def _named(drinks: Mapping[str, Drink], drink_id: str | None) -> Drink:
+    if drink_id is None or drink_id not in drinks:
+        raise NotFound("drink", f"no drink {drink_id!r} on the menu")
+    return drinks[drink_id]
+
+
+__all__ = ["Change", "Operations"]
