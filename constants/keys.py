@@ -26,13 +26,30 @@ RECHECK = PREFIX + ":recheck"
 HEARTBEAT = PREFIX + ":heartbeat:{service}"
 #: string: counter for order ids.
 ORDER_SEQ = PREFIX + ":order_seq"
+#: stream, capped (ALERTS_MAXLEN): every alert raised or cleared {kind, subject, state
+#: (raised|cleared), detail, at (unix s)}; written in one MULTI with ALERTS_OPEN.
+ALERTS = PREFIX + ":alerts"
+#: hash: alert id `kind:subject` -> JSON {kind, subject, detail, at} of each open alert.
+ALERTS_OPEN = PREFIX + ":alerts:open"
+#: string: id of the last ALERTS entry the webhook delivered (or gave up on as refused).
+ALERTS_WEBHOOK_CURSOR = PREFIX + ":alerts:webhook_cursor"
+#: hash: the gateway's health as the workers' calls see it: last_ok_at, failing_since (unix s,
+#: absent while calls succeed), last_error; written on a change of state only.
+GATEWAY = PREFIX + ":gateway"
+#: hash: `up` restarted the machine's redis-server: at (unix s of the last restart), count.
+REDIS_RESTARTED = PREFIX + ":redis_restarted"
+#: hash: counters the workers record with their gateway calls (cores/metrics.py): latency
+#: buckets, sums and errors per call.
+METRICS = PREFIX + ":metrics"
+#: hash: counters folded from the sales stream at scrape time (cores/metrics.py), with the
+#: id of the last entry folded (`cursor`) and the charge time of orders awaiting payment.
+METRICS_SALES = PREFIX + ":metrics:sales"
 #: stream, append-only: every operator action {actor, action, target, before (JSON), after
 #: (JSON), at (unix s)}; never capped (shared/DESIGN.md, "Operator console").
 AUDIT = PREFIX + ":audit"
 
 #: Fleet-wide (no machine tag): hash of the console's operators, name -> argon2id hash.
 OPERATORS = "console:operators"
-
 
 
 def key(template: str, machine_id: str, **parts: str) -> str:

@@ -89,6 +89,28 @@ PAGE_CLOSE_TIMEOUT_S = 2.0
 #: Entries the relay reads from the events stream at once.
 RELAY_BATCH = 100
 
+#: Alerts (cores/alerts.py): the watcher re-reads the machine this often (and at once after a
+#: sale ends); each check is one round trip of seven reads.
+ALERT_CHECK_S = 15.0
+#: The gateway is reported unreachable once its calls have failed for longer than this.
+GATEWAY_DOWN_ALERT_S = 120.0
+#: A process re-writes the gateway's health this often at most while it does not change
+#: (so that processes that disagree converge); otherwise only on a change.
+GATEWAY_HEALTH_REFRESH_S = 30.0
+#: The alert for a redis-server restarted by `up` stays open this long (or until acknowledged).
+REDIS_RESTART_ALERT_S = 3600.0
+#: Alerts stream length kept (approximate MAXLEN): the webhook's queue is bounded by it.
+ALERTS_MAXLEN = 10_000
+#: Pauses between attempts to POST an alert to ALERT_WEBHOOK_URL; the last one repeats until
+#: the receiver answers (alerts are delivered in order, none is dropped).
+ALERT_WEBHOOK_RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+#: Connect and read timeout of one webhook POST.
+ALERT_WEBHOOK_TIMEOUT_S = 5.0
+#: Bucket bounds (s) of the gateway call latency histogram (/metrics).
+GATEWAY_LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0)
+#: Bucket bounds (s) of the payment wait histogram: ORDER_CREATED to paid or failed.
+PAYMENT_WAIT_BUCKETS_S = (2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 900.0)
+
 #: Operator catalog limits (shared/DESIGN.md, "Operator console"; issue "Bad input").
 #: Dispenser slots are numbered 1..SLOTS_MAX.
 SLOTS_MAX = 60

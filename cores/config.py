@@ -78,6 +78,8 @@ class Settings:
     var_dir: Path = Path("var")
     menu_file: Path = Path(__file__).resolve().parent.parent / "menu.json"
     log_level: str = "INFO"
+    #: Where each alert raised or cleared is POSTed as JSON (services/alert_webhook.py).
+    alert_webhook_url: str | None = None
     #: The machine's time zone (IANA name): sales reports and the dates operators read.
     timezone: str = "Asia/Jakarta"
 
@@ -108,6 +110,12 @@ class Settings:
         _check(self.dispenser in DISPENSERS, "DISPENSER", " or ".join(DISPENSERS))
         _check(0 <= self.dispense_s <= 120, "DISPENSE_S", "0 to 120 seconds")
         _check(0 <= self.dispense_failure_rate <= 1, "DISPENSE_FAILURE_RATE", "0 to 1")
+        if self.alert_webhook_url is not None:
+            _check(
+                _is_http_url(self.alert_webhook_url),
+                "ALERT_WEBHOOK_URL",
+                "an http:// or https:// URL with a host",
+            )
         _check(_is_zone(self.timezone), "TIMEZONE", "an IANA time zone such as Asia/Jakarta")
         if self.redis_url is not None:
             _check(
@@ -207,6 +215,7 @@ class Settings:
         take("VAR_DIR", "var_dir", Path)
         take("MENU_FILE", "menu_file", Path)
         take("LOG_LEVEL", "log_level")
+        take("ALERT_WEBHOOK_URL", "alert_webhook_url")
         take("TIMEZONE", "timezone")
         faults: dict[str, float] = {}
         for name, kind in SANDBOX_FAULTS.items():
@@ -266,6 +275,21 @@ def _is_zone(name: str) -> bool:
     except (ValueError, ZoneInfoNotFoundError):
         return False
     return True
+
+
+def _is_http_url(text: str) -> bool:
+    """An absolute http(s) URL with a host, no spaces or credentials."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError:
+        return False
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and "@" not in parts.netloc
+        and not any(c.isspace() for c in text)
+    )
 
 
 def _check(ok: bool, var: str, expected: str) -> None:

@@ -90,7 +90,9 @@ __all__ = [
     "MidtransClient",
     "MidtransError",
     "Transaction",
+    "CallObserver",
     "backoff_delay",
+    "error_kind",
     "refund_idempotency_key",
     "signature",
     "verify_signature",
@@ -103,6 +105,11 @@ _EXPIRE_OK = frozenset({"407", "200"})
 _REFUND_OK = frozenset({"200"})
 # Refund idempotency keys are UUIDs derived from (order_id, refund_key) in this namespace.
 _REFUND_KEY_NAMESPACE = uuid.UUID("5b0f3c2e-8f51-4d3a-9a57-6c1d2e0b7a44")
+
+
+#: Told of every call once it ends: (op, elapsed seconds, the error or None). The workers
+#: record metrics and the gateway's health with it (cores/metrics.py); it must not raise.
+CallObserver = Callable[[str, float, "MidtransError | None"], None]
 
 
 class _Where(TypedDict):
@@ -157,6 +164,7 @@ class MidtransClient:
         rng: random.Random | None = None,
         notification_url: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        observer: CallObserver | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, not {base_url!r}")
@@ -177,6 +185,7 @@ class MidtransClient:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._clock = clock
+        self.observer = observer
 
     @classmethod
     def from_settings(
@@ -185,6 +194,7 @@ class MidtransClient:
         session: requests.Session | None = None,
         *,
         notification_url: str | None = None,
+        observer: CallObserver | None = None,
     ) -> MidtransClient:
         """A client for `settings.midtrans_base_url` with `settings.server_key`."""
         return cls(
@@ -194,6 +204,7 @@ class MidtransClient:
             read_timeout=settings.midtrans_timeout_s,
             retry_budget_s=2 * settings.midtrans_timeout_s,
             notification_url=notification_url,
+            observer=observer,
         )
 
     def __repr__(self) -> str:
@@ -324,7 +335,7 @@ class MidtransClient:
                 )
             except MidtransError as exc:
                 exc.attempts = attempt
-                self._log(op, order_id, _outcome(exc), attempt, start)
+                self._log(op, order_id, error_kind(exc), attempt, start, exc)
                 raise
             if isinstance(result, Transaction):
                 self._log(op, order_id, result.transaction_status, attempt, start)
@@ -333,7 +344,7 @@ class MidtransClient:
             elapsed = self._clock() - start
             if attempt >= self.retry_attempts or elapsed + delay >= self.retry_budget_s:
                 result.attempts = attempt
-                self._log(op, order_id, _outcome(result), attempt, start)
+                self._log(op, order_id, error_kind(result), attempt, start, result)
                 raise result from result.__cause__
             log.info(
                 "midtrans retry",
@@ -341,7 +352,7 @@ class MidtransClient:
                     op=op,
                     order_id=order_id,
                     attempt=attempt,
-                    error=_outcome(result),
+                    error=error_kind(result),
                     delay_ms=round(delay * 1000),
                 ),
             )
@@ -429,8 +440,19 @@ class MidtransClient:
             raise GatewayRefused(code, message, body, **where)
         raise MalformedAnswer(f"unexpected status_code {code} ({message})", **where)
 
-    def _log(self, op: str, order_id: str, outcome: str, attempts: int, start: float) -> None:
-        elapsed_ms = round((self._clock() - start) * 1000)
+    def _log(
+        self,
+        op: str,
+        order_id: str,
+        outcome: str,
+        attempts: int,
+        start: float,
+        error: MidtransError | None = None,
+    ) -> None:
+        elapsed = self._clock() - start
+        elapsed_ms = round(elapsed * 1000)
+        if self.observer is not None:
+            self.observer(op, elapsed, error)
         log.info(
             "midtrans %s",
             op,
@@ -470,7 +492,9 @@ def _is_timeout(exc: BaseException) -> bool:
     return any(isinstance(arg, ReadTimeoutError) for arg in exc.args)
 
 
-def _outcome(error: MidtransError) -> str:
+def error_kind(error: MidtransError) -> str:
+    """A failed call's kind, as logged and counted: timeout, unreachable[_<code>],
+    refused_<code>, malformed."""
     if isinstance(error, GatewayRefused):
         return f"refused_{error.code}"
     if isinstance(error, GatewayTimeout):

@@ -21,6 +21,7 @@ from cores.dispenser import Dispenser
 from cores.dispenser import from_settings as dispenser_from_settings
 from cores.logs import kv
 from cores.machine import Effects, Transition
+from cores.metrics import GatewayRecorder
 from cores.midtrans import MidtransClient
 from cores.rules import Vend
 from services.refunds import Refunder
@@ -170,6 +171,5 @@ class DispenseWorker(Worker):
 
 
 def build(settings: Settings, broker: Broker) -> DispenseWorker:
-    return DispenseWorker(
-        broker, MidtransClient.from_settings(settings), dispenser_from_settings(settings)
-    )
+    client = MidtransClient.from_settings(settings, observer=GatewayRecorder(broker))
+    return DispenseWorker(broker, client, dispenser_from_settings(settings))

@@ -17,6 +17,7 @@ from cores.broker import Broker, Order, Snapshot
 from cores.config import Settings
 from cores.logs import kv
 from cores.machine import Effects, Transition
+from cores.metrics import GatewayRecorder
 from cores.midtrans import MidtransClient
 from cores.rules import Paid, Step, Watch
 from services import payment
@@ -120,4 +121,5 @@ class OrderCreatedWorker(PaymentWorker):
 
 
 def build(settings: Settings, broker: Broker) -> OrderCreatedWorker:
-    return OrderCreatedWorker(broker, MidtransClient.from_settings(settings), settings)
+    client = MidtransClient.from_settings(settings, observer=GatewayRecorder(broker))
+    return OrderCreatedWorker(broker, client, settings)

@@ -15,6 +15,7 @@ from cores.broker import Broker, Order, Snapshot
 from cores.config import Settings
 from cores.logs import kv
 from cores.machine import Effects, Transition
+from cores.metrics import GatewayRecorder
 from cores.midtrans import GatewayRefused, MidtransClient, MidtransError, Transaction
 from cores.rules import Step
 from services import payment
@@ -137,4 +138,5 @@ class OrderWorker(PaymentWorker):
 
 
 def build(settings: Settings, broker: Broker) -> OrderWorker:
-    return OrderWorker(broker, MidtransClient.from_settings(settings), settings)
+    client = MidtransClient.from_settings(settings, observer=GatewayRecorder(broker))
+    return OrderWorker(broker, client, settings)

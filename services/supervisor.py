@@ -22,6 +22,8 @@ import redis
 
 from constants.services import WORKERS, Service
 from constants.tunables import HEALTHY_AFTER_S, RESTART_BACKOFF_S, WATCH_INTERVAL_S
+from cores.alert_store import mark_redis_restart
+from cores.broker import Broker
 from cores.config import Settings
 from cores.logs import kv
 from cores.process import InstanceLock, die_with_parent
@@ -177,6 +179,7 @@ class Supervisor:
             try:
                 self.redis.start()
                 self.redis_failures = 0
+                self.mark_redis_restart()
             except Exception:
                 pause = RESTART_BACKOFF_S[min(self.redis_failures, len(RESTART_BACKOFF_S) - 1)]
                 self.redis_failures += 1
@@ -195,6 +198,17 @@ class Supervisor:
             elif now >= child.restart_at:
                 child.restarts += 1
                 self.spawn(child)
+
+    def mark_redis_restart(self) -> None:
+        """Leave the marker the alert watcher raises `redis_restarted` on (cores/alerts.py)."""
+        assert self.redis is not None  # only a redis-server of our own is restarted
+        client = redis.Redis.from_url(self.redis.url, decode_responses=True, socket_timeout=5)
+        try:
+            mark_redis_restart(Broker(client, self.settings.machine_id))
+        except redis.RedisError as exc:
+            log.warning("redis restart not marked", extra=kv(error=str(exc)))
+        finally:
+            client.close()
 
     def request_stop(self, *_: object) -> None:
         self.stopping.set()
