@@ -6,15 +6,24 @@ Usage::
     python main.py up                       # Redis, sandbox, websocket server, workers
     python main.py --service ORDER          # one process (ORDER, ORDER_CREATED, DISPENSE,
                                             #   SCREEN, NOTIFICATION, SANDBOX)
-    python main.py status                   # state, current order, stock as JSON
-    python main.py stock cola 12            # set a drink's stock
+    python main.py status                   # state, current order, stock, queue (--json: JSON)
+    python main.py menu                     # the drinks; `menu import FILE [--yes]` applies a file
+    python main.py price cola 7500          # a drink's price, from the next order
+    python main.py stock cola 12            # a drink's units; `refill cola` / `refill --all`
+    python main.py sales --from 2027-01-01 --to 2027-01-31 [--csv]
+    python main.py queue                    # refunds owed, vend outcomes unknown
+    python main.py resolve ORDER_ID ACTION  # retry_refund, mark_refunded, mark_vended, refund
+    python main.py operator add NAME        # console log-in; password from stdin
     python main.py maintenance on|off       # OUT_OF_SERVICE / back to IDLE
     python main.py health                   # exit 0 when every worker has a fresh heartbeat
+
+Every operator command takes --json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from constants.services import Service
@@ -38,16 +47,62 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("up", help="start the whole machine")
-    sub.add_parser("status", help="print the machine's state as JSON")
     sub.add_parser("health", help="exit 0 when Redis answers and every worker is alive")
-    stock = sub.add_parser("stock", help="set the stock of a drink")
+    # Operator commands: readable by default, JSON with --json (services/commands.py).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common])
+
+    command("status", help="the machine's state, order, stock, queue and workers")
+    menu = command("menu", help="list the drinks; `menu import FILE` applies a menu file")
+    menu_sub = menu.add_subparsers(dest="menu_command")
+    menu_import = menu_sub.add_parser(
+        "import", help="show what a menu file changes, then apply it", parents=[common]
+    )
+    menu_import.add_argument("file")
+    menu_import.add_argument("--yes", action="store_true", help="apply without asking")
+    price = command("price", help="set a drink's price (Rupiah), from the next order")
+    price.add_argument("drink")
+    price.add_argument("rupiah")
+    stock = command("stock", help="set the units in a drink's slot")
     stock.add_argument("drink")
-    stock.add_argument("units", type=int)
-    maintenance = sub.add_parser("maintenance", help="take the machine out of service, or back")
+    stock.add_argument("units")
+    refill = command("refill", help="a drink's slot (or --all) is full: stock = capacity")
+    refill.add_argument("drink", nargs="?")
+    refill.add_argument("--all", action="store_true", help="every drink")
+    sales = command("sales", help="sales report of a date range (default: today)")
+    sales.add_argument("--from", dest="date_from", metavar="DATE", help="YYYY-MM-DD")
+    sales.add_argument("--to", dest="date_to", metavar="DATE", help="YYYY-MM-DD (included)")
+    sales.add_argument("--csv", action="store_true", help="one CSV line per order")
+    command("queue", help="what needs a person: refunds owed, vend outcomes unknown")
+    resolve = command("resolve", help="resolve an entry of the queue")
+    resolve.add_argument("order_id")
+    resolve.add_argument(
+        "action", choices=["retry_refund", "mark_refunded", "mark_vended", "refund"]
+    )
+    resolve.add_argument("--note", default="", help="what was done (mark_refunded needs one)")
+    audit = command("audit", help="the latest operator actions")
+    audit.add_argument("--count", type=int, default=50)
+    maintenance = command("maintenance", help="take the machine out of service, or back")
     maintenance.add_argument("mode", choices=["on", "off"])
+    account = command("operator", help="console operators: add NAME, remove NAME, list")
+    account_sub = account.add_subparsers(dest="operator_command", required=True)
+    add = account_sub.add_parser(
+        "add", help="add an operator; the password is read from stdin", parents=[common]
+    )
+    add.add_argument("name")
+    remove = account_sub.add_parser("remove", help="remove an operator", parents=[common])
+    remove.add_argument("name")
+    account_sub.add_parser("list", help="the operators' names", parents=[common])
     args = parser.parse_args(argv)
     if not args.service and not args.command:
-        parser.error("give --service NAME or a command (up, status, stock, maintenance)")
+        parser.error("give --service NAME or a command (up, status, menu, sales, ...)")
+    if args.command == "refill" and bool(args.drink) == bool(args.all):
+        parser.error("refill DRINK, or refill --all")
+    # Who an operator command acts as, in the audit stream.
+    args.actor = "cli:" + (os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown")
     return args
 
 
@@ -64,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = args.service or args.command.upper()
     to_file = (args.service or args.command == "up") and not args.no_log_file
+    # A one-shot command prints its answer on stdout; its INFO lines would only bury it.
+    quiet = not to_file and settings.log_level == "INFO" and args.command != "up"
     logs.setup(
         name,
         settings.machine_id,
-        settings.log_level,
+        "WARNING" if quiet else settings.log_level,
         settings.var_dir / "logs" if to_file else None,
     )
     try:

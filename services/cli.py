@@ -1,6 +1,7 @@
 """What `main.py` runs once it has parsed its arguments, built the settings and set up
 logging: the whole machine (`up`), one process (`--service NAME`), or an operator command
-(status, stock, maintenance, health) against the machine's Redis.
+(status, menu, price, stock, refill, sales, queue, resolve, audit, operator, maintenance,
+health) against the machine's Redis (services/commands.py).
 
 Each branch imports only what it runs, so a process does not carry the modules of the
 others (the sandbox no Redis client, a one-shot command no supervisor, sandbox or worker).
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from constants.services import Service
 from cores.config import Settings
@@ -36,22 +40,82 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.service:
         runtime.run_worker(Service(args.service), settings)
         return 0
-    from cores import operator
-    from cores.broker import CommandRefused
-
     if args.command == "health":
         return health(settings)
-    broker = runtime.broker_for(settings)
+    return operator_command(args, settings)
+
+
+def operator_command(args: argparse.Namespace, settings: Settings) -> int:
+    """An operator command: its readable output (or JSON with --json) on stdout; a refused
+    input, or Redis unreachable, as one line on stderr and exit status 1."""
+    import redis
+
+    from cores.broker import CommandRefused
+    from cores.console_errors import OperatorError
+    from services import runtime
+
+    url = runtime.redis_url(settings)
     try:
-        if args.command == "stock":
-            broker.set_stock(args.drink, args.units)
-        elif args.command == "maintenance":
-            broker.set_out_of_service(args.mode == "on")
-    except CommandRefused as exc:
+        client = runtime.redis_client(settings, name="cli")
+        out = _dispatch(args, settings, client)
+    except (OperatorError, CommandRefused) as exc:
         print(f"refused: {exc.message}", file=sys.stderr)
         return 1
-    print(operator.dumps(operator.status(broker)))
-    return 0
+    except redis.RedisError as exc:
+        print(f"redis unreachable at {_shown(url)}: {exc}", file=sys.stderr)
+        return 1
+    text = out.render(args.json)
+    if text:
+        print(text)
+    return 0 if out.ok else 1
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings, client: Any) -> Any:
+    from cores.accounts import Accounts
+    from cores.operations import Operations
+    from services import commands, runtime
+
+    if args.command == "operator":
+        return commands.operators(Accounts(client), args)
+    broker = runtime.broker_for(settings, client)
+    ops = Operations(broker)
+    actor = args.actor
+    match args.command:
+        case "status":
+            return commands.status(ops, settings)
+        case "maintenance":
+            broker.set_out_of_service(args.mode == "on")
+            return commands.status(ops, settings)
+        case "menu" if args.menu_command == "import":
+            return commands.menu_import(ops, Path(args.file), args.yes, actor)
+        case "menu":
+            return commands.menu(ops, settings)
+        case "price":
+            return commands.price(ops, args.drink, args.rupiah, actor)
+        case "stock":
+            return commands.stock(ops, args.drink, args.units, actor)
+        case "refill":
+            return commands.refill(ops, None if args.all else args.drink, actor)
+        case "sales":
+            return commands.sales_report(ops, settings, args.date_from, args.date_to, args.csv)
+        case "queue":
+            return commands.queue(ops, settings)
+        case "resolve":
+            return commands.resolve(ops, settings, args.order_id, args.action, args.note, actor)
+        case "audit":
+            return commands.audit(ops, settings, args.count)
+    raise ValueError(f"no such command: {args.command}")  # main.py's parser lists them all
+
+
+def _shown(url: str) -> str:
+    """A Redis URL without its password, for a message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=f"{user}{host}{port}").geturl()
 
 
 def health(settings: Settings) -> int:

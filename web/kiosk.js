@@ -435,6 +435,9 @@
   }
 
   function drinkName(drink) {
+    if (drink && kiosk.lang === "en" && typeof drink.name_en === "string" && drink.name_en) {
+      return drink.name_en;
+    }
     if (drink && typeof drink.name === "string" && drink.name) return drink.name;
     if (drink && typeof drink.id === "string") return drink.id;
     return "";
