@@ -32,7 +32,7 @@ class Launched:
     def __init__(self, folder: Path, **env: str) -> None:
         self.folder = Path(folder)
         self.var = self.folder / "var"
-        self.ws_port, self.sandbox_port, self.notify_port = free_ports(3)
+        self.ws_port, self.sandbox_port, self.notify_port, self.operator_port = free_ports(4)
         self.env = {
             k: v
             for k, v in os.environ.items()
@@ -44,6 +44,7 @@ class Launched:
                 "WS_PORT": str(self.ws_port),
                 "SANDBOX_PORT": str(self.sandbox_port),
                 "NOTIFICATION_PORT": str(self.notify_port),
+                "OPERATOR_PORT": str(self.operator_port),
                 "PAYMENT_DEADLINE_S": "6",
                 "RESULT_SCREEN_S": "1",
                 "DISPENSE_S": "0.3",
@@ -63,6 +64,7 @@ class Launched:
         )
         self.sandbox = f"http://127.0.0.1:{self.sandbox_port}"
         self.ws_url = f"ws://127.0.0.1:{self.ws_port}/ws"
+        self.console = f"http://127.0.0.1:{self.operator_port}"
         self.http = requests.Session()
         self.redis: redis.Redis | None = None
         try:

@@ -11,6 +11,8 @@ class Service(StrEnum):
     NOTIFICATION = "NOTIFICATION"
     SANDBOX = "SANDBOX"
     WEBSOCKET = "WEBSOCKET"
+    #: The operator's web console (services/operator_service.py).
+    OPERATOR = "OPERATOR"
 
 
 #: The workers `main.py up` starts next to the websocket server (and the sandbox, without keys).

@@ -63,6 +63,12 @@ class Settings:
     sandbox_faults: Mapping[str, float] = field(default_factory=dict)
     notification_host: str = "127.0.0.1"
     notification_port: int = 3335
+    operator_host: str = "127.0.0.1"
+    operator_port: int = 3336
+    #: Signs the console's session cookies; unset: generated once into VAR_DIR/console_secret.
+    console_secret: str | None = field(default=None, repr=False)
+    #: A console session ends this long after its log-in.
+    console_session_s: float = 8 * 3600.0
     midtrans_server_key: str | None = None
     midtrans_client_key: str | None = None
     midtrans_is_production: bool = False
@@ -93,6 +99,7 @@ class Settings:
             ("WS_PORT", self.ws_port),
             ("SANDBOX_PORT", self.sandbox_port),
             ("NOTIFICATION_PORT", self.notification_port),
+            ("OPERATOR_PORT", self.operator_port),
         ):
             _check(0 <= port <= 65535, name, "a port number from 0 to 65535")
         for origin in self.kiosk_allowed_origins:
@@ -116,6 +123,10 @@ class Settings:
                 "ALERT_WEBHOOK_URL",
                 "an http:// or https:// URL with a host",
             )
+        _check(bool(self.operator_host.strip()), "OPERATOR_HOST", "a host name or address")
+        if self.console_secret is not None:
+            _check(len(self.console_secret) >= 32, "CONSOLE_SECRET", "at least 32 characters")
+        _check(60 <= self.console_session_s <= 7 * 86400, "CONSOLE_SESSION_S", "60 s to 7 days")
         _check(_is_zone(self.timezone), "TIMEZONE", "an IANA time zone such as Asia/Jakarta")
         if self.redis_url is not None:
             _check(
@@ -154,6 +165,14 @@ class Settings:
     @property
     def kiosk_url(self) -> str:
         return f"http://{self.ws_host}:{self.ws_port}/"
+
+    @property
+    def console_url(self) -> str:
+        return f"http://{self.operator_host}:{self.operator_port}/"
+
+    @property
+    def console_secret_file(self) -> Path:
+        return self.var_dir / "console_secret"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -200,6 +219,10 @@ class Settings:
         take("SANDBOX_NOTIFICATION_URL", "sandbox_notification_url")
         take("NOTIFICATION_HOST", "notification_host")
         take("NOTIFICATION_PORT", "notification_port", int)
+        take("OPERATOR_HOST", "operator_host")
+        take("OPERATOR_PORT", "operator_port", int)
+        take("CONSOLE_SECRET", "console_secret")
+        take("CONSOLE_SESSION_S", "console_session_s", float)
         take("MIDTRANS_SERVER_KEY", "midtrans_server_key")
         take("MIDTRANS_CLIENT_KEY", "midtrans_client_key")
         take("MIDTRANS_IS_PRODUCTION", "midtrans_is_production", bool)

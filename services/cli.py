@@ -35,6 +35,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         notification_service.run(settings)
         return 0
+    if args.service == Service.OPERATOR:
+        from services import operator_service
+
+        operator_service.run(settings)
+        return 0
     from services import runtime
 
     if args.service:

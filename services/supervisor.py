@@ -68,7 +68,12 @@ class Supervisor:
         data_dir = self.settings.var_dir / "redis"
         # Never a port promised to the machine's own servers, which bind it a moment later.
         taken = frozenset(
-            {self.settings.ws_port, self.settings.sandbox_port, self.settings.notification_port}
+            {
+                self.settings.ws_port,
+                self.settings.sandbox_port,
+                self.settings.notification_port,
+                self.settings.operator_port,
+            }
         )
         port = _previous_port(self.settings.redis_url_file)
         if port is None or port in taken:
@@ -114,7 +119,7 @@ class Supervisor:
         self.children.append(
             Child("WEBSOCKET", [self.python, str(ROOT / "websocket_server.py"), quiet])
         )
-        for service in (*WORKERS, Service.NOTIFICATION):
+        for service in (*WORKERS, Service.NOTIFICATION, Service.OPERATOR):
             self.children.append(
                 Child(str(service), [self.python, main, "--service", service, quiet])
             )
@@ -163,6 +168,7 @@ class Supervisor:
         for child in self.children:
             self.spawn(child)
         print(f"Kiosk:     {self.settings.kiosk_url}", flush=True)
+        print(f"Console:   {self.settings.console_url}", flush=True)
         if self.settings.uses_local_sandbox:
             print(f"Simulator: {self.settings.sandbox_url}/simulator", flush=True)
         print(f"Redis:     {redis_url}", flush=True)

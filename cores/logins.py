@@ -1,0 +1,77 @@
+"""Failed console log-ins back off per client address and per account.
+
+After n failed log-ins in a row (from one address, or for one user name, whether or not an
+account has that name) the next try is refused until `delay_s(n)` seconds after the last
+failure: 1 s, 2 s, 4 s ... up to 60 s. The counters live in Redis with a TTL, so every console
+process sees them and they fade after LOGIN_FAILS_KEEP_S without failures.
+
+    delay_s(failures) -> seconds       the rule, a plain function
+    LoginBackoff(redis, clock)
+        .wait_s(client, account)        seconds left before a try is heard (0: now)
+        .failed(client, account)        count one failure against both
+        .succeeded(account)             forget the account's failures
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import cast
+
+import redis
+
+from constants.console import (
+    LOGIN_BACKOFF_FIRST_S,
+    LOGIN_BACKOFF_MAX_S,
+    LOGIN_FAILS_ACCOUNT,
+    LOGIN_FAILS_CLIENT,
+    LOGIN_FAILS_KEEP_S,
+)
+
+
+def delay_s(failures: int) -> float:
+    """How long after the last of `failures` failed log-ins in a row the next one is heard."""
+    if failures <= 0:
+        return 0.0
+    return min(LOGIN_BACKOFF_MAX_S, LOGIN_BACKOFF_FIRST_S * 2 ** min(failures - 1, 32))
+
+
+def wait_left(failures: int, last: float, now: float) -> float:
+    """Seconds still to wait at `now`, the last failure having been at `last`."""
+    return max(0.0, last + delay_s(failures) - now)
+
+
+class LoginBackoff:
+    def __init__(self, client: redis.Redis, clock: Callable[[], float] = time.time) -> None:
+        self.redis = client
+        self.clock = clock
+
+    def _keys(self, client: str, account: str) -> tuple[str, str]:
+        # A user name is whatever was typed: fold case and cap it, so that neither variants
+        # of one name nor a huge one make keys of their own.
+        name = account.strip().lower()[:64]
+        return (LOGIN_FAILS_CLIENT.format(client=client), LOGIN_FAILS_ACCOUNT.format(account=name))
+
+    def wait_s(self, client: str, account: str) -> float:
+        now = self.clock()
+        left = 0.0
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key in self._keys(client, account):
+                pipe.hmget(key, "failures", "last")
+            answers = cast(list[list[str | None]], pipe.execute())
+        for failures, last in answers:
+            if failures is not None and last is not None:
+                left = max(left, wait_left(int(failures), float(last), now))
+        return left
+
+    def failed(self, client: str, account: str) -> None:
+        now = self.clock()
+        with self.redis.pipeline() as pipe:
+            for key in self._keys(client, account):
+                pipe.hincrby(key, "failures", 1)
+                pipe.hset(key, "last", now)
+                pipe.expire(key, LOGIN_FAILS_KEEP_S)
+            pipe.execute()
+
+    def succeeded(self, account: str) -> None:
+        self.redis.delete(self._keys("", account)[1])
