@@ -132,7 +132,7 @@ class GatewayRecorder:
                     elif write_health:
                         # The streak started at its first failure: a refresh keeps it.
                         pipe.hsetnx(self.gateway_key, "failing_since", now)
-                        pipe.hset(self.gateway_key, "last_error", f"{op}: {error}"[:200])
+                        pipe.hset(self.gateway_key, "last_error", str(error)[:200])
                     pipe.execute()
             except redis.RedisError as exc:
                 log.warning("gateway metrics not recorded", extra=kv(op=op, error=str(exc)))
