@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, tzinfo
 
 from constants.states import RESULT_STATES, State
 from constants.tunables import ALERT_CHECK_S
@@ -115,13 +116,13 @@ def format_alerts(store: AlertStore, show_all: bool = False, count: int = 100) -
     return [{"id": a.id, **a.record()} for a in store.open_alerts()]
 
 
-def alerts_text(rows: list[dict]) -> str:
-    """`main.py alerts` without --json: one line per alert, times in UTC."""
+def alerts_text(rows: list[dict], tz: tzinfo = UTC) -> str:
+    """`main.py alerts` without --json: one line per alert, times in `tz` (the machine's)."""
     if not rows:
         return "no open alerts"
     lines = []
     for row in rows:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(row["at"])))
+        stamp = datetime.fromtimestamp(float(row["at"]), tz).strftime("%Y-%m-%d %H:%M:%S")
         state = f" {row['state']}" if "state" in row else ""
         lines.append(f"{stamp}{state} {row['kind']}:{row['subject']}  {row.get('detail', '')}")
     return "\n".join(lines)
