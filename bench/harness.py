@@ -86,6 +86,7 @@ class Launched:
             try:
                 ok = self.http.get(f"http://127.0.0.1:{self.ws_port}/healthz", timeout=1).ok
                 ok = ok and self.http.get(f"{self.sandbox}/simulator/transactions", timeout=1).ok
+                ok = ok and self.http.get(f"{self.console}/login", timeout=1).ok
                 if ok and all(
                     self.pid(n)
                     for n in ("order", "order_created", "dispense", "screen", "notification")
