@@ -8,7 +8,9 @@ writes one PNG per screen: `<name>.png` in portrait (1080x1920) and `<name>-land
     .venv/bin/python docs/screenshots.py [--out docs/screens]
 
 Screens: attract, menu (Lemon sold out), menu-en, creating-payment, qr, payment-success,
-dispensing, enjoy, payment-failed-cancelled, dispense-failed-refunded.
+dispensing, enjoy, payment-failed-cancelled, dispense-failed-refunded; and the operator's
+console (1280x900) after those sales: console-login, console-overview, console-menu,
+console-stock, console-sales, console-queue, console-maintenance, console-audit.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import Launched
+from constants.orders import OperatorKind
+from cores.accounts import Accounts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,6 +195,64 @@ def refund_screen(cam: Camera, up: Launched) -> None:
     cam.shoot("dispense-failed-refunded")
 
 
+CONSOLE_VIEWPORT = {"width": 1280, "height": 900}
+
+
+def console_screens(browser: Browser, up: Launched, out: Path) -> None:
+    """The console's pages, logged in as an operator made for the pictures, after a few
+    actions (so that the audit has entries) and with one vend outcome to look at."""
+    Accounts(up.redis).add("owner", "pictures-only-password")
+    up.broker.flag_for_operator(
+        "vm-1-20270115093000-000042-a1b2", OperatorKind.VEND_UNKNOWN, amount=6000, drink="tea"
+    )
+    context = browser.new_context(viewport=CONSOLE_VIEWPORT)
+    page = context.new_page()
+
+    def shoot(name: str) -> None:
+        page.wait_for_load_state("networkidle")
+        path = out / f"console-{name}.png"
+        page.screenshot(path=str(path), full_page=True)
+        log.info("saved %s", path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+    def go(slug: str, testid: str) -> None:
+        page.goto(f"{up.console}/machines/vm-1/{slug}")
+        expect(page.get_by_test_id(testid).first).to_be_visible(timeout=WAIT_MS)
+
+    page.goto(up.console + "/")
+    page.get_by_test_id("login-name").fill("owner")
+    shoot("login")
+    page.get_by_test_id("login-password").fill("pictures-only-password")
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("machines")).to_be_visible(timeout=WAIT_MS)
+    go("stock", "stock")
+    page.get_by_test_id("refill-lemon").click()
+    expect(page.get_by_test_id("notice")).to_be_visible(timeout=WAIT_MS)
+    go("menu", "menu")
+    page.get_by_test_id("price-water").fill("5000")
+    page.get_by_test_id("save-water").click()
+    expect(page.get_by_test_id("notice")).to_be_visible(timeout=WAIT_MS)
+    go("", "state")
+    expect(page.get_by_test_id("live")).to_have_text("connected", timeout=WAIT_MS)
+    shoot("overview")
+    go("menu", "menu")
+    shoot("menu")
+    go("stock", "stock")
+    page.get_by_test_id("units-orange").fill("2")
+    page.get_by_test_id("stock-save-orange").click()
+    expect(page.get_by_test_id("notice")).to_be_visible(timeout=WAIT_MS)
+    shoot("stock")
+    go("sales", "totals")
+    page.wait_for_function("() => window.consoleCharts && window.consoleCharts.by_day")
+    shoot("sales")
+    go("queue", "queue-vm-1-20270115093000-000042-a1b2")
+    shoot("queue")
+    go("maintenance", "state")
+    shoot("maintenance")
+    go("audit", "audit")
+    shoot("audit")
+    context.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screens")
@@ -210,6 +272,8 @@ def main() -> int:
                     page.goto(f"http://127.0.0.1:{up.ws_port}/")
                     script(Camera(page, args.out), up)
                     context.close()
+                    if folder == "sale":
+                        console_screens(browser, up, args.out)
         finally:
             browser.close()
     return 0
