@@ -90,8 +90,9 @@ PAGE_CLOSE_TIMEOUT_S = 2.0
 RELAY_BATCH = 100
 
 #: Alerts (cores/alerts.py): the watcher re-reads the machine this often (and at once after a
-#: sale ends); each check is one round trip of seven reads.
-ALERT_CHECK_S = 15.0
+#: sale ends); each check is one round trip of seven reads. A stale heartbeat (60 s) is
+#: reported within two minutes; an idle machine pays about eight commands a minute for it.
+ALERT_CHECK_S = 60.0
 #: The gateway is reported unreachable once its calls have failed for longer than this.
 GATEWAY_DOWN_ALERT_S = 120.0
 #: A process re-writes the gateway's health this often at most while it does not change

@@ -4,7 +4,8 @@ It runs inside the OPERATOR process (`start_alert_watcher`), next to the webhook
 ALERT_WEBHOOK_URL is set. Like every worker it blocks on the events and commands streams: it
 checks every ALERT_CHECK_S, and at once when a sale ends (a result screen: stock and the
 operator's queue may have changed). An idle check is one round trip of seven reads
-(cores/alert_store.py), so the watcher adds about ten Redis commands per ALERT_CHECK_S.
+(cores/alert_store.py), so the watcher adds about ten Redis commands per ALERT_CHECK_S,
+besides its own heartbeat cycle (three commands per 20 s, as every worker).
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ def test_a_quiet_well_stocked_machine_raises_no_alert(machine):
 
 
 def test_low_stock_and_sold_out_are_raised_on_schedule_and_cleared_after_a_refill(machine, clock):
-    watcher = AlertWatcher(machine, clock=clock)
+    watcher = AlertWatcher(machine, clock=clock, check_every_s=15)
     thread = start_worker(watcher)
     try:
         eventually(lambda: watcher.checks >= 1, what="the first check")
