@@ -48,7 +48,16 @@ OWN_COMMANDS = {
     "hello",
     "ping",
 }
-PROCESSES = ("websocket", "order", "order_created", "dispense", "screen", "notification", "sandbox")
+PROCESSES = (
+    "websocket",
+    "order",
+    "order_created",
+    "dispense",
+    "screen",
+    "notification",
+    "operator",
+    "sandbox",
+)
 
 
 def cpu_seconds(pid: int) -> float:
