@@ -44,6 +44,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from constants.console import SESSION_COOKIE
+from cores import catalog
 from cores.accounts import Accounts
 from cores.broker import Broker
 from cores.config import Settings
@@ -268,13 +269,11 @@ async def machines(request: Request, user: str) -> Response:
 
 
 def rupiah(amount: Any) -> str:
-    """`Rp 7.000`: Indonesian thousands separator."""
+    """`Rp 7.000` (cores/catalog.py), or `-` for what is not a number."""
     try:
-        value = int(amount)
+        return catalog.rupiah(int(amount))
     except (TypeError, ValueError):
         return "-"
-    sign = "-" if value < 0 else ""
-    return f"{sign}Rp {abs(value):,}".replace(",", ".")
 
 
 def local_time(settings: Settings) -> Callable[[Any, str], str]:
