@@ -45,8 +45,16 @@ HTTP_RETRY_BASE_S = 0.25
 
 #: Notification receiver: largest body accepted.
 NOTIFICATION_MAX_BYTES = 64 * 1024
-#: Notification receiver: a connection silent this long is closed.
-NOTIFICATION_READ_TIMEOUT_S = 2.0
+#: Notification receiver: a request must be whole and answered this long after its first byte
+#: (a connection, after it opens): a trickling sender is answered 408 then. Midtrans waits 15 s.
+NOTIFICATION_REQUEST_DEADLINE_S = 5.0
+#: After an answer sent with part of the request unread, the receiver reads and drops what
+#: still arrives for at most this long before it closes (closing at once would reset it).
+NOTIFICATION_LINGER_S = 2.0
+#: Notification receiver: connections the kernel queues before they are accepted.
+NOTIFICATION_BACKLOG = 2048
+#: An in-process HTTP server (uvicorn in a thread) must accept connections within this long.
+SERVER_START_TIMEOUT_S = 10.0
 #: A closed order whose charge could not be confirmed cancelled is read again this long after
 #: its charge's own expiry, and then every RECHECK_EVERY_S while the gateway cannot answer.
 RECHECK_AFTER_EXPIRY_S = 60.0
