@@ -85,6 +85,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     resolve.add_argument("--note", default="", help="what was done (mark_refunded needs one)")
     audit = command("audit", help="the latest operator actions")
     audit.add_argument("--count", type=int, default=50)
+    alerts = command("alerts", help="the open alerts (--all: the latest raised and cleared)")
+    alerts.add_argument("--all", action="store_true", help="the latest alerts stream entries")
     maintenance = command("maintenance", help="take the machine out of service, or back")
     maintenance.add_argument("mode", choices=["on", "off"])
     account = command("operator", help="console operators: add NAME, remove NAME, list")

@@ -341,6 +341,17 @@ class Operations:
         log.info("operator action", extra=kv(action=action, target=target, actor=actor))
         return done[-1]
 
+    def set_out_of_service(self, out: bool, actor: str) -> State:
+        """Maintenance on (only between customers: CommandRefused otherwise) or off; the
+        audit entry follows the move (Broker.set_out_of_service judges the state)."""
+        _check_actor(actor)
+        before = self.broker.snapshot().state
+        self.broker.set_out_of_service(out)
+        after = self.broker.snapshot().state
+        self._audit(self.broker.redis, actor, "maintenance", "machine", str(before), str(after))
+        log.info("operator action", extra=kv(action="maintenance", target=after, actor=actor))
+        return after
+
     def _audit(
         self,
         pipe: Any,

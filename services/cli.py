@@ -89,8 +89,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, client: Any) -> Any:
         case "status":
             return commands.status(ops, settings)
         case "maintenance":
-            broker.set_out_of_service(args.mode == "on")
+            ops.set_out_of_service(args.mode == "on", actor)
             return commands.status(ops, settings)
+        case "alerts":
+            return commands.alerts(broker, settings, args.all)
         case "menu" if args.menu_command == "import":
             return commands.menu_import(ops, Path(args.file), args.yes, actor)
         case "menu":

@@ -19,6 +19,7 @@ from typing import Any
 from constants.services import WORKERS, Service
 from cores import catalog, operator, sales
 from cores.accounts import Accounts
+from cores.broker import Broker
 from cores.config import Settings
 from cores.console_errors import ActionRefused, InvalidInput
 from cores.operations import Operations
@@ -199,6 +200,15 @@ def audit(ops: Operations, settings: Settings, count: int) -> Output:
         for e in entries
     ]
     return Output("\n".join(lines) or "no operator actions yet", entries)
+
+
+def alerts(broker: Broker, settings: Settings, show_all: bool) -> Output:
+    """`main.py alerts [--all]`: the open alerts, or the newest entries of the alerts stream."""
+    from cores.alert_store import AlertStore
+    from services.alerts_service import alerts_text, format_alerts
+
+    rows = format_alerts(AlertStore(broker), show_all)
+    return Output(alerts_text(rows, settings.tz), rows)
 
 
 # --- operators ---------------------------------------------------------------------------------

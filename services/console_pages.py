@@ -346,12 +346,11 @@ async def maintenance_page(request: Request, user: str) -> Response:
 @operator_page(refused=_maintenance_refused)
 async def maintenance(request: Request, user: str, form: dict[str, str]) -> Response:
     """Out of service on (refused while a customer is buying) or off."""
-    _, broker = machine_of(request)
     mode = form.get("mode")
     if mode not in ("on", "off"):
         raise Refused("mode: expected on or off")
     try:
-        broker.set_out_of_service(mode == "on")
+        operations_of(request).set_out_of_service(mode == "on", actor(user))
     except CommandRefused as exc:
         raise Refused(
             "Refused: a customer is buying right now; try again when the kiosk is idle."

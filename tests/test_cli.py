@@ -160,3 +160,27 @@ def test_retry_refund_goes_through_midtrans_with_the_same_refund_key(machine):
         f"{order_id}-r1",
         "cli:ana",
     )
+
+
+def test_maintenance_from_the_command_line_is_audited(redis_server, broker, tmp_path):
+    assert cli(redis_server.url, tmp_path, "maintenance", "on").returncode == 0
+    assert broker.snapshot().state == State.OUT_OF_SERVICE
+    assert cli(redis_server.url, tmp_path, "maintenance", "off").returncode == 0
+    audit = json.loads(cli(redis_server.url, tmp_path, "audit", "--json").stdout)
+    assert [(e["actor"], e["action"], e["before"], e["after"]) for e in audit] == [
+        ("cli:ana", "maintenance", "OUT_OF_SERVICE", "IDLE"),
+        ("cli:ana", "maintenance", "IDLE", "OUT_OF_SERVICE"),
+    ]
+
+
+def test_alerts_lists_the_open_alerts_readable_and_as_json(redis_server, broker, tmp_path):
+    from cores.alert_store import AlertStore
+    from cores.alerts import Alert, AlertKind, Changes
+
+    assert cli(redis_server.url, tmp_path, "alerts").stdout.strip() == "no open alerts"
+    sold_out = Alert(AlertKind.SOLD_OUT, "tea", "Iced Tea is sold out", broker.clock())
+    AlertStore(broker).apply(Changes(raised=(sold_out,)))
+    listed = json.loads(cli(redis_server.url, tmp_path, "alerts", "--json").stdout)
+    assert [row["id"] for row in listed] == ["sold_out:tea"]
+    readable = cli(redis_server.url, tmp_path, "alerts").stdout
+    assert "sold_out" in readable and "tea" in readable

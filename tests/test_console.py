@@ -347,6 +347,11 @@ def test_maintenance_goes_on_and_off_and_is_refused_mid_purchase(
     assert "out of service" in client.get("/machines/vm-1/maintenance").text
     assert post(client, "/machines/vm-1/maintenance", token, mode="off").status_code == 303
     assert broker.snapshot().state == State.IDLE
+    audit = Operations(broker).audit()
+    assert [(e["action"], e["before"], e["after"]) for e in audit[:2]] == [
+        ("maintenance", "OUT_OF_SERVICE", "IDLE"),
+        ("maintenance", "IDLE", "OUT_OF_SERVICE"),
+    ]
 
     broker.show_menu()
     broker.place_order("cola")  # a customer is buying

@@ -51,7 +51,7 @@ def test_scripted_kiosk_buys_a_cola_through_main_py_up(up, kiosk):
     kinds = [s["kind"] for s in up.broker.sales() if s["order_id"] == order_id]
     assert kinds == [Sale.ORDERED, Sale.CHARGED, Sale.PAID, Sale.DISPENSED]
     assert up.broker.stock()["cola"] == stock - 1
-    status = up.main("status")
+    status = up.main("status", "--json")
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["stock"]["cola"] == stock - 1
 
