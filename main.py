@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.service or args.command.upper()
     to_file = (args.service or args.command == "up") and not args.no_log_file
     # A one-shot command prints its answer on stdout; its INFO lines would only bury it.
-    quiet = not to_file and settings.log_level == "INFO" and args.command != "up"
+    one_shot = not args.service and args.command != "up"
+    quiet = one_shot and settings.log_level == "INFO"
     logs.setup(
         name,
         settings.machine_id,
