@@ -232,6 +232,11 @@ class Operations:
             now = self.broker.clock()
             amount = entry.get("amount")
             drink = entry.get("drink")
+            # The unit vended leaves the count, which never goes below zero (a count that was
+            # already wrong stays at zero for the operator to correct).
+            units = (
+                int(cast(str, pipe.hget(self.broker.stock_key, str(drink))) or 0) if drink else 0
+            )
 
             def write(p: Pipeline) -> None:
                 after: dict[str, Any] = {"resolution": str(action), "note": note}
@@ -258,7 +263,7 @@ class Operations:
                         fields["refund_key"] = rules.refund_key(order_id)
                     p.xadd(self.broker.sales_key, fields)
                     after["sale"] = str(sale)
-                    if action is Resolution.MARK_VENDED and drink:
+                    if action is Resolution.MARK_VENDED and drink and units > 0:
                         p.hincrby(self.broker.stock_key, str(drink), -1)
                 if detail:
                     after["detail"] = detail

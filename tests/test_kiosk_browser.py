@@ -728,3 +728,23 @@ def test_key_text_colours_have_enough_contrast_on_screen(up: Launched, page: Pag
     for pair in menu + pay:
         assert pair["ratio"] is not None, f"{pair['sel']} not on screen"
         assert pair["ratio"] >= MIN_CONTRAST, pair
+
+
+def test_html_in_a_drink_name_is_shown_as_text_on_the_kiosk(up: Launched, page: Page) -> None:
+    """An operator's drink name is text, never markup, in both languages."""
+    from cores.operations import Operations
+
+    ops = Operations(up.broker)
+    original = ops.drink("cola")
+    name = '<img src=x onerror="window.__owned=1">Cola'
+    ops.put_drink({"id": "cola", "name": name, "name_en": name}, "test:kiosk")
+    try:
+        open_kiosk(page, up)
+        to_menu(page)
+        expect(page.get_by_test_id("drink-cola")).to_contain_text(name)
+        assert page.locator("[data-testid=drink-cola] img[src=x]").count() == 0
+        assert page.evaluate("window.__owned") is None
+    finally:
+        ops.put_drink(
+            {"id": "cola", "name": original.name, "name_en": original.name_en}, "test:kiosk"
+        )

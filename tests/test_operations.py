@@ -157,6 +157,14 @@ def test_mark_vended_closes_the_entry_with_a_sale_an_audit_and_the_unit_taken(op
     assert ops.audit()[0]["action"] == "mark_vended"
 
 
+def test_mark_vended_with_the_count_at_zero_leaves_it_at_zero(ops):
+    ops.set_stock("cola", 0, ME)
+    queued(ops, "o-1", OperatorKind.VEND_UNKNOWN)
+    ops.close_entry("o-1", Resolution.MARK_VENDED, ME)
+    assert ops.queue() == []
+    assert ops.broker.stock()["cola"] == 0
+
+
 def test_mark_refunded_needs_a_note_and_a_wrong_action_is_refused_changing_nothing(ops, client):
     queued(ops, "o-1", OperatorKind.REFUND_OWED)
     before = dump(client)
