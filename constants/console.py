@@ -23,3 +23,7 @@ LIVE_BLOCK_MS = 3000
 #: The gateway's health is probed at most this often, each probe waiting this long at most.
 GATEWAY_PROBE_EVERY_S = 30.0
 GATEWAY_PROBE_TIMEOUT_S = 2.0
+#: A console session signing key is at least this long (CONSOLE_SECRET, VAR_DIR/console_secret).
+CONSOLE_SECRET_MIN_CHARS = 32
+#: Password checks (argon2id, 64 MiB each) the console runs at once; more log-ins wait.
+PASSWORD_CHECKS_AT_ONCE = 2

@@ -82,5 +82,8 @@ class Accounts:
             raise NotFound("name", f"no operator named {name!r}")
         log.info("operator removed", extra=kv(name=name))
 
+    def exists(self, name: str) -> bool:
+        return bool(self.redis.hexists(self.key, name))
+
     def names(self) -> list[str]:
         return sorted(cast(list[str], self.redis.hkeys(self.key)))

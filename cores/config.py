@@ -16,6 +16,8 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from constants.console import CONSOLE_SECRET_MIN_CHARS
+
 SANDBOX_BASE_URL = "https://api.sandbox.midtrans.com"
 PRODUCTION_BASE_URL = "https://api.midtrans.com"
 SANDBOX_KEY_PREFIX = "SB-Mid-server-"
@@ -125,7 +127,11 @@ class Settings:
             )
         _check(bool(self.operator_host.strip()), "OPERATOR_HOST", "a host name or address")
         if self.console_secret is not None:
-            _check(len(self.console_secret) >= 32, "CONSOLE_SECRET", "at least 32 characters")
+            _check(
+                len(self.console_secret) >= CONSOLE_SECRET_MIN_CHARS,
+                "CONSOLE_SECRET",
+                f"at least {CONSOLE_SECRET_MIN_CHARS} characters",
+            )
         _check(60 <= self.console_session_s <= 7 * 86400, "CONSOLE_SESSION_S", "60 s to 7 days")
         _check(_is_zone(self.timezone), "TIMEZONE", "an IANA time zone such as Asia/Jakarta")
         if self.redis_url is not None:

@@ -8,8 +8,9 @@ process sees them and they fade after LOGIN_FAILS_KEEP_S without failures.
     delay_s(failures) -> seconds       the rule, a plain function
     LoginBackoff(redis, clock)
         .wait_s(client, account)        seconds left before a try is heard (0: now)
+        .attempt(client, account)       the wait left, or 0 and the try counted as failed
         .failed(client, account)        count one failure against both
-        .succeeded(account)             forget the account's failures
+        .succeeded(account, client)     forget the account's failures, take back the try
 """
 
 from __future__ import annotations
@@ -64,6 +65,34 @@ class LoginBackoff:
                 left = max(left, wait_left(int(failures), float(last), now))
         return left
 
+    def attempt(self, client: str, account: str) -> float:
+        """Seconds to wait before a try is heard (refused, nothing counted), or 0: the try is
+        counted as a failure at once, before its password is checked, so that tries sent
+        together back off like tries sent one after another; `succeeded` takes it back."""
+        keys = self._keys(client, account)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(*keys)
+                    now = self.clock()
+                    left = 0.0
+                    for key in keys:
+                        failures, last = cast(list[str | None], pipe.hmget(key, "failures", "last"))
+                        if failures is not None and last is not None:
+                            left = max(left, wait_left(int(failures), float(last), now))
+                    if left > 0:
+                        pipe.unwatch()
+                        return left
+                    pipe.multi()
+                    for key in keys:
+                        pipe.hincrby(key, "failures", 1)
+                        pipe.hset(key, "last", now)
+                        pipe.expire(key, LOGIN_FAILS_KEEP_S)
+                    pipe.execute()
+                    return 0.0
+                except redis.WatchError:
+                    continue
+
     def failed(self, client: str, account: str) -> None:
         now = self.clock()
         with self.redis.pipeline() as pipe:
@@ -73,5 +102,12 @@ class LoginBackoff:
                 pipe.expire(key, LOGIN_FAILS_KEEP_S)
             pipe.execute()
 
-    def succeeded(self, account: str) -> None:
-        self.redis.delete(self._keys("", account)[1])
+    def succeeded(self, account: str, client: str | None = None) -> None:
+        """Forget the account's failures; with `client`, take back the try `attempt` counted
+        against the address."""
+        client_key, account_key = self._keys(client or "", account)
+        with self.redis.pipeline() as pipe:
+            pipe.delete(account_key)
+            if client is not None:
+                pipe.hincrby(client_key, "failures", -1)
+            pipe.execute()

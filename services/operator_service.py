@@ -32,6 +32,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import anyio
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -43,7 +45,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from constants.console import SESSION_COOKIE
+from constants.console import CONSOLE_SECRET_MIN_CHARS, PASSWORD_CHECKS_AT_ONCE, SESSION_COOKIE
 from cores import catalog
 from cores.accounts import Accounts
 from cores.broker import Broker
@@ -91,6 +93,16 @@ class Console:
     def timezone(self) -> ZoneInfo:
         """The machine's time zone (TIMEZONE): dates are shown, and days counted, in it."""
         return self.settings.tz
+
+    async def check_password(self, verify: Callable[[str, str], bool], name: str, pw: str) -> bool:
+        """`verify` in a worker thread, at most PASSWORD_CHECKS_AT_ONCE at a time: each argon2id
+        check takes its memory (64 MiB), and log-ins need no log-in to be sent."""
+        limiter = self.extras.get("password_checks")
+        if limiter is None:
+            limiter = self.extras["password_checks"] = anyio.CapacityLimiter(
+                PASSWORD_CHECKS_AT_ONCE
+            )
+        return await anyio.to_thread.run_sync(verify, name, pw, limiter=limiter)
 
     def today(self) -> str:
         """Today's date (YYYY-MM-DD) in the machine's time zone."""
@@ -144,7 +156,9 @@ def logged_in(request: Request) -> str | None:
     user, since = session.get("user"), session.get("since")
     if not user or not isinstance(since, int | float):
         return None
-    if console.clock() - since > console.settings.console_session_s:
+    if console.clock() - since > console.settings.console_session_s or not Accounts(
+        console.redis
+    ).exists(user):  # expired, or the account was removed: its sessions end with it
         session.pop("user", None)
         session.pop("since", None)
         return None
@@ -224,7 +238,7 @@ async def login(request: Request) -> Response:
     name = form.get("name", "").strip()[:64]
     password = form.get("password", "")
     client = request.client.host if request.client else "-"
-    wait = console.backoff.wait_s(client, name)
+    wait = await run_in_threadpool(console.backoff.attempt, client, name)
     if wait > 0:
         log.warning("console log-in refused: backing off", extra=kv(client=client))
         return console.render(
@@ -235,13 +249,12 @@ async def login(request: Request) -> Response:
             error=f"Too many failed log-ins: try again in {wait:.0f} s.",
         )
     verify = Accounts(console.redis).verify
-    if not name or not password or not await run_in_threadpool(verify, name, password):
-        console.backoff.failed(client, name)
+    if not name or not password or not await console.check_password(verify, name, password):
         log.warning("console log-in failed", extra=kv(client=client))
         return console.render(
             request, "login.html", status=401, name=name, error="Wrong user name or password."
         )
-    console.backoff.succeeded(name)
+    console.backoff.succeeded(name, client)
     request.session.clear()  # a new session: a new CSRF token
     request.session.update(user=name, since=console.clock())
     csrf_token(request)
@@ -297,18 +310,21 @@ def session_secret(settings: Settings) -> str:
         return settings.console_secret
     path = settings.console_secret_file
     try:
-        return path.read_text(encoding="utf-8").strip()
+        kept = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        pass
+        kept = ""
+    if len(kept) >= CONSOLE_SECRET_MIN_CHARS:
+        return kept
+    # None yet, or one cut short: make one and put it in place whole (a temporary file,
+    # then a rename), so that no process ever reads a partial secret.
     path.parent.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_text(encoding="utf-8").strip()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(secret + "\n")
-    return secret
+    os.replace(tmp, path)
+    return path.read_text(encoding="utf-8").strip()
 
 
 def create_app(

@@ -184,6 +184,44 @@ def test_the_session_secret_is_generated_once_and_kept_private(
     assert path.read_text() == first
 
 
+def test_a_secret_file_cut_short_is_replaced_never_used(broker: Broker, settings: Settings) -> None:
+    """A console that died between making the file and writing it leaves it empty: signing
+    sessions with an empty key would let anyone forge one."""
+    path = settings.console_secret_file
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("")
+    create_app(settings, broker)
+    assert len(path.read_text().strip()) >= 32
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_log_ins_sent_together_back_off_like_log_ins_sent_one_by_one(
+    client: TestClient, clock: Clock
+) -> None:
+    """Each try is counted before its password is checked: of tries that arrive together only
+    the first is heard; the rest wait, whatever the password."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    token = csrf_of(client.get("/login").text)
+
+    def guess(n: int) -> int:
+        data = {"name": OPERATOR, "password": f"guess-{n}", "csrf": token}
+        return client.post("/login", data=data).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(pool.map(guess, range(8)))
+    assert codes == [401] + [429] * 7
+
+
+def test_removing_an_account_ends_its_sessions(client: TestClient, broker: Broker) -> None:
+    log_in(client)
+    assert client.get("/machines/vm-1/", follow_redirects=False).status_code == 200
+    Accounts(broker.redis).remove(OPERATOR)
+    answer = client.get("/machines/vm-1/", follow_redirects=False)
+    assert answer.status_code in (302, 303, 307)
+    assert answer.headers["location"].endswith("/login")
+
+
 # --- actions and their audit ----------------------------------------------------------------------
 
 
