@@ -87,7 +87,7 @@ class Settings:
     menu_file: Path = Path(__file__).resolve().parent.parent / "menu.json"
     log_level: str = "INFO"
     #: Where each alert raised or cleared is POSTed as JSON (services/alert_webhook.py).
-    alert_webhook_url: str | None = None
+    alert_webhook_url: str | None = field(default=None, repr=False)  # may carry a secret
     #: The machine's time zone (IANA name): sales reports and the dates operators read.
     timezone: str = "Asia/Jakarta"
 

@@ -159,3 +159,22 @@ def test_a_restarted_sender_resends_nothing_already_taken_and_sends_what_came_me
     assert subjects == ["cola", "tea", "water", "coffee"]
     assert len({b["id"] for b in receiver.bodies}) == 4
     assert len(second.delivered) == 2
+
+
+def test_a_webhook_url_with_a_secret_in_its_path_never_reaches_the_log(store, caplog):
+    """Chat webhooks carry their key in the path: the log names the host and the error's
+    kind, never the URL."""
+    caplog.set_level("DEBUG")
+    secret = "T0K3N-d0-n0t-l0g"
+    s = sender(store, f"http://127.0.0.1:{free_port()}/hooks/{secret}")  # nothing listens
+    try:
+        eventually(lambda: store.redis.get(store.cursor_key), what="the cursor stored")
+        raise_alert(store, "cola")
+        eventually(
+            lambda: any(r.getMessage() == "alert webhook unreachable" for r in caplog.records),
+            what="a failed delivery logged",
+        )
+    finally:
+        s.stop()
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert secret not in logged
