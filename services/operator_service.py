@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 
 import anyio
 import anyio.to_thread
+import redis
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -369,7 +370,7 @@ def create_app(
                 https_only=False,
             )
         ],
-        exception_handlers={HTTPException: _error_page},
+        exception_handlers={HTTPException: _error_page, redis.RedisError: _redis_down_page},
     )
     app.state.console = console
     return app
@@ -382,8 +383,22 @@ async def _error_page(request: Request, exc: Exception) -> Response:
         request,
         "error.html",
         status=exc.status_code,
+        code=exc.status_code,
         message=exc.detail,
         user=logged_in(request),
+    )
+
+
+async def _redis_down_page(request: Request, exc: Exception) -> Response:
+    """Redis unreachable: a page that says so (503), never a traceback; nothing changed."""
+    log.warning("console: redis unreachable", extra=kv(path=request.url.path, error=exc))
+    return console_of(request).render(
+        request,
+        "error.html",
+        status=503,
+        code=503,
+        message="The machine's Redis cannot be reached: nothing was changed. Try again soon.",
+        user=request.session.get("user"),
     )
 
 

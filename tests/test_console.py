@@ -222,6 +222,24 @@ def test_removing_an_account_ends_its_sessions(client: TestClient, broker: Broke
     assert answer.headers["location"].endswith("/login")
 
 
+def test_redis_down_is_a_page_that_says_so_not_a_traceback(
+    client: TestClient, broker: Broker, settings: Settings
+) -> None:
+    import redis
+
+    from cores.redis_process import free_port
+
+    token = log_in(client)
+    dead = Broker(redis.Redis(port=free_port(), socket_connect_timeout=1), broker.machine_id)
+    client.app.state.console.brokers = {broker.machine_id: dead}
+    for answer in (
+        client.get("/machines/vm-1/menu"),
+        post(client, "/machines/vm-1/stock/cola/refill", token),
+    ):
+        assert answer.status_code == 503
+        assert "cannot be reached" in answer.text and "Traceback" not in answer.text
+
+
 # --- actions and their audit ----------------------------------------------------------------------
 
 
