@@ -92,8 +92,6 @@ class Row:
 
     def add(self, e: Mapping[str, str]) -> None:
         kind, at = e.get("kind", ""), float(e.get("at") or 0)
-        if self.ordered_at is None:
-            self.ordered_at = at
         if e.get("drink_id") and not self.drink:
             self.drink = e["drink_id"]
         if kind == Sale.ORDERED:

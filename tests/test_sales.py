@@ -107,6 +107,17 @@ def test_report_counts_takings_by_drink_hour_and_day_and_reconciles():
     }
 
 
+def test_an_order_that_crosses_midnight_counts_on_the_day_it_was_ordered_only():
+    """Ordered at 23:59:59, paid after midnight: the next day's report, which reads only from
+    its own midnight (it never sees the ORDERED entry), does not count the payment again."""
+    entries = story("late", DAY + 86400 - 1, *SOLD)  # ordered 23:59:59, paid 00:00:01
+    first = sales.report(entries, DAY, DAY + 86400, JAKARTA)
+    assert (first.orders, first.sales, first.takings) == (1, 1, 7000)
+    next_day = [e for e in entries if float(e["at"]) >= DAY + 86400]
+    second = sales.report(next_day, DAY + 86400, DAY + 2 * 86400, JAKARTA)
+    assert (second.orders, second.sales, second.takings) == (0, 0, 0)
+
+
 def test_a_vend_recorded_without_its_payment_does_not_balance():
     entries = story("a", DAY + 10, Sale.ORDERED, Sale.DISPENSED)
     report = sales.report(entries, DAY, DAY + 86400, JAKARTA)
