@@ -22,7 +22,7 @@ from redis.typing import EncodableT, FieldT
 
 from constants import keys
 from constants.orders import Resolution
-from constants.states import State
+from constants.states import Sale, State
 from cores import catalog, rules, sales
 from cores.broker import Broker, Writes
 from cores.console_errors import ActionRefused, InvalidInput, NotFound
@@ -278,6 +278,30 @@ class Operations:
             extra=kv(order_id=order_id, action=action, actor=actor, requeued=requeue is not None),
         )
         return seen[-1]
+
+    def record_refund(
+        self, entry: Mapping[str, Any], action: Resolution, actor: str, note: str
+    ) -> None:
+        """A refund made by `actor` whose queue entry another resolution took meanwhile: the
+        money moved all the same, so its sales entry and audit are written (one MULTI)."""
+        order_id = str(entry["order_id"])
+        fields: dict[FieldT, EncodableT] = {
+            "kind": str(Sale.REFUNDED),
+            "order_id": order_id,
+            "at": self.broker.clock(),
+            "resolved_by": actor,
+            "resolution": str(action),
+            "refund_key": rules.refund_key(order_id),
+        }
+        if entry.get("amount") is not None:
+            fields["amount"] = int(entry["amount"])
+        if entry.get("drink"):
+            fields["drink_id"] = str(entry["drink"])
+        with self.redis.pipeline() as pipe:
+            pipe.xadd(self.broker.sales_key, fields)
+            after = {"sale": str(Sale.REFUNDED), "note": note, "queue": "resolved meanwhile"}
+            self._audit(pipe, actor, str(action), order_id, dict(entry), after)
+            pipe.execute()
 
     def record_attempt(self, order_id: str, action: Resolution, actor: str, detail: str) -> None:
         """Audit a resolution that changed nothing (a refund Midtrans still refused)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from constants.orders import OperatorKind, Resolution
 from constants.states import RefundOutcome
 from cores import rules
-from cores.console_errors import ActionRefused, InvalidInput
+from cores.console_errors import ActionRefused, InvalidInput, NotFound
 from cores.logs import kv
 from cores.operations import Operations
 from services.refunds import Refunder
@@ -65,7 +65,19 @@ def resolve(
     if result is None:
         raise ActionRefused("stopped before the gateway answered: nothing recorded, try again")
     if result.outcome is RefundOutcome.REFUNDED:
-        ops.close_entry(order_id, act, actor, note)
+        try:
+            ops.close_entry(order_id, act, actor, note)
+        except NotFound:
+            # Another resolution took the entry while Midtrans was being asked: the money
+            # moved all the same, so the refund is recorded.
+            ops.record_refund({**entry, "order_id": order_id}, act, actor, note)
+            log.warning(
+                "refunded after the entry was resolved meanwhile",
+                extra=kv(order_id=order_id, actor=actor),
+            )
+            return Resolved(
+                order_id, act, True, f"{order_id}: refunded; the entry was resolved meanwhile"
+            )
         log.info("refunded by the operator", extra=kv(order_id=order_id, actor=actor))
         return Resolved(
             order_id, act, True, f"{order_id}: refunded (key {rules.refund_key(order_id)})"

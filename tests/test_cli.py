@@ -162,6 +162,37 @@ def test_retry_refund_goes_through_midtrans_with_the_same_refund_key(machine):
     )
 
 
+def test_a_refund_made_while_another_operator_resolved_the_entry_is_still_recorded(machine):
+    """Two operators at once: the refund went through at Midtrans, so it is in the sales
+    record and the audit even though the queue entry was taken meanwhile."""
+    from constants.orders import Resolution
+
+    order_id = machine.order("cola")
+    machine.sandbox.pay(order_id)
+    wait_state(machine.broker, State.DISPENSED)
+    ops = Operations(machine.broker)
+    machine.broker.flag_for_operator(order_id, OperatorKind.REFUND_OWED, amount=7000, drink="cola")
+    client = MidtransClient.from_settings(machine.settings)
+    real = Refunder(client, lambda s: None)
+
+    class Racing:
+        def refund(self, oid: str, amount: int, reason: str):
+            ops.close_entry(oid, Resolution.MARK_REFUNDED, "console:bo", "cash from the till")
+            return real.refund(oid, amount, reason)
+
+    try:
+        done = resolutions.resolve(ops, Racing(), order_id, "retry_refund", "cli:ana")
+    finally:
+        client.close()
+    assert done.done and "meanwhile" in done.message
+    refunds = [s for s in machine.broker.sales() if s["order_id"] == order_id]
+    assert [(s["kind"], s["resolved_by"]) for s in refunds if "resolved_by" in s] == [
+        (Sale.REFUNDED, "console:bo"),
+        (Sale.REFUNDED, "cli:ana"),
+    ]
+    assert [e["actor"] for e in ops.audit()[:2]] == ["cli:ana", "console:bo"]
+
+
 def test_maintenance_from_the_command_line_is_audited(redis_server, broker, tmp_path):
     assert cli(redis_server.url, tmp_path, "maintenance", "on").returncode == 0
     assert broker.snapshot().state == State.OUT_OF_SERVICE
