@@ -282,20 +282,10 @@ def _parse(var: str, raw: str, kind: type) -> object:
 
 def _is_origin(text: str) -> bool:
     """scheme://host[:port] with scheme http or https, as a browser sends it in Origin."""
-    try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 (raises ValueError on a bad port)
-    except ValueError:
+    if not _is_http_url(text) or text != text.strip():
         return False
-    return (
-        parts.scheme in ("http", "https")
-        and bool(parts.hostname)
-        and not parts.path
-        and not parts.query
-        and not parts.fragment
-        and "@" not in parts.netloc
-        and text == text.strip()
-    )
+    parts = urlsplit(text)
+    return not parts.path and not parts.query and not parts.fragment
 
 
 def _is_zone(name: str) -> bool:

@@ -21,7 +21,7 @@ Every metric carries the label `machine`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -72,23 +72,20 @@ class MachineCollector:
             sales.add_metric([*m, kind], n)
         yield sales
 
-        wait = HistogramMetricFamily(
-            PREFIX + "payment_wait_seconds",
+        yield _histograms(
+            "payment_wait_seconds",
             "Seconds from ORDER_CREATED to the payment's result.",
-            labels=["machine", "result"],
+            "result",
+            m,
+            view.payment_wait,
         )
-        for result, histogram in view.payment_wait.items():
-            wait.add_metric([*m, result], _buckets(histogram), histogram.total)
-        yield wait
-
-        latency = HistogramMetricFamily(
-            PREFIX + "gateway_call_seconds",
+        yield _histograms(
+            "gateway_call_seconds",
             "Seconds per Midtrans call, its retries included.",
-            labels=["machine", "op"],
+            "op",
+            m,
+            view.gateway_latency,
         )
-        for op, histogram in view.gateway_latency.items():
-            latency.add_metric([*m, op], _buckets(histogram), histogram.total)
-        yield latency
 
         errors = CounterMetricFamily(
             PREFIX + "gateway_errors",
@@ -155,6 +152,16 @@ def _gauge(
 
 def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
     return [("+Inf" if b == float("inf") else repr(b), float(n)) for b, n in histogram.buckets]
+
+
+def _histograms(
+    name: str, text: str, label: str, machine: list[str], histograms: Mapping[str, Histogram]
+) -> HistogramMetricFamily:
+    """One histogram family, a histogram per value of `label`."""
+    family = HistogramMetricFamily(PREFIX + name, text, labels=["machine", label])
+    for value, histogram in histograms.items():
+        family.add_metric([*machine, value], _buckets(histogram), histogram.total)
+    return family
 
 
 def render_metrics(broker: Broker) -> bytes:
