@@ -303,6 +303,12 @@ class Operations:
             self._audit(pipe, actor, str(action), order_id, dict(entry), after)
             pipe.execute()
 
+    def audit_account(self, action: str, name: str, actor: str) -> None:
+        """A console account added or removed (the password and its hash are never written)."""
+        _check_actor(actor)
+        present = action != "operator_remove"
+        self._audit(self.redis, actor, action, name, not present, present)
+
     def record_attempt(self, order_id: str, action: Resolution, actor: str, detail: str) -> None:
         """Audit a resolution that changed nothing (a refund Midtrans still refused)."""
         self._audit(self.redis, actor, str(action), order_id, None, {"failed": detail})

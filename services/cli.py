@@ -80,10 +80,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, client: Any) -> Any:
     from cores.operations import Operations
     from services import commands, runtime
 
-    if args.command == "operator":
-        return commands.operators(Accounts(client), args)
     broker = runtime.broker_for(settings, client)
     ops = Operations(broker)
+    if args.command == "operator":
+        return commands.operators(Accounts(client), ops, args)
     actor = args.actor
     match args.command:
         case "status":

@@ -224,12 +224,15 @@ def read_password() -> str:
     return sys.stdin.readline().rstrip("\r\n")
 
 
-def operators(accounts: Accounts, args: argparse.Namespace) -> Output:
+def operators(accounts: Accounts, ops: Operations, args: argparse.Namespace) -> Output:
+    """Console accounts; adding and removing one is audited (never the password or hash)."""
     if args.operator_command == "add":
         accounts.add(args.name, read_password())
+        ops.audit_account("operator_add", args.name, args.actor)
         return Output(f"operator {args.name} added", {"added": args.name})
     if args.operator_command == "remove":
         accounts.remove(args.name)
+        ops.audit_account("operator_remove", args.name, args.actor)
         return Output(f"operator {args.name} removed", {"removed": args.name})
     names = accounts.names()
     return Output("\n".join(names) or "no operators yet", names)

@@ -91,6 +91,13 @@ def test_operator_add_reads_the_password_from_stdin(redis_server, broker, tmp_pa
     assert Accounts(real_redis).verify("ana", "a long passphrase")
     listed = cli(redis_server.url, tmp_path, "operator", "list", "--json")
     assert json.loads(listed.stdout) == ["ana"]
+    assert cli(redis_server.url, tmp_path, "operator", "remove", "ana").returncode == 0
+    audit = json.loads(cli(redis_server.url, tmp_path, "audit", "--json").stdout)
+    assert [(e["action"], e["target"], e["before"], e["after"]) for e in audit] == [
+        ("operator_remove", "ana", True, False),
+        ("operator_add", "ana", False, True),
+    ]
+    assert "passphrase" not in json.dumps(audit) and "argon2" not in json.dumps(audit)
 
 
 def test_menu_import_shows_the_changes_and_applies_them_with_yes(redis_server, broker, tmp_path):
