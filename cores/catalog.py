@@ -40,7 +40,8 @@ FIELDS = ("name", "name_en", "icon", "price", "slot", "enabled", "capacity", "lo
 
 def whole_number(field: str, value: Any, low: int, high: int, what: str) -> int:
     """`value` (an int, or its digits as text) within low..high, else InvalidInput."""
-    digits = isinstance(value, str) and re.fullmatch(r"\s*\d{1,12}\s*", value)
+    # ASCII digits only: int() would also read other scripts' digits.
+    digits = isinstance(value, str) and re.fullmatch(r"\s*[0-9]{1,12}\s*", value)
     integral = (
         isinstance(value, int | float)
         and not isinstance(value, bool)

@@ -155,3 +155,8 @@ def test_rupiah_uses_indonesian_grouping():
     assert catalog.rupiah(7000) == "Rp 7.000"
     assert catalog.rupiah(10_000_000) == "Rp 10.000.000"
     assert catalog.rupiah(0) == "Rp 0"
+
+
+def test_a_price_in_other_scripts_digits_is_refused():
+    with pytest.raises(InvalidInput):
+        catalog.parse_price("\u0667\u0665\u0660\u0660")  # 7500 in Arabic-Indic digits
