@@ -296,9 +296,16 @@ class Broker:
                 or move.expect_version not in (None, snap.version)
             ):
                 return None
-            return lambda p: self._queue(p, snap, move, self.clock(), tid)
+            left = None
+            if move.effects.stock_drink:  # the unit leaves the count, never below zero
+                units = int(
+                    cast(str | None, pipe.hget(self.stock_key, move.effects.stock_drink)) or 0
+                )
+                left = max(0, units - 1)
+            return lambda p: self._queue(p, snap, move, self.clock(), tid, stock_left=left)
 
-        applied = self._compare_and_set((self.state_key,), judge, tid)
+        watch = (self.state_key, self.stock_key) if move.effects.stock_drink else (self.state_key,)
+        applied = self._compare_and_set(watch, judge, tid)
         snap = seen[-1] if seen else None
         if applied:
             log.info(
@@ -443,16 +450,20 @@ class Broker:
         now: float,
         tid: str,
         sale_order: str | None = None,
+        stock_left: int | None = None,
     ) -> None:
         """Queue a transition's writes: its effects, the state, the frame on the events stream
-        and, where money moves, the sales entry."""
+        and, where money moves, the sales entry. `stock_left`: the drink's count after the
+        unit taken, read under WATCH (else the count is decremented)."""
         order_id, effects = move.order_id, move.effects
         if effects.order_fields and order_id:
             pipe.hset(
                 self.order_key(order_id),
                 mapping={k: text(v) for k, v in effects.order_fields.items()},
             )
-        if effects.stock_drink:
+        if effects.stock_drink and stock_left is not None:
+            pipe.hset(self.stock_key, effects.stock_drink, stock_left)
+        elif effects.stock_drink:
             pipe.hincrby(self.stock_key, effects.stock_drink, -1)
         if effects.operator and order_id:
             pipe.hset(self.operator_key, order_id, self._operator_entry(order_id, effects.operator))

@@ -515,6 +515,29 @@ def test_a_dispensed_drink_takes_one_unit_of_its_stock_in_the_same_transition(br
     assert broker.stock()["cola"] == stock - 1
 
 
+def test_a_drink_dispensed_after_the_operator_set_its_stock_to_zero_leaves_zero(broker):
+    """The operator counted the slot empty while its last drink was being paid: the count
+    stays at zero, never -1 (the sale itself is recorded as ever)."""
+    oid = to_order_created(broker)
+    for frm, to in (
+        (State.ORDER_CREATED, State.PAYMENT_SUCCESS),
+        (State.PAYMENT_SUCCESS, State.DISPENSING),
+    ):
+        assert broker.transition(Transition(to, (frm,), oid, {}))
+    broker.set_stock("cola", 0)
+    assert broker.transition(
+        Transition(
+            State.DISPENSED,
+            (State.DISPENSING,),
+            oid,
+            {},
+            Effects(sale={"kind": Sale.DISPENSED, "amount": 7000}, stock_drink="cola"),
+        )
+    )
+    assert broker.stock()["cola"] == 0
+    assert broker.sales()[-1]["kind"] == Sale.DISPENSED
+
+
 def test_transition_that_clears_the_order_records_the_sale_under_the_old_order(broker):
     oid = to_order_created(broker)
     assert broker.transition(
