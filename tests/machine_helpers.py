@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -224,6 +226,20 @@ def child_env(**extra: str) -> dict[str, str]:
     }
     env.update(extra)
     return env
+
+
+def cli(redis_url: str, tmp_path: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """`python main.py ARGS` (an operator command) as user `ana` on the Redis at `redis_url`."""
+    env = child_env(REDIS_URL=redis_url, VAR_DIR=str(tmp_path / "var"), USER="ana")
+    return subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *args],
+        env=env,
+        cwd=tmp_path,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 class ChildOutput:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -17,23 +15,10 @@ from cores.midtrans import MidtransClient
 from cores.operations import Operations
 from services import resolutions
 from services.refunds import Refunder
-from tests.machine_helpers import ROOT, child_env, wait_state
+from tests.machine_helpers import cli, wait_state
 from tests.test_purchase import Machine
 
 pytestmark = pytest.mark.integration
-
-
-def cli(redis_url: str, tmp_path, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
-    env = child_env(REDIS_URL=redis_url, VAR_DIR=str(tmp_path / "var"), USER="ana")
-    return subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), *args],
-        env=env,
-        cwd=tmp_path,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
 
 
 @pytest.fixture
