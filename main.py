@@ -15,6 +15,8 @@ Usage::
     python main.py resolve ORDER_ID ACTION  # retry_refund, mark_refunded, mark_vended, refund
     python main.py operator add NAME        # console log-in; password from stdin
     python main.py maintenance on|off       # OUT_OF_SERVICE / back to IDLE
+    python main.py fleet add vm-7           # fleet mode: register a machine, print its token
+                                            #   once; `fleet revoke ID`, `fleet list`
     python main.py health                   # exit 0 when every worker has a fresh heartbeat
 
 Every operator command takes --json.
@@ -98,6 +100,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     remove = account_sub.add_parser("remove", help="remove an operator", parents=[common])
     remove.add_argument("name")
     account_sub.add_parser("list", help="the operators' names", parents=[common])
+    fleet = command("fleet", help="fleet mode's machines: add ID, revoke ID, list")
+    fleet_sub = fleet.add_subparsers(dest="fleet_command", required=True)
+    fleet_add = fleet_sub.add_parser(
+        "add", help="register a machine; prints its token once", parents=[common]
+    )
+    fleet_add.add_argument("machine_id")
+    fleet_revoke = fleet_sub.add_parser(
+        "revoke", help="refuse a machine's token from now on", parents=[common]
+    )
+    fleet_revoke.add_argument("machine_id")
+    fleet_sub.add_parser("list", help="machines: state, last seen, version", parents=[common])
     args = parser.parse_args(argv)
     if not args.service and not args.command:
         parser.error("give --service NAME or a command (up, status, menu, sales, ...)")

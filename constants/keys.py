@@ -51,6 +51,19 @@ AUDIT = PREFIX + ":audit"
 #: Fleet-wide (no machine tag): hash of the console's operators, name -> argon2id hash.
 OPERATORS = "console:operators"
 
+# Fleet mode's registry (shared/DESIGN.md, "Fleet mode"): fleet-wide, no machine tag. The hash
+# tag `{fleet}` keeps the registry and its audit in one Cluster slot, so that one MULTI writes a
+# change with its audit entry. Literal keys, not templates.
+#: hash: machine id -> JSON {added_at (unix s), revoked_at (unix s or null), token_hash
+#: (argon2id of the machine's token; null once revoked)}. Never the token itself.
+FLEET_MACHINES = "fleet:{fleet}:machines"
+#: hash: machine id -> JSON {last_seen (unix s), version} as the gateway last saw the agent;
+#: apart from FLEET_MACHINES so that a heartbeat never races a revoke.
+FLEET_SEEN = "fleet:{fleet}:seen"
+#: stream, append-only: every registry change {actor, action (machine_add|machine_revoke),
+#: target (machine id), before (JSON), after (JSON), at (unix s)}; never the token or its hash.
+FLEET_AUDIT = "fleet:{fleet}:audit"
+
 
 def key(template: str, machine_id: str, **parts: str) -> str:
     """Fill a key template: `key(STATE, "vm-1")` -> `vm:{vm-1}:state`."""

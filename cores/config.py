@@ -42,7 +42,9 @@ SANDBOX_FAULTS: dict[str, type] = {
     "BAD_QR": int,
 }
 
-_MACHINE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
+#: A machine id (VENDING_MACHINE_ID, and the ids of fleet mode's registry: cores/fleet.py).
+MACHINE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
+MACHINE_ID_RULE = "1 to 20 letters, digits, '-', '_' or '.'"
 
 
 class ConfigError(ValueError):
@@ -93,9 +95,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         _check(
-            bool(_MACHINE_ID.match(self.machine_id)),
+            bool(MACHINE_ID.fullmatch(self.machine_id)),
             "VENDING_MACHINE_ID",
-            "1 to 20 letters, digits, '-', '_' or '.'",
+            MACHINE_ID_RULE,
         )
         for name, port in (
             ("WS_PORT", self.ws_port),

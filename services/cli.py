@@ -1,7 +1,7 @@
 """What `main.py` runs once it has parsed its arguments, built the settings and set up
 logging: the whole machine (`up`), one process (`--service NAME`), or an operator command
 (status, menu, price, stock, refill, sales, queue, resolve, audit, operator, maintenance,
-health) against the machine's Redis (services/commands.py).
+fleet, health) against the machine's Redis (services/commands.py).
 
 Each branch imports only what it runs, so a process does not carry the modules of the
 others (the sandbox no Redis client, a one-shot command no supervisor, sandbox or worker).
@@ -80,6 +80,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, client: Any) -> Any:
     from cores.operations import Operations
     from services import commands, runtime
 
+    if args.command == "fleet":
+        from cores.fleet import Fleet
+
+        return commands.fleet(Fleet(client), settings, args)
     broker = runtime.broker_for(settings, client)
     ops = Operations(broker)
     if args.command == "operator":

@@ -22,6 +22,7 @@ from cores.accounts import Accounts
 from cores.broker import Broker
 from cores.config import Settings
 from cores.console_errors import ActionRefused, InvalidInput
+from cores.fleet import Fleet
 from cores.operations import Operations
 
 rupiah = catalog.rupiah
@@ -236,6 +237,37 @@ def operators(accounts: Accounts, ops: Operations, args: argparse.Namespace) -> 
         return Output(f"operator {args.name} removed", {"removed": args.name})
     names = accounts.names()
     return Output("\n".join(names) or "no operators yet", names)
+
+
+# --- fleet ---------------------------------------------------------------------------------------
+
+
+def fleet(registry: Fleet, settings: Settings, args: argparse.Namespace) -> Output:
+    """Fleet mode's registry: `fleet add ID` prints the new token alone on its last line (it
+    is shown this once), `fleet revoke ID`, `fleet list`. Adding and revoking are audited."""
+    machine_id: str = getattr(args, "machine_id", "")
+    if args.fleet_command == "add":
+        token = registry.add(machine_id, args.actor)
+        text = (
+            f"machine {machine_id} added. Its token is below, shown this once: it cannot be"
+            " shown again. Keep it secret; set it as MACHINE_TOKEN on that machine only.\n" + token
+        )
+        return Output(text, {"added": machine_id, "token": token})
+    if args.fleet_command == "revoke":
+        registry.revoke(machine_id, args.actor)
+        text = f"machine {machine_id} revoked: its token is refused from now on"
+        return Output(text, {"revoked": machine_id})
+    machines = registry.machines()
+    seen = f"last seen ({settings.timezone})"
+    width = max(len(seen), 19)  # 19: YYYY-MM-DD HH:MM:SS
+    rows = [
+        f"{m.id:<20} {'active' if m.active else 'revoked':<8} "
+        f"{when(m.last_seen, settings):<{width}} {m.version or '-'}"
+        for m in machines
+    ]
+    head = f"{'machine':<20} {'state':<8} {seen:<{width}} version"
+    text = "\n".join([head, *rows]) if rows else "no machines registered yet"
+    return Output(text, [m.record() for m in machines])
 
 
 __all__ = ["ActionRefused", "Output"]
