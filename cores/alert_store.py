@@ -8,7 +8,7 @@ raise or a clear is one MULTI: its entry on the ALERTS stream and its change to 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from constants import keys
@@ -104,13 +104,16 @@ class AlertStore:
         entries = cast(Entries, self.redis.xrevrange(self.alerts_key, count=count))
         return [{"id": i, **f} for i, f in reversed(entries)]
 
-    def acknowledge(self, alert_id: str, now: float) -> bool:
-        """The operator clears an open alert by hand (False: it is not open). A Redis restart
-        is then forgotten; any other alert is raised again at the next check while its
-        condition holds."""
+    def acknowledge(
+        self, alert_id: str, now: float, also: Callable[[Any, Alert], None] | None = None
+    ) -> Alert | None:
+        """The operator clears an open alert by hand: the alert as it was (None: it is not
+        open). `also(pipe, alert)` adds its writes (an audit entry) to the same MULTI. A Redis
+        restart is then forgotten; any other alert is raised again at the next check while
+        its condition holds."""
         raw = self.redis.hget(self.open_key, alert_id)
         if raw is None:
-            return False
+            return None
         alert = Alert.parse(json.loads(cast(str, raw)))
         with self.redis.pipeline() as pipe:
             cleared = Alert(alert.kind, alert.subject, "acknowledged by the operator", now)
@@ -118,8 +121,10 @@ class AlertStore:
             pipe.hdel(self.open_key, alert_id)
             if alert.kind == AlertKind.REDIS_RESTARTED:
                 pipe.delete(self.restart_key)
+            if also is not None:
+                also(pipe, alert)
             pipe.execute()
-        return True
+        return alert
 
     # --- the webhook ------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ from constants import keys
 from constants.orders import Resolution
 from constants.states import Sale, State
 from cores import catalog, rules, sales
+from cores.alert_store import AlertStore
+from cores.alerts import Alert
 from cores.broker import Broker, Writes
 from cores.console_errors import ActionRefused, InvalidInput, NotFound
 from cores.logs import kv
@@ -195,6 +197,34 @@ class Operations:
         self._edit("import_menu", "menu", edit, actor)
         return changes
 
+    def set_stock_and_limits(
+        self, drink_id: str, units: Any, capacity: Any, low_stock: Any, actor: str
+    ) -> Drink:
+        """A stock row: the units in the slot, the slot's capacity and the low-stock threshold
+        (None keeps a limit's value), checked together and written in one MULTI with one audit
+        entry; a refused one changes none."""
+        made: list[Drink] = []
+        limits = {"capacity": capacity, "low_stock": low_stock}
+
+        def edit(drinks: dict[str, Drink], stock: dict[str, int]) -> Change:
+            was = _named(drinks, drink_id)
+            drink = catalog.parse_drink({**limits, "id": drink_id}, list(drinks.values()))
+            value = catalog.parse_stock(units, drink)
+            made.append(drink)
+
+            def row(d: Drink, n: int) -> dict[str, int]:
+                return {"stock": n, "capacity": d.capacity, "low_stock": d.low_stock}
+
+            return Change(
+                {**drinks, drink_id: drink},
+                {**stock, drink_id: value},
+                row(was, stock.get(drink_id, 0)),
+                row(drink, value),
+            )
+
+        self._edit("set_stock_and_limits", drink_id, edit, actor)
+        return made[-1]
+
     # --- the operator's queue -----------------------------------------------------------------
 
     def queue_entry(self, order_id: str) -> dict:
@@ -302,6 +332,22 @@ class Operations:
             after = {"sale": str(Sale.REFUNDED), "note": note, "queue": "resolved meanwhile"}
             self._audit(pipe, actor, str(action), order_id, dict(entry), after)
             pipe.execute()
+
+    def acknowledge_alert(self, alert_id: str, actor: str) -> None:
+        """An open alert cleared by hand (cores/alert_store.py), audited in the same MULTI;
+        NotFound, changing nothing, when it is not open."""
+        _check_actor(actor)
+        now = self.broker.clock()
+
+        def audit(pipe: Any, alert: Alert) -> None:
+            after = {"open": False}
+            self._audit(pipe, actor, "acknowledge_alert", alert_id, alert.record(), after, now)
+
+        if AlertStore(self.broker).acknowledge(alert_id, now, also=audit) is None:
+            raise NotFound("alert", f"no open alert {alert_id!r}: cleared already, or unknown")
+        log.info(
+            "operator action", extra=kv(action="acknowledge_alert", target=alert_id, actor=actor)
+        )
 
     def audit_account(self, action: str, name: str, actor: str) -> None:
         """A console account added or removed (the password and its hash are never written)."""

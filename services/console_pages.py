@@ -28,7 +28,14 @@ from cores.broker import Broker, CommandRefused
 from cores.console_errors import OperatorError
 from cores.logs import kv
 from cores.operations import Operations
-from services.operator_service import Console, Refused, console_of, notice, operator_page
+from services.operator_service import (
+    Console,
+    Refused,
+    console_of,
+    notice,
+    operator_page,
+    session_alive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +46,7 @@ def routes() -> list[Route]:
         Route(m + "/", overview),
         Route(m + "/overview.json", overview_json),
         Route(m + "/live", live),
+        Route(m + "/alerts/{alert_id:path}/acknowledge", acknowledge_alert, methods=["POST"]),
         Route(m + "/menu", menu_page, methods=["GET"]),
         Route(m + "/menu", put_drink, methods=["POST"]),
         Route(m + "/menu/{drink_id}/enabled", set_enabled, methods=["POST"]),
@@ -179,12 +187,18 @@ async def overview_json(request: Request, user: str) -> Response:
 @operator_page
 async def live(request: Request, user: str) -> Response:
     """Server-Sent Events: the overview now, then again after each event of the machine (or
-    LIVE_BLOCK_MS without one), until the page goes away."""
+    LIVE_BLOCK_MS without one), until the page goes away or the session ends (expired, or its
+    account removed): checked before each message, on the session as it was at the open,
+    since a response already started can no longer change its cookie."""
     console, broker = machine_of(request)
+    since = float(request.session["since"])
 
     async def events() -> AsyncIterator[str]:
         cursor = await run_in_threadpool(broker.last_event_id)
         while not await request.is_disconnected():
+            if not await run_in_threadpool(session_alive, console, user, since):
+                log.info("console live: session ended", extra=kv(operator=user))
+                return
             values = await run_in_threadpool(overview_values, console, broker)
             yield f"data: {json.dumps(values, separators=(',', ':'))}\n\n"
             try:
@@ -200,6 +214,23 @@ async def live(request: Request, user: str) -> Response:
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+async def _overview_refused(request: Request, exc: Refused) -> Response:
+    console, broker = machine_of(request)
+    values = await run_in_threadpool(overview_values, console, broker)
+    return console.render(request, "overview.html", status=exc.status, error=exc.message, o=values)
+
+
+@operator_page(refused=_overview_refused)
+async def acknowledge_alert(request: Request, user: str, form: dict[str, str]) -> Response:
+    """An open alert of the overview cleared by hand (audited); one no longer open is refused."""
+    alert_id = request.path_params["alert_id"]
+    try:
+        await run_in_threadpool(operations_of(request).acknowledge_alert, alert_id, actor(user))
+    except OperatorError as exc:
+        raise refused(exc) from exc
+    return notice(request, f"Alert {alert_id} acknowledged.", base(request) + "/")
 
 
 # --- menu -----------------------------------------------------------------------------------
@@ -286,23 +317,17 @@ async def stock_page(request: Request, user: str) -> Response:
 
 @operator_page(refused=_stock_refused)
 async def set_stock(request: Request, user: str, form: dict[str, str]) -> Response:
-    """A row of the stock page: units, capacity and low-stock threshold, all checked before
-    any is written (a refused one changes none)."""
-    ops = operations_of(request)
+    """A row of the stock page: units, capacity and low-stock threshold, checked together and
+    written in one audited MULTI (a refused one changes none)."""
     drink_id = request.path_params["drink_id"]
     try:
-        current = ops.drink(drink_id)
-        limits: dict[str, str] = {k: form[k] for k in ("capacity", "low_stock") if k in form}
-        drink = catalog.parse_drink({"id": drink_id, **limits}, ops.drinks())
-        units = catalog.parse_stock(form.get("stock", ""), drink)
-        now = ops.broker.stock().get(drink_id, 0)
-        # The stock never exceeds the capacity in between: lower it before the capacity.
-        if units < now:
-            ops.set_stock(drink_id, units, actor(user))
-        if (drink.capacity, drink.low_stock) != (current.capacity, current.low_stock):
-            ops.put_drink({"id": drink_id, **limits}, actor(user))
-        if units > now:
-            ops.set_stock(drink_id, units, actor(user))
+        operations_of(request).set_stock_and_limits(
+            drink_id,
+            form.get("stock", ""),
+            form.get("capacity"),
+            form.get("low_stock"),
+            actor(user),
+        )
     except (OperatorError, CommandRefused) as exc:
         raise refused(exc) from exc
     return notice(request, f"{drink_id}: stock saved.", base(request) + "/stock")

@@ -152,18 +152,23 @@ def csrf_token(request: Request) -> str:
 
 def logged_in(request: Request) -> str | None:
     """The operator of a live session; an expired session is cleared (CSRF token kept)."""
-    console = console_of(request)
     session = request.session
     user, since = session.get("user"), session.get("since")
     if not user or not isinstance(since, int | float):
         return None
-    if console.clock() - since > console.settings.console_session_s or not Accounts(
-        console.redis
-    ).exists(user):  # expired, or the account was removed: its sessions end with it
+    if not session_alive(console_of(request), user, since):
         session.pop("user", None)
         session.pop("since", None)
         return None
     return user
+
+
+def session_alive(console: Console, user: str, since: float) -> bool:
+    """Is the session of `user`, logged in at `since`, still on? Not once CONSOLE_SESSION_S
+    has passed, nor once the account was removed: its sessions end with it."""
+    if console.clock() - since > console.settings.console_session_s:
+        return False
+    return bool(Accounts(console.redis).exists(user))
 
 
 async def check_csrf(request: Request) -> dict[str, str]:

@@ -9,13 +9,15 @@ import json
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from constants.orders import OperatorKind
 from constants.states import State
 from cores.accounts import Accounts
+from cores.alert_store import AlertStore
+from cores.alerts import Alert, AlertKind, Changes
 from cores.broker import Broker
 from cores.config import ConfigError, Settings
 from cores.operations import Operations
@@ -371,8 +373,8 @@ def test_stock_units_capacity_and_threshold_are_set_together_and_refill_fills_to
 
     assert post(client, "/machines/vm-1/stock/cola/refill", token).status_code == 303
     assert broker.stock()["cola"] == 12
-    # The stock went down before the capacity changed (it never exceeds it in between).
-    assert [e["action"] for e in audit(broker)] == ["refill", "put_drink", "set_stock"]
+    # Units and limits were one write, audited once.
+    assert [e["action"] for e in audit(broker)] == ["refill", "set_stock_and_limits"]
 
 
 @pytest.mark.parametrize(
@@ -539,3 +541,164 @@ def test_the_console_settings_default_to_localhost_and_refuse_bad_values() -> No
         with pytest.raises(ConfigError, match=var):
             Settings.from_env(env)
     assert "secret" not in repr(Settings(console_secret="s" * 40))
+
+
+# --- alerts on the overview -------------------------------------------------------------------
+
+
+def raise_low_stock_alert(broker: Broker) -> str:
+    alert = Alert(AlertKind.LOW_STOCK, "cola", "2 left", time.time())
+    AlertStore(broker).apply(Changes(raised=(alert,)))
+    return alert.id
+
+
+def alert_state(broker: Broker) -> tuple:
+    store = AlertStore(broker)
+    return store.open_alerts(), store.recent(), audit(broker)
+
+
+def test_the_operator_acknowledges_an_open_alert_from_the_overview(
+    client: TestClient, broker: Broker, token: str
+) -> None:
+    alert_id = raise_low_stock_alert(broker)
+    page = client.get("/machines/vm-1/").text
+    action = "/machines/vm-1/alerts/low_stock%3Acola/acknowledge"
+    assert f'action="{action}"' in page and 'data-testid="ack-low_stock:cola"' in page
+    assert f'data-csrf="{token}"' in page  # for the buttons the live overview draws
+
+    answer = post(client, action, token)
+    assert answer.status_code == 303 and answer.headers["location"] == "/machines/vm-1/"
+    assert "acknowledged" in client.get("/machines/vm-1/").text
+    assert AlertStore(broker).open_alerts() == []
+    assert client.get("/machines/vm-1/overview.json").json()["alerts"] == []
+    [entry] = audit(broker)
+    assert (entry["actor"], entry["action"]) == (f"console:{OPERATOR}", "acknowledge_alert")
+    assert (entry["target"], entry["after"]) == (alert_id, {"open": False})
+
+
+def test_acknowledging_an_alert_no_longer_open_is_refused_and_changes_nothing(
+    client: TestClient, broker: Broker, token: str
+) -> None:
+    alert_id = raise_low_stock_alert(broker)
+    assert post(client, f"/machines/vm-1/alerts/{alert_id}/acknowledge", token).status_code == 303
+    before = alert_state(broker), machine_state(broker)
+    for gone in (alert_id, "sold_out:tea"):
+        answer = post(client, f"/machines/vm-1/alerts/{gone}/acknowledge", token)
+        assert answer.status_code == 400
+        assert 'data-testid="error"' in answer.text and "no open alert" in answer.text
+        assert gone in answer.text
+    assert (alert_state(broker), machine_state(broker)) == before
+
+
+def test_acknowledging_an_alert_without_the_csrf_token_is_refused(
+    client: TestClient, broker: Broker, token: str
+) -> None:
+    alert_id = raise_low_stock_alert(broker)
+    before = alert_state(broker)
+    answer = post(client, f"/machines/vm-1/alerts/{alert_id}/acknowledge", "forged-token")
+    assert answer.status_code == 403
+    assert alert_state(broker) == before
+
+
+# --- the live overview and the session ----------------------------------------------------------
+
+
+@pytest.fixture
+def served(client: TestClient) -> Iterator[str]:
+    """The console of `client` served over real HTTP (uvicorn, in-process, on a free port):
+    its base URL. The socket listens before the server starts, so no wait is needed."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    config = uvicorn.Config(
+        client.app, log_config=None, access_log=False, ws="none", timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def live_messages(
+    base: str, cookies: dict, broker: Broker, end_session: Callable[[], None]
+) -> list[dict]:
+    """Open the live overview with the session `cookies`, read its first message, then
+    `end_session()` and wake the stream with a machine event: every message sent, up to the
+    stream's end (a read that times out fails the test)."""
+    import requests
+
+    messages = []
+    with requests.get(
+        base + "/machines/vm-1/live", cookies=cookies, stream=True, timeout=10
+    ) as answer:
+        assert answer.status_code == 200
+        assert answer.headers["content-type"].startswith("text/event-stream")
+        for line in answer.iter_lines(decode_unicode=True):
+            if line.startswith("data: "):
+                messages.append(json.loads(line[len("data: ") :]))
+                if len(messages) == 1:
+                    end_session()
+                    broker.show_menu()
+                elif len(messages) > 2:
+                    break  # a stream that goes on: the assertion of the caller fails
+    return messages
+
+
+def test_the_live_overview_ends_once_the_session_expires(
+    client: TestClient, served: str, broker: Broker, clock: Clock, settings: Settings
+) -> None:
+    log_in(client)
+
+    def expire() -> None:
+        clock.now += settings.console_session_s + 1
+
+    messages = live_messages(served, dict(client.cookies), broker, expire)
+    assert [m["state"] for m in messages] == [str(State.IDLE)]
+
+
+def test_the_live_overview_ends_once_the_account_is_removed(
+    client: TestClient, served: str, broker: Broker
+) -> None:
+    log_in(client)
+
+    def remove() -> None:
+        Accounts(broker.redis).remove(OPERATOR)
+
+    messages = live_messages(served, dict(client.cookies), broker, remove)
+    assert [m["state"] for m in messages] == [str(State.IDLE)]
+
+
+def test_the_live_overview_goes_on_while_the_session_lasts(
+    client: TestClient, served: str, broker: Broker, clock: Clock, settings: Settings
+) -> None:
+    """The control of the two above: with the session alive, the event is sent (the stream
+    is then ended by expiring the session at the second message)."""
+    log_in(client)
+    import requests
+
+    states = []
+    with requests.get(
+        served + "/machines/vm-1/live", cookies=dict(client.cookies), stream=True, timeout=10
+    ) as answer:
+        for line in answer.iter_lines(decode_unicode=True):
+            if line.startswith("data: "):
+                states.append(json.loads(line[len("data: ") :])["state"])
+                if len(states) == 1:
+                    clock.now += settings.console_session_s - 1  # still on
+                    broker.show_menu()
+                elif len(states) == 2:
+                    clock.now += 2
+                    broker.show_menu()  # SHOW_MENU again: an event that wakes the stream
+                else:
+                    break  # a stream that goes on: the assertion below fails
+    assert states == [str(State.IDLE), str(State.SHOW_MENU)]

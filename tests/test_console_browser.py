@@ -21,6 +21,9 @@ from bench.harness import Launched
 from constants.orders import OperatorKind
 from constants.states import State
 from cores.accounts import Accounts
+from cores.alert_store import AlertStore
+from cores.alerts import Alert, AlertKind, Changes
+from cores.operations import Operations
 from tests.console_helpers import OPERATOR, PASSWORD
 from tests.machine_helpers import ROOT, launch, wait_state
 
@@ -194,6 +197,26 @@ def test_an_operator_logs_in_and_uses_every_page_and_action(up: Launched, page: 
     page.get_by_test_id("login-password").fill(PASSWORD)
     page.get_by_test_id("login-submit").click()
     expect(page.get_by_test_id("error")).to_contain_text("Too many failed log-ins")
+
+
+def test_an_alert_raised_while_the_overview_is_open_is_acknowledged_from_its_live_list(
+    up: Launched, page: Page
+) -> None:
+    log_in(page, up)
+    expect(page.get_by_test_id("live")).to_have_text("connected", timeout=WAIT_MS)
+    expect(page.get_by_test_id("alerts")).not_to_contain_text("sold_out: cola")
+    # Sold out for real, so that the watcher's next check keeps the alert rather than clears it.
+    up.broker.set_stock("cola", 0)
+    alert = Alert(AlertKind.SOLD_OUT, "cola", "", up.broker.clock())
+    AlertStore(up.broker).apply(Changes(raised=(alert,)))
+    up.broker.show_menu()  # an event: the live overview sends the alerts at once
+    button = page.get_by_test_id("ack-sold_out:cola")  # drawn by the live refresh
+    expect(button).to_be_visible(timeout=WAIT_MS)
+    button.click()
+    notice(page, "sold_out:cola acknowledged.")
+    entry = Operations(up.broker).audit(1)[0]
+    assert (entry["action"], entry["target"]) == ("acknowledge_alert", "sold_out:cola")
+    assert entry["actor"] == f"console:{OPERATOR}"
 
 
 def test_a_price_and_a_stock_changed_on_the_console_show_on_the_kiosk(

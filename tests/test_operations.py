@@ -9,6 +9,8 @@ import pytest
 
 from constants.orders import OperatorKind, Resolution
 from constants.states import ErrorCode, Sale, State
+from cores.alert_store import AlertStore
+from cores.alerts import Alert, AlertKind, Changes
 from cores.broker import Broker, CommandRefused
 from cores.console_errors import ActionRefused, InvalidInput, NotFound
 from cores.operations import Operations
@@ -178,3 +180,71 @@ def test_mark_refunded_needs_a_note_and_a_wrong_action_is_refused_changing_nothi
     ops.close_entry("o-1", Resolution.MARK_REFUNDED, ME, "cash back to the customer")
     sale = ops.broker.sales()[-1]
     assert (sale["kind"], sale["note"]) == (Sale.REFUNDED, "cash back to the customer")
+
+
+def test_a_stock_row_sets_units_and_limits_in_one_audited_write(ops):
+    ops.broker.show_menu()
+    events = ops.redis.xlen(ops.broker.events_key)
+    drink = ops.set_stock_and_limits("cola", "3", "4", "2", ME)
+    assert (ops.broker.stock()["cola"], drink.capacity, drink.low_stock) == (3, 4, 2)
+    assert ops.redis.xlen(ops.broker.events_key) == events + 1  # one menu frame, not three
+    assert menu_frame(ops)["cola"]["stock"] == 3
+    [entry] = ops.audit()
+    assert (entry["action"], entry["target"]) == ("set_stock_and_limits", "cola")
+    assert entry["before"] == {"stock": 5, "capacity": 10, "low_stock": 2}
+    assert entry["after"] == {"stock": 3, "capacity": 4, "low_stock": 2}
+
+
+def test_a_stock_row_leaves_a_limit_given_as_none_as_it_was(ops):
+    drink = ops.set_stock_and_limits("cola", 8, None, None, ME)
+    assert (ops.broker.stock()["cola"], drink.capacity, drink.low_stock) == (8, 10, 2)
+
+
+@pytest.mark.parametrize(
+    ("units", "capacity", "low_stock"),
+    [
+        ("6", "5", None),  # units over the new capacity
+        ("3", "4", "5"),  # a threshold over the capacity
+        ("3", "4", "x"),  # good units and capacity, a bad threshold
+        ("-1", "12", "4"),  # good limits, bad units
+        ("3", "0", None),
+    ],
+)
+def test_a_stock_row_with_one_refused_part_changes_nothing(ops, client, units, capacity, low_stock):
+    ops.broker.show_menu()
+    before = dump(client)
+    with pytest.raises(InvalidInput):
+        ops.set_stock_and_limits("cola", units, capacity, low_stock, ME)
+    with pytest.raises(NotFound):
+        ops.set_stock_and_limits("juice", "1", "10", None, ME)
+    assert dump(client) == before
+
+
+def raise_alert(ops: Operations, kind: AlertKind, subject: str) -> str:
+    alert = Alert(kind, subject, "2 left", ops.broker.clock())
+    AlertStore(ops.broker).apply(Changes(raised=(alert,)))
+    return alert.id
+
+
+def test_acknowledging_an_alert_closes_it_and_audits_who_did_it(ops):
+    alert_id = raise_alert(ops, AlertKind.LOW_STOCK, "cola")
+    ops.acknowledge_alert(alert_id, ME)
+    assert AlertStore(ops.broker).open_alerts() == []
+    [entry] = ops.audit()
+    assert (entry["actor"], entry["action"], entry["target"]) == (ME, "acknowledge_alert", alert_id)
+    assert entry["before"]["kind"] == "low_stock" and entry["before"]["subject"] == "cola"
+    assert entry["after"] == {"open": False}
+    assert AlertStore(ops.broker).recent()[-1]["state"] == "cleared"
+
+
+def test_acknowledging_an_alert_that_is_not_open_is_refused_and_changes_nothing(ops, client):
+    done = raise_alert(ops, AlertKind.LOW_STOCK, "cola")
+    ops.acknowledge_alert(done, ME)
+    still_open = raise_alert(ops, AlertKind.SOLD_OUT, "tea")
+    before = dump(client)
+    for alert_id in (done, "low_stock:nope"):
+        with pytest.raises(NotFound):
+            ops.acknowledge_alert(alert_id, ME)
+    with pytest.raises(InvalidInput):
+        ops.acknowledge_alert(still_open, "")  # nobody named
+    assert dump(client) == before

@@ -40,9 +40,28 @@
     }));
     var alerts = root.querySelector("[data-list=alerts]");
     var list = values.alerts || [];
-    alerts.replaceChildren(list.length
-      ? rows(list, function (a) { return cell("li", a.text, "alert"); })
-      : cell("li", "None", "muted"));
+    alerts.replaceChildren(list.length ? rows(list, alertRow) : cell("li", "None", "muted"));
+  }
+
+  // An open alert and its Acknowledge form, as the page renders it (the CSRF token is the page's).
+  function alertRow(a) {
+    var li = cell("li", "", "alert");
+    li.appendChild(cell("span", a.text));
+    var form = document.createElement("form");
+    form.className = "ack";
+    form.method = "post";
+    form.action = root.getAttribute("data-alerts") + encodeURIComponent(a.id) + "/acknowledge";
+    var csrf = document.createElement("input");
+    csrf.type = "hidden";
+    csrf.name = "csrf";
+    csrf.value = root.getAttribute("data-csrf");
+    form.appendChild(csrf);
+    var button = cell("button", "Acknowledge", "secondary");
+    button.type = "submit";
+    button.setAttribute("data-testid", "ack-" + a.id);
+    form.appendChild(button);
+    li.appendChild(form);
+    return li;
   }
 
   var status = root.querySelector("[data-field=live]");
