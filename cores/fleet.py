@@ -30,6 +30,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from constants import keys
+from cores import audit
 from cores.config import MACHINE_ID, MACHINE_ID_RULE
 from cores.console_errors import ActionRefused, InvalidInput, NotFound
 from cores.logs import kv
@@ -173,16 +174,7 @@ class Fleet:
 
     def audit(self, count: int = 100) -> list[dict[str, Any]]:
         """The newest `count` registry changes, newest first; before/after parsed."""
-        found = cast(
-            list[tuple[str, dict[str, str]]], self.redis.xrevrange(keys.FLEET_AUDIT, count=count)
-        )
-        out = []
-        for entry_id, fields in found:
-            entry: dict[str, Any] = dict(fields)
-            for name in ("before", "after"):
-                entry[name] = json.loads(entry.get(name) or "null")
-            out.append({"id": entry_id, **entry, "at": float(entry["at"])})
-        return out
+        return audit.read(self.redis, keys.FLEET_AUDIT, count)
 
     # --- writing ----------------------------------------------------------------------------
 
@@ -195,8 +187,7 @@ class Fleet:
     ) -> None:
         """Read the entry under WATCH, let `edit` judge it, write it with its audit entry in
         one MULTI (one slot: the `{fleet}` hash tag); again if another change came between."""
-        if not actor.strip():
-            raise InvalidInput("actor", "every operator action names who did it")
+        audit.check_actor(actor)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -206,16 +197,15 @@ class Fleet:
                     after = edit(before, now)
                     pipe.multi()
                     pipe.hset(keys.FLEET_MACHINES, machine_id, json.dumps(after, sort_keys=True))
-                    pipe.xadd(
+                    audit.append(
+                        pipe,
                         keys.FLEET_AUDIT,
-                        {
-                            "actor": actor,
-                            "action": action,
-                            "target": machine_id,
-                            "before": json.dumps(_public(before), sort_keys=True),
-                            "after": json.dumps(_public(after), sort_keys=True),
-                            "at": now,
-                        },
+                        actor,
+                        action,
+                        machine_id,
+                        _public(before),
+                        _public(after),
+                        now,
                     )
                     pipe.execute()
                     break

@@ -23,7 +23,7 @@ from redis.typing import EncodableT, FieldT
 from constants import keys
 from constants.orders import Resolution
 from constants.states import Sale, State
-from cores import catalog, rules, sales
+from cores import audit, catalog, rules, sales
 from cores.alert_store import AlertStore
 from cores.alerts import Alert
 from cores.broker import Broker, Writes
@@ -77,16 +77,7 @@ class Operations:
 
     def audit(self, count: int = 100) -> list[dict]:
         """The newest `count` operator actions, newest first; before/after parsed."""
-        out = []
-        found = cast(
-            list[tuple[str, dict[str, str]]], self.redis.xrevrange(self.audit_key, count=count)
-        )
-        for entry_id, fields in found:
-            entry: dict[str, Any] = dict(fields)
-            for name in ("before", "after"):
-                entry[name] = json.loads(entry.get(name) or "null")
-            out.append({"id": entry_id, **entry, "at": float(entry["at"])})
-        return out
+        return audit.read(self.redis, self.audit_key, count)
 
     def sales_entries(self, start_s: float, end_s: float | None = None) -> list[dict]:
         """Sales entries from `start_s` (unix s) up to `end_s` (None: the newest), oldest first:
@@ -246,7 +237,7 @@ class Operations:
         replace it: a refund that is owed after all), append the sales entry that closes it
         (rules.resolution_sale, with resolved_by), and audit. `mark_vended` also takes the
         unit from the stock. Returns the entry as it was."""
-        _check_actor(actor)
+        audit.check_actor(actor)
         tid = uuid.uuid4().hex
         seen: list[dict] = []
 
@@ -336,14 +327,14 @@ class Operations:
     def acknowledge_alert(self, alert_id: str, actor: str) -> None:
         """An open alert cleared by hand (cores/alert_store.py), audited in the same MULTI;
         NotFound, changing nothing, when it is not open."""
-        _check_actor(actor)
+        audit.check_actor(actor)
         now = self.broker.clock()
 
-        def audit(pipe: Any, alert: Alert) -> None:
+        def audited(pipe: Any, alert: Alert) -> None:
             after = {"open": False}
             self._audit(pipe, actor, "acknowledge_alert", alert_id, alert.record(), after, now)
 
-        if AlertStore(self.broker).acknowledge(alert_id, now, also=audit) is None:
+        if AlertStore(self.broker).acknowledge(alert_id, now, also=audited) is None:
             raise NotFound("alert", f"no open alert {alert_id!r}: cleared already, or unknown")
         log.info(
             "operator action", extra=kv(action="acknowledge_alert", target=alert_id, actor=actor)
@@ -351,7 +342,7 @@ class Operations:
 
     def audit_account(self, action: str, name: str, actor: str) -> None:
         """A console account added or removed (the password and its hash are never written)."""
-        _check_actor(actor)
+        audit.check_actor(actor)
         present = action != "operator_remove"
         self._audit(self.redis, actor, action, name, not present, present)
 
@@ -383,7 +374,7 @@ class Operations:
     ) -> Change:
         """Read the menu and stock under WATCH, `edit` them (it raises to refuse), and write
         the new ones with the audit entry and, on the menu screen, the menu re-sent."""
-        _check_actor(actor)
+        audit.check_actor(actor)
         tid = uuid.uuid4().hex
         done: list[Change] = []
         broker = self.broker
@@ -425,7 +416,7 @@ class Operations:
     def set_out_of_service(self, out: bool, actor: str) -> State:
         """Maintenance on (only between customers: CommandRefused otherwise) or off; the
         audit entry follows the move (Broker.set_out_of_service judges the state)."""
-        _check_actor(actor)
+        audit.check_actor(actor)
         before = self.broker.snapshot().state
         self.broker.set_out_of_service(out)
         after = self.broker.snapshot().state
@@ -443,23 +434,8 @@ class Operations:
         after: Any,
         now: float | None = None,
     ) -> None:
-        pipe.xadd(
-            self.audit_key,
-            {
-                "actor": actor,
-                "action": action,
-                "target": target,
-                "before": json.dumps(before, sort_keys=True),
-                "after": json.dumps(after, sort_keys=True),
-                "at": self.broker.clock() if now is None else now,
-            },
-        )
-
-
-def _check_actor(actor: str) -> None:
-    """Every operator action names who did it: `cli:NAME` or `console:NAME` (the audit)."""
-    if not actor.strip():
-        raise InvalidInput("actor", "every operator action names who did it")
+        at = self.broker.clock() if now is None else now
+        audit.append(pipe, self.audit_key, actor, action, target, before, after, at)
 
 
 def _named(drinks: Mapping[str, Drink], drink_id: str | None) -> Drink:
