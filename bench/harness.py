@@ -26,6 +26,19 @@ from cores.redis_process import free_ports
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: The processes `main.py up` starts, by the names of their pid files (VAR_DIR/pids).
+PROCESSES = (
+    "sandbox",
+    "websocket",
+    "order",
+    "order_created",
+    "dispense",
+    "screen",
+    "notification",
+    "operator",
+)
+
+
 class Launched:
     """`python main.py up` with VAR_DIR under `folder`; everything else from `env`."""
 

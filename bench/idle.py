@@ -33,7 +33,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Launched
+from bench.harness import PROCESSES, Launched
 from constants.services import WORKERS, Service
 from constants.states import State
 from constants.tunables import HEARTBEAT_EVERY_S
@@ -48,16 +48,6 @@ OWN_COMMANDS = {
     "hello",
     "ping",
 }
-PROCESSES = (
-    "websocket",
-    "order",
-    "order_created",
-    "dispense",
-    "screen",
-    "notification",
-    "operator",
-    "sandbox",
-)
 
 
 def cpu_seconds(pid: int) -> float:
