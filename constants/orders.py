@@ -34,6 +34,9 @@ class OrderField(StrEnum):
     VEND_STARTED_AT = "vend_started_at"
     DISPENSE_FAILED_RECORDED = "dispense_failed_recorded"  # "1": the sale entry is written
     LATE = "late"  # see LateRefund
+    #: The refund key of an operator's refund through Midtrans once its sales entry is written:
+    #: the same refund answered twice (Midtrans replays a repeated key) is recorded once.
+    REFUND_RECORDED = "refund_recorded"
 
 
 class Outcome(StrEnum):

@@ -21,7 +21,7 @@ from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
 from constants import keys
-from constants.orders import Resolution
+from constants.orders import OrderField, Resolution
 from constants.states import Sale, State
 from cores import audit, catalog, rules, sales
 from cores.alert_store import AlertStore
@@ -151,7 +151,7 @@ class Operations:
             return Change(drinks, {**stock, drink_id: value}, stock.get(drink_id, 0), value)
 
         self._edit("set_stock", drink_id, edit, actor)
-        return int(units)
+        return catalog.parse_stock(units, self.drink(drink_id))
 
     def refill(self, drink_id: str | None, actor: str) -> dict[str, int]:
         """A slot (or, with None, every slot) filled to its capacity: the new stock by drink."""
@@ -176,6 +176,7 @@ class Operations:
         changes: list[str] = []
 
         def edit(drinks: dict[str, Drink], stock: dict[str, int]) -> Change:
+            changes.clear()  # judged again after a race: the changes against what now holds
             new = {d.id: d for d, _ in parsed}
             new_stock = {k: stock.get(k, 0) for k in new}
             new_stock.update({d.id: units for d, units in parsed if units is not None})
@@ -281,7 +282,9 @@ class Operations:
                     if note:
                         fields["note"] = note
                     if action in rules.REFUNDS_AT_GATEWAY:
-                        fields["refund_key"] = rules.refund_key(order_id)
+                        key = rules.refund_key(order_id)
+                        fields["refund_key"] = key
+                        p.hset(self.broker.order_key(order_id), OrderField.REFUND_RECORDED, key)
                     p.xadd(self.broker.sales_key, fields)
                     after["sale"] = str(sale)
                     if action is Resolution.MARK_VENDED and drink and units > 0:
@@ -302,27 +305,40 @@ class Operations:
 
     def record_refund(
         self, entry: Mapping[str, Any], action: Resolution, actor: str, note: str
-    ) -> None:
+    ) -> bool:
         """A refund made by `actor` whose queue entry another resolution took meanwhile: the
-        money moved all the same, so its sales entry and audit are written (one MULTI)."""
+        money moved all the same, so its sales entry and audit are written (one MULTI) —
+        unless that resolution recorded this very refund (the same refund key, which Midtrans
+        answers twice): then nothing is written and False is returned."""
         order_id = str(entry["order_id"])
+        key = rules.refund_key(order_id)
+        order_key = self.broker.order_key(order_id)
         fields: dict[FieldT, EncodableT] = {
             "kind": str(Sale.REFUNDED),
             "order_id": order_id,
             "at": self.broker.clock(),
             "resolved_by": actor,
             "resolution": str(action),
-            "refund_key": rules.refund_key(order_id),
+            "refund_key": key,
         }
         if entry.get("amount") is not None:
             fields["amount"] = int(entry["amount"])
         if entry.get("drink"):
             fields["drink_id"] = str(entry["drink"])
-        with self.redis.pipeline() as pipe:
-            pipe.xadd(self.broker.sales_key, fields)
-            after = {"sale": str(Sale.REFUNDED), "note": note, "queue": "resolved meanwhile"}
-            self._audit(pipe, actor, str(action), order_id, dict(entry), after)
-            pipe.execute()
+        after = {"sale": str(Sale.REFUNDED), "note": note, "queue": "resolved meanwhile"}
+
+        def judge(pipe: Pipeline) -> Writes:
+            if pipe.hget(order_key, OrderField.REFUND_RECORDED) == key:
+                return None
+
+            def write(p: Pipeline) -> None:
+                p.hset(order_key, OrderField.REFUND_RECORDED, key)
+                p.xadd(self.broker.sales_key, fields)
+                self._audit(p, actor, str(action), order_id, dict(entry), after)
+
+            return write
+
+        return self.broker._compare_and_set((order_key,), judge, uuid.uuid4().hex)
 
     def acknowledge_alert(self, alert_id: str, actor: str) -> None:
         """An open alert cleared by hand (cores/alert_store.py), audited in the same MULTI;

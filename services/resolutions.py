@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from constants.orders import OperatorKind, Resolution
 from constants.states import RefundOutcome
 from cores import rules
-from cores.console_errors import ActionRefused, InvalidInput, NotFound
+from cores.console_errors import ActionRefused, InvalidInput, OperatorError
 from cores.logs import kv
 from cores.operations import Operations
 from services.refunds import Refunder
@@ -67,10 +67,12 @@ def resolve(
     if result.outcome is RefundOutcome.REFUNDED:
         try:
             ops.close_entry(order_id, act, actor, note)
-        except NotFound:
-            # Another resolution took the entry while Midtrans was being asked: the money
-            # moved all the same, so the refund is recorded.
-            ops.record_refund({**entry, "order_id": order_id}, act, actor, note)
+        except OperatorError:
+            # Another resolution took or changed the entry while Midtrans was being asked: the
+            # money moved all the same, so the refund is recorded, unless that resolution was this
+            # same refund (the same key, which Midtrans answered twice) and recorded it.
+            if not ops.record_refund({**entry, "order_id": order_id}, act, actor, note):
+                return Resolved(order_id, act, True, f"{order_id}: refunded, recorded already")
             log.warning(
                 "refunded after the entry was resolved meanwhile",
                 extra=kv(order_id=order_id, actor=actor),

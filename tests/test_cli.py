@@ -185,6 +185,32 @@ def test_a_refund_made_while_another_operator_resolved_the_entry_is_still_record
     assert [e["actor"] for e in ops.audit()[:2]] == ["cli:ana", "console:bo"]
 
 
+def test_the_same_refund_resolved_twice_at_once_is_recorded_once(machine):
+    """A double click on Refund: both calls reach Midtrans with the one refund key, which
+    answers the second with the first's answer; the money moved once, and is recorded once."""
+    order_id = machine.order("cola")
+    machine.sandbox.pay(order_id)
+    wait_state(machine.broker, State.DISPENSED)
+    ops = Operations(machine.broker)
+    machine.broker.flag_for_operator(order_id, OperatorKind.REFUND_OWED, amount=7000, drink="cola")
+    client = MidtransClient.from_settings(machine.settings)
+    real = Refunder(client, lambda s: None)
+
+    class DoubleClick:
+        def refund(self, oid: str, amount: int, reason: str):
+            first = resolutions.resolve(ops, real, oid, "retry_refund", "console:bo")
+            assert first.done
+            return real.refund(oid, amount, reason)
+
+    try:
+        done = resolutions.resolve(ops, DoubleClick(), order_id, "retry_refund", "console:bo")
+    finally:
+        client.close()
+    assert done.done and "recorded already" in done.message
+    kinds = [s["kind"] for s in machine.broker.sales() if s["order_id"] == order_id]
+    assert kinds.count(Sale.REFUNDED) == 1
+
+
 def test_maintenance_from_the_command_line_is_audited(redis_server, broker, tmp_path):
     assert cli(redis_server.url, tmp_path, "maintenance", "on").returncode == 0
     assert broker.snapshot().state == State.OUT_OF_SERVICE
