@@ -12,13 +12,14 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from constants import keys
-from constants.services import WORKERS, Service
-from constants.tunables import ALERTS_MAXLEN, LOW_STOCK_DEFAULT_UNITS
+from constants.services import WATCHED
+from constants.tunables import ALERTS_MAXLEN
+from cores import catalog
 from cores.alerts import Alert, AlertKind, AlertState, Changes, Facts, Gateway
 from cores.broker import Broker
 
 #: The services whose heartbeats are watched: those `up` starts that beat.
-WATCHED_SERVICES: tuple[str, ...] = tuple(str(s) for s in (*WORKERS, Service.NOTIFICATION))
+WATCHED_SERVICES: tuple[str, ...] = tuple(str(s) for s in WATCHED)
 
 #: Alerts stream entries as this module returns them: (entry id, fields).
 Entries = list[tuple[str, dict[str, str]]]
@@ -54,12 +55,7 @@ class AlertStore:
             pipe.hgetall(self.restart_key)
             pipe.hgetall(self.open_key)
             stock, menu, beats, queue, gateway, restart, open_ = pipe.execute()
-        thresholds = {}
-        for raw in menu.values():
-            drink = json.loads(raw)
-            if drink.get("enabled", True):
-                # Until every menu entry carries them (cores/models.Drink), the defaults.
-                thresholds[str(drink["id"])] = int(drink.get("low_stock", LOW_STOCK_DEFAULT_UNITS))
+        thresholds = {d.id: d.low_stock for d in catalog.menu_from_hash(menu) if d.enabled}
         facts = Facts(
             now=now,
             stock={k: int(v) for k, v in stock.items()},

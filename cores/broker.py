@@ -454,17 +454,17 @@ class Broker:
     ) -> None:
         """Queue a transition's writes: its effects, the state, the frame on the events stream
         and, where money moves, the sales entry. `stock_left`: the drink's count after the
-        unit taken, read under WATCH (else the count is decremented)."""
+        unit taken, read under WATCH (Broker.transition reads it)."""
         order_id, effects = move.order_id, move.effects
         if effects.order_fields and order_id:
             pipe.hset(
                 self.order_key(order_id),
                 mapping={k: text(v) for k, v in effects.order_fields.items()},
             )
-        if effects.stock_drink and stock_left is not None:
+        if effects.stock_drink:
+            if stock_left is None:
+                raise ValueError("a move that takes stock needs the count read under WATCH")
             pipe.hset(self.stock_key, effects.stock_drink, stock_left)
-        elif effects.stock_drink:
-            pipe.hincrby(self.stock_key, effects.stock_drink, -1)
         if effects.operator and order_id:
             pipe.hset(self.operator_key, order_id, self._operator_entry(order_id, effects.operator))
         if effects.recheck_at is not None and order_id:

@@ -452,7 +452,10 @@ class MidtransClient:
         elapsed = self._clock() - start
         elapsed_ms = round(elapsed * 1000)
         if self.observer is not None:
-            self.observer(op, elapsed, error)
+            try:  # metrics never cost a call's answer (or hide its error)
+                self.observer(op, elapsed, error)
+            except Exception:
+                log.exception("call observer failed", extra=kv(op=op, order_id=order_id))
         log.info(
             "midtrans %s",
             op,
