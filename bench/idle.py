@@ -34,7 +34,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import PROCESSES, Launched
-from constants.services import WORKERS, Service
+from constants.services import WATCHED, WORKERS
 from constants.states import State
 from constants.tunables import HEARTBEAT_EVERY_S
 
@@ -93,7 +93,7 @@ class Monitor(threading.Thread):
 
 def wait_idle(machine: Launched, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
-    services = [*WORKERS, Service.NOTIFICATION]
+    services = list(WATCHED)
     while time.monotonic() < deadline:
         beats = machine.broker.heartbeats(services)
         if machine.broker.snapshot().state == State.IDLE and all(beats.values()):

@@ -17,3 +17,7 @@ class Service(StrEnum):
 
 #: The workers `main.py up` starts next to the websocket server (and the sandbox, without keys).
 WORKERS = (Service.ORDER, Service.ORDER_CREATED, Service.DISPENSE, Service.SCREEN)
+
+#: The services whose heartbeat says the machine is working: `health`, status, the console's
+#: overview and the stale-heartbeat alert all watch these.
+WATCHED = (*WORKERS, Service.NOTIFICATION)

@@ -7,9 +7,7 @@ process sees them and they fade after LOGIN_FAILS_KEEP_S without failures.
 
     delay_s(failures) -> seconds       the rule, a plain function
     LoginBackoff(redis, clock)
-        .wait_s(client, account)        seconds left before a try is heard (0: now)
         .attempt(client, account)       the wait left, or 0 and the try counted as failed
-        .failed(client, account)        count one failure against both
         .succeeded(account, client)     forget the account's failures, take back the try
 """
 
@@ -53,18 +51,6 @@ class LoginBackoff:
         name = account.strip().lower()[:64]
         return (LOGIN_FAILS_CLIENT.format(client=client), LOGIN_FAILS_ACCOUNT.format(account=name))
 
-    def wait_s(self, client: str, account: str) -> float:
-        now = self.clock()
-        left = 0.0
-        with self.redis.pipeline(transaction=False) as pipe:
-            for key in self._keys(client, account):
-                pipe.hmget(key, "failures", "last")
-            answers = cast(list[list[str | None]], pipe.execute())
-        for failures, last in answers:
-            if failures is not None and last is not None:
-                left = max(left, wait_left(int(failures), float(last), now))
-        return left
-
     def attempt(self, client: str, account: str) -> float:
         """Seconds to wait before a try is heard (refused, nothing counted), or 0: the try is
         counted as a failure at once, before its password is checked, so that tries sent
@@ -92,15 +78,6 @@ class LoginBackoff:
                     return 0.0
                 except redis.WatchError:
                     continue
-
-    def failed(self, client: str, account: str) -> None:
-        now = self.clock()
-        with self.redis.pipeline() as pipe:
-            for key in self._keys(client, account):
-                pipe.hincrby(key, "failures", 1)
-                pipe.hset(key, "last", now)
-                pipe.expire(key, LOGIN_FAILS_KEEP_S)
-            pipe.execute()
 
     def succeeded(self, account: str, client: str | None = None) -> None:
         """Forget the account's failures; with `client`, take back the try `attempt` counted

@@ -6,7 +6,7 @@ import json
 import time
 
 from constants.orders import OrderField
-from constants.services import WORKERS, Service
+from constants.services import WATCHED
 from cores.broker import Broker
 
 
@@ -17,7 +17,7 @@ def status(broker: Broker) -> dict:
     now = time.time()
     beats = {
         service: None if at is None else round(now - at, 1)
-        for service, at in broker.heartbeats((*WORKERS, Service.NOTIFICATION)).items()
+        for service, at in broker.heartbeats(WATCHED).items()
     }
     return {
         "machine_id": broker.machine_id,
@@ -39,7 +39,7 @@ def status(broker: Broker) -> dict:
 def health(status_: dict, ttl_s: float) -> list[str]:
     """What is unhealthy in a `status()` answer: workers whose heartbeat is missing or old."""
     problems = []
-    for service in (*WORKERS, Service.NOTIFICATION):
+    for service in WATCHED:
         age = status_["heartbeat_age_s"].get(str(service))
         if age is None or age > ttl_s:
             problems.append(f"{service}: no heartbeat in the last {ttl_s:.0f} s")

@@ -14,6 +14,7 @@ The body is JSON: {"id": entry id (receivers may deduplicate on it), "machine_id
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -58,8 +59,8 @@ class WebhookSender:
         self.timeout_s = timeout_s
         self.block_s = block_s
         self.stopping = threading.Event()
-        #: Entry ids delivered by this sender (taken by the receiver), in order.
-        self.delivered: list[str] = []
+        #: The latest entry ids delivered by this sender (taken by the receiver), in order.
+        self.delivered: collections.deque[str] = collections.deque(maxlen=1000)
         self.thread: threading.Thread | None = None
 
     def start(self) -> WebhookSender:

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from constants.services import WORKERS, Service
+from constants.services import WATCHED
 from cores import catalog, operator, sales
 from cores.accounts import Accounts
 from cores.broker import Broker
@@ -68,7 +68,7 @@ def status(ops: Operations, settings: Settings) -> Output:
     lines.append(f"needs a person: {len(queue)}" + (" (see `main.py queue`)" if queue else ""))
     beats = data["heartbeat_age_s"]
     shown = []
-    for service in (*WORKERS, Service.NOTIFICATION):
+    for service in WATCHED:
         age = beats.get(str(service))
         shown.append(f"{service} {'-' if age is None else f'{age:.0f}s ago'}")
     lines.append("workers: " + ", ".join(shown))

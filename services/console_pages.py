@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from constants.console import GATEWAY_PROBE_EVERY_S, GATEWAY_PROBE_TIMEOUT_S, LIVE_BLOCK_MS
-from constants.services import WORKERS, Service
+from constants.services import WATCHED
 from constants.states import State
 from constants.tunables import HEARTBEAT_TTL_S
 from cores import catalog
@@ -131,7 +131,7 @@ def overview_values(console: Console, broker: Broker) -> dict[str, Any]:
         }
     order = broker.order(snap.order_id)
     beats = []
-    for service, at in broker.heartbeats((*WORKERS, Service.NOTIFICATION)).items():
+    for service, at in broker.heartbeats(WATCHED).items():
         age = None if at is None else max(0.0, now - at)
         beats.append(
             {
@@ -377,12 +377,14 @@ async def maintenance(request: Request, user: str, form: dict[str, str]) -> Resp
     try:
         operations_of(request).set_out_of_service(mode == "on", actor(user))
     except CommandRefused as exc:
-        raise Refused(
-            "Refused: a customer is buying right now; try again when the kiosk is idle."
-            if mode == "on"
-            else f"Refused: {exc.message}",
-            409,
-        ) from exc
+        state = machine_of(request)[1].snapshot().state
+        if mode == "on" and state == State.OUT_OF_SERVICE:
+            message = "The machine is out of service already."
+        elif mode == "on":
+            message = "Refused: a customer is buying right now; try again when the kiosk is idle."
+        else:
+            message = f"Refused: {exc.message}"
+        raise Refused(message, 409) from exc
     except OperatorError as exc:
         raise refused(exc) from exc
     text = "The machine is out of service." if mode == "on" else "The machine is back in service."

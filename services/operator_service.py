@@ -8,7 +8,7 @@ a drink's name is text everywhere) and static files from console/, Chart.js vend
     /machines               every machine this console serves (one today: VENDING_MACHINE_ID)
     /machines/{id}/...      the pages of one machine (services/console_pages.py,
                             services/console_sales.py)
-    /metrics                Prometheus text (cores/alerts.render_metrics), when it exists
+    /metrics                Prometheus text (services/metrics_service.py)
     /static/...             console/static
 
 Sessions are signed cookies (Starlette's SessionMiddleware: itsdangerous, HttpOnly,

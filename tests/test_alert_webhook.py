@@ -111,7 +111,7 @@ def test_an_alert_raised_while_the_receiver_is_down_is_delivered_once_it_comes_u
         eventually(lambda: store.redis.get(store.cursor_key), what="the cursor stored")
         raise_alert(store, "cola")
         raise_alert(store, "tea")
-        eventually(lambda: s.delivered == [] and store.redis.xlen(store.alerts_key) == 2)
+        eventually(lambda: not s.delivered and store.redis.xlen(store.alerts_key) == 2)
         receiver = Receiver(port)
         eventually(lambda: len(receiver.bodies) == 2, what="the alerts delivered late")
     finally:
@@ -128,7 +128,7 @@ def test_a_receiver_answering_503_gets_the_same_alert_again_until_it_takes_it(st
         eventually(lambda: store.redis.get(store.cursor_key), what="the cursor stored")
         raise_alert(store, "cola")
         cursor = store.redis.get(store.cursor_key)
-        eventually(lambda: s.delivered == [] and store.redis.get(store.cursor_key) == cursor)
+        eventually(lambda: not s.delivered and store.redis.get(store.cursor_key) == cursor)
         receiver.status = 200
         eventually(lambda: receiver.bodies, what="the alert taken")
     finally:
