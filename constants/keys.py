@@ -48,6 +48,11 @@ METRICS_SALES = PREFIX + ":metrics:sales"
 #: (JSON), at (unix s)}; never capped (shared/DESIGN.md, "Operator console").
 AUDIT = PREFIX + ":audit"
 
+#: hash, fleet mode: order_id -> JSON {result (vended|failed|unknown), at (unix s)}: what the
+#: machine's agent reported of a vend, from its journal (money rule 6). Written by the gateway
+#: for the authenticated machine only; read by the DISPENSE worker.
+VEND = PREFIX + ":vend"
+
 #: Fleet-wide (no machine tag): hash of the console's operators, name -> argon2id hash.
 OPERATORS = "console:operators"
 
@@ -63,6 +68,22 @@ FLEET_SEEN = "fleet:{fleet}:seen"
 #: stream, append-only: every registry change {actor, action (machine_add|machine_revoke),
 #: target (machine id), before (JSON), after (JSON), at (unix s)}; never the token or its hash.
 FLEET_AUDIT = "fleet:{fleet}:audit"
+
+
+# Fleet mode's work shards (cores/work.py): machine `m` belongs to shard `shard_of(m)`. Each
+# shard's keys share the hash tag `{shard-N}`: one Cluster slot per shard, not per fleet.
+#: stream, capped (WORK_MAXLEN): one hint per change of a machine {m (machine id), command,
+#: order_id}; each worker service reads it with a consumer group named after the service, and
+#: the gateway follows it to relay the machine's events to its agent.
+WORK = "fleet:{{shard-{shard}}}:work"
+#: sorted set: machine id -> unix s when the service's step asked to run again (its timer).
+WORK_DUE = "fleet:{{shard-{shard}}}:due:{service}"
+#: string with TTL (LEASE_TTL_S): the consumer name of the one process of `service` that works
+#: the shard now.
+WORK_LEASE = "fleet:{{shard-{shard}}}:lease:{service}"
+#: sorted set: consumer name -> unix s its process last said it is alive, per service; the
+#: processes of a service share the shards out by it.
+FLEET_WORKERS = "fleet:{{fleet}}:workers:{service}"
 
 
 def key(template: str, machine_id: str, **parts: str) -> str:

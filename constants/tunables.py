@@ -132,3 +132,35 @@ CAPACITY_MAX_UNITS = 1000
 CAPACITY_DEFAULT_UNITS = 10
 #: A drink is low on stock at this many units or fewer, unless it sets its own threshold.
 LOW_STOCK_DEFAULT_UNITS = 2
+
+# --- Fleet mode (shared/DESIGN.md, "Fleet mode") ----------------------------------------------
+
+#: Work shards: each machine's hints go to one of this many work streams (cores/work.py), each
+#: in a Cluster slot of its own; a worker process of a service owns some of them at a time.
+WORK_SHARDS = 8
+#: A work stream's length kept (approximate MAXLEN); entries are acknowledged as worked.
+WORK_MAXLEN = 10_000
+#: A shard's owner holds its lease this long and renews it every LEASE_RENEW_S: a killed
+#: process's shards are taken over within LEASE_TTL_S + LEASE_RENEW_S.
+LEASE_TTL_S = 3.0
+LEASE_RENEW_S = 1.0
+#: A shard's owner steps every machine of the shard this often (and when it takes the shard),
+#: re-deriving any work whose hint was lost (workers stay level-triggered).
+SWEEP_EVERY_S = 30.0
+#: Agent <-> gateway websocket: ping period and how long a pong may take; a backend silent
+#: for both is offline (the page shows it within 5 s).
+AGENT_PING_S = 2.0
+AGENT_PONG_TIMEOUT_S = 2.0
+#: The agent reconnects with exponential backoff between these, with +-20 % jitter.
+AGENT_RETRY_MIN_S = 0.5
+AGENT_RETRY_MAX_S = 15.0
+#: A refused token is retried this often at most (an operator has to act first).
+AGENT_REFUSED_RETRY_S = 30.0
+#: Agent -> gateway frames: at most this many bytes each, and this many per second on average
+#: (burst AGENT_FRAMES_BURST) per machine; beyond it the gateway answers the page rate_limited.
+AGENT_FRAME_MAX_BYTES = 16 * 1024
+AGENT_FRAMES_PER_S = 50
+AGENT_FRAMES_BURST = 100
+#: The gateway re-reads each connected machine's events this often even without a hint, so
+#: that a hint lost in a crash delays a screen by at most this long.
+GATEWAY_RESYNC_S = 15.0

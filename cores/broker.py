@@ -40,6 +40,7 @@ from cores import catalog, rules
 from cores.logs import kv
 from cores.machine import OUT_OF_SERVICE_FROM, Effects, Transition
 from cores.models import Drink, Order, Snapshot, text
+from cores.work import WorkHints
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,17 @@ class Broker:
         machine_id: str,
         clock: Callable[[], float] = time.time,
         blocking: redis.Redis | None = None,
+        hints: WorkHints | None = None,
     ) -> None:
         """`blocking`: the client of the long blocking reads (`wait`, `read_events`), whose
         socket timeout outlasts their BLOCK; `client`'s stays short, so that a Redis that
-        hangs fails a command quickly. Both may be the same client (tests)."""
+        hangs fails a command quickly. Both may be the same client (tests).
+
+        `hints`: fleet mode only: every change the workers may act on is followed by a hint on
+        the machine's work shard (cores/work.py); one machine's workers read its own streams."""
         self.redis = client
         self.blocking = blocking or client
+        self.hints = hints
         self.machine_id = machine_id
         self.clock = clock
         self.state_key = self._key(keys.STATE)
@@ -236,6 +242,7 @@ class Broker:
 
         self._compare_and_set((self.state_key, self.stock_key, self.menu_key), judge, tid)
         assert order_id is not None  # judge either set it or raised
+        self._hint()
         log.info("order placed", extra=kv(order_id=order_id, drink=drink_id))
         return order_id
 
@@ -261,11 +268,14 @@ class Broker:
             raise _refused(rules.wrong_state(ClientEvent.CANCEL, snap.state))
 
         self._compare_and_set((self.state_key,), judge, tid)
+        asked = seen[-1].state in rules.CANCEL_REQUEST_FROM
+        self._hint(Command.CANCEL if asked else "", seen[-1].order_id or "")
         log.info("cancel", extra=kv(state=seen[-1].state, order_id=seen[-1].order_id or "-"))
 
     def wake(self, command: Command, order_id: str) -> None:
         """A hint to the workers (e.g. CHECK after a notification); the truth stays in Redis."""
         self._command(self.redis, command, order_id)
+        self._hint(command, order_id)
 
     # --- workers ----------------------------------------------------------------------------
 
@@ -308,6 +318,8 @@ class Broker:
         applied = self._compare_and_set(watch, judge, tid)
         snap = seen[-1] if seen else None
         if applied:
+            recheck = move.effects.recheck_at is not None and move.order_id
+            self._hint(Command.RECHECK if recheck else "", move.order_id or "")
             log.info(
                 "transition",
                 extra=kv(
@@ -346,6 +358,8 @@ class Broker:
             if wake:
                 self._command(pipe, Command.RECHECK, order_id)
             pipe.execute()
+        if wake:
+            self._hint(Command.RECHECK, order_id)
 
     def rechecks_due(self, now: float) -> tuple[list[str], float | None]:
         """Orders due for a recheck, and when the next one falls due (None: none left)."""
@@ -412,6 +426,18 @@ class Broker:
             return lambda p: self._queue(p, snap, move, self.clock(), tid)
 
         self._compare_and_set((self.state_key,), plan, tid)
+        self._hint()
+
+    def _hint(self, command: str = "", order_id: str = "") -> None:
+        """Fleet mode: wake the shared workers and the gateway after a change (cores/work.py).
+        A hint lost here (Redis gone between the change and the hint) is re-derived by the
+        shard's sweep."""
+        if self.hints is None:
+            return
+        try:
+            self.hints.hint(self.machine_id, str(command), order_id)
+        except redis.RedisError as exc:
+            log.warning("work hint lost", extra=kv(error=exc, command=command or "-"))
 
     def _compare_and_set(
         self, watch: tuple[str, ...], judge: Callable[[Pipeline], Writes], tid: str

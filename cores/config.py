@@ -92,6 +92,13 @@ class Settings:
     alert_webhook_url: str | None = field(default=None, repr=False)  # may carry a secret
     #: The machine's time zone (IANA name): sales reports and the dates operators read.
     timezone: str = "Asia/Jakarta"
+    #: Fleet mode, on a machine's agent: the backend's gateway (ws:// or wss://) and the
+    #: machine's token (`main.py fleet add ID` prints it). Never sent to a browser or a log.
+    backend_url: str | None = None
+    machine_token: str | None = field(default=None, repr=False)
+    #: A vend the dispenser does not confirm within this long is not waited for any more: its
+    #: outcome goes to the operator (money rule 6).
+    vend_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         _check(
@@ -136,6 +143,21 @@ class Settings:
             )
         _check(60 <= self.console_session_s <= 7 * 86400, "CONSOLE_SESSION_S", "60 s to 7 days")
         _check(_is_zone(self.timezone), "TIMEZONE", "an IANA time zone such as Asia/Jakarta")
+        if self.backend_url is not None:
+            _check(
+                _is_url(self.backend_url, ("ws", "wss")),
+                "BACKEND_URL",
+                "a ws:// or wss:// URL with a host, e.g. wss://backend.example.com/agent",
+            )
+        if self.machine_token is not None:
+            _check(
+                0 < len(self.machine_token) <= 256
+                and self.machine_token.isprintable()
+                and not any(c.isspace() for c in self.machine_token),
+                "MACHINE_TOKEN",
+                "the token `main.py fleet add ID` printed (no spaces)",
+            )
+        _check(0 < self.vend_timeout_s <= 600, "VEND_TIMEOUT_S", "more than 0, at most 600 s")
         if self.redis_url is not None:
             _check(
                 self.redis_url.startswith(("redis://", "rediss://", "unix://")),
@@ -248,6 +270,9 @@ class Settings:
         take("LOG_LEVEL", "log_level")
         take("ALERT_WEBHOOK_URL", "alert_webhook_url")
         take("TIMEZONE", "timezone")
+        take("BACKEND_URL", "backend_url")
+        take("MACHINE_TOKEN", "machine_token")
+        take("VEND_TIMEOUT_S", "vend_timeout_s", float)
         faults: dict[str, float] = {}
         for name, kind in SANDBOX_FAULTS.items():
             var = "SANDBOX_FAULT_" + name
@@ -300,13 +325,18 @@ def _is_zone(name: str) -> bool:
 
 def _is_http_url(text: str) -> bool:
     """An absolute http(s) URL with a host, no spaces or credentials."""
+    return _is_url(text, ("http", "https"))
+
+
+def _is_url(text: str, schemes: tuple[str, ...]) -> bool:
+    """An absolute URL of one of `schemes` with a host, no spaces or credentials."""
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 (raises ValueError on a bad port)
     except ValueError:
         return False
     return (
-        parts.scheme in ("http", "https")
+        parts.scheme in schemes
         and bool(parts.hostname)
         and "@" not in parts.netloc
         and not any(c.isspace() for c in text)

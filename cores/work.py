@@ -1,0 +1,62 @@
+"""Fleet mode's work shards: how a change of one machine reaches the shared workers and the
+gateway without a blocking read per machine (shared/DESIGN.md, "Fleet mode").
+
+    machine m --shard_of(m)--> shard k:  WORK stream   hints {m, command, order_id}
+                                         WORK_DUE      each service's timers (machine -> when)
+                                         WORK_LEASE    the one process of a service working k
+
+Every change a worker may have to act on (a transition, a kiosk cancel, a notification's
+recheck, an agent's vend result) is followed by one hint on its machine's shard stream. A hint
+is only a wake-up: the truth stays in the machine's keys, and a shard's owner re-derives its
+work from the machines' states when it takes the shard and every SWEEP_EVERY_S, so a hint lost
+to a crash between the machine's MULTI and the XADD (two slots: they cannot share a MULTI on a
+Cluster) delays a step, never loses it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import redis
+
+from constants import keys
+from constants.tunables import WORK_MAXLEN, WORK_SHARDS
+
+
+def shard_of(machine_id: str, shards: int = WORK_SHARDS) -> int:
+    """The shard of a machine: stable across processes and restarts (CRC-32 of its id)."""
+    return zlib.crc32(machine_id.encode()) % shards
+
+
+def work_key(shard: int) -> str:
+    return keys.WORK.format(shard=shard)
+
+
+def due_key(shard: int, service: str) -> str:
+    return keys.WORK_DUE.format(shard=shard, service=service)
+
+
+def lease_key(shard: int, service: str) -> str:
+    return keys.WORK_LEASE.format(shard=shard, service=service)
+
+
+class WorkHints:
+    """Appends hints to the machines' shard streams (a Broker in fleet mode holds one)."""
+
+    def __init__(self, client: redis.Redis, shards: int = WORK_SHARDS) -> None:
+        self.redis = client
+        self.shards = shards
+
+    def hint(self, machine_id: str, command: str = "", order_id: str = "") -> None:
+        """Wake the workers of `machine_id` (and the gateway that serves its agent)."""
+        fields: dict[Any, Any] = {"m": machine_id}
+        if command:
+            fields["command"] = command
+            fields["order_id"] = order_id
+        self.redis.xadd(
+            work_key(shard_of(machine_id, self.shards)),
+            fields,
+            maxlen=WORK_MAXLEN,
+            approximate=True,
+        )
