@@ -4,6 +4,8 @@
 Usage::
 
     python main.py up                       # Redis, sandbox, websocket server, workers
+    python main.py backend [--workers N]    # fleet mode: the shared services of every machine
+    python main.py machine                  # fleet mode: the agent on a vending machine
     python main.py --service ORDER          # one process (ORDER, ORDER_CREATED, DISPENSE,
                                             #   SCREEN, NOTIFICATION, SANDBOX)
     python main.py status                   # state, current order, stock, queue (--json: JSON)
@@ -43,12 +45,26 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--port", type=int, help="port for SANDBOX / NOTIFICATION")
     parser.add_argument(
+        "--fleet",
+        action="store_true",
+        help="with --service: serve every registered machine (fleet mode's backend)",
+    )
+    parser.add_argument(
         "--no-log-file",
         action="store_true",
         help="log to stderr only (`main.py up` keeps its children's files)",
     )
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("up", help="start the whole machine")
+    backend = sub.add_parser("backend", help="fleet mode: the shared services of every machine")
+    backend.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes of each shared worker service (default 1)",
+    )
+    sub.add_parser("machine", help="fleet mode: this vending machine's agent (BACKEND_URL)")
     sub.add_parser("health", help="exit 0 when Redis answers and every worker is alive")
     # Operator commands: readable by default, JSON with --json (services/commands.py).
     common = argparse.ArgumentParser(add_help=False)
@@ -114,6 +130,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.service and not args.command:
         parser.error("give --service NAME or a command (up, status, menu, sales, ...)")
+    if args.command == "backend" and not 1 <= args.workers <= 64:
+        parser.error("--workers takes 1 to 64")
+    if args.fleet and not args.service:
+        parser.error("--fleet goes with --service NAME")
     if args.command == "refill" and bool(args.drink) == bool(args.all):
         parser.error("refill DRINK, or refill --all")
     # Who an operator command acts as, in the audit stream.
@@ -133,9 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     name = args.service or args.command.upper()
-    to_file = (args.service or args.command == "up") and not args.no_log_file
+    long_running = args.service or args.command in ("up", "backend", "machine")
+    to_file = long_running and not args.no_log_file
     # A one-shot command prints its answer on stdout; its INFO lines would only bury it.
-    one_shot = not args.service and args.command != "up"
+    one_shot = not long_running
     quiet = one_shot and settings.log_level == "INFO"
     logs.setup(
         name,

@@ -25,6 +25,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         from services import supervisor
 
         return supervisor.run(settings)
+    if args.command == "backend":
+        from services import supervisor
+
+        return supervisor.run_backend(settings, args.workers)
+    if args.command == "machine":
+        from services import agent_service
+
+        return agent_service.run(settings)
+    if args.service == Service.GATEWAY:
+        from services import gateway_service
+
+        return gateway_service.run(settings)
     if args.service == Service.SANDBOX:
         from services import sandbox_service
 
@@ -33,15 +45,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.service == Service.NOTIFICATION:
         from services import notification_service
 
-        notification_service.run(settings)
+        notification_service.run(settings, fleet=args.fleet)
         return 0
     if args.service == Service.OPERATOR:
         from services import operator_service
 
-        operator_service.run(settings)
+        operator_service.run(settings, fleet=args.fleet)
         return 0
     from services import runtime
 
+    if args.service and args.fleet:
+        runtime.run_fleet_worker(Service(args.service), settings)
+        return 0
     if args.service:
         runtime.run_worker(Service(args.service), settings)
         return 0

@@ -182,7 +182,7 @@ class NotificationServer:
             thread.join(5)
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, fleet: bool = False) -> None:
     """The NOTIFICATION process: the receiver in a thread, the desk in the main thread (so
     that SIGTERM interrupts its sleep on Redis at once)."""
     from services.runtime import broker_for

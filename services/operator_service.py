@@ -407,7 +407,7 @@ async def _redis_down_page(request: Request, exc: Exception) -> Response:
     )
 
 
-def run(settings: Settings) -> None:
+def run(settings: Settings, fleet: bool = False) -> None:
     """Serve the console until SIGTERM / Ctrl-C (uvicorn's own handlers), with the alert
     watcher (services/alerts_service.py) running beside it."""
     import uvicorn

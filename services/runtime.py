@@ -111,3 +111,8 @@ def hold_instance_lock(service: Service, settings: Settings, stopping) -> Instan
         if stopping.wait(1.0):
             return None
     return lock
+
+
+def run_fleet_worker(service: Service, settings: Settings) -> None:
+    """`main.py --service NAME --fleet`: one process of a shared worker service."""
+    raise NotImplementedError("shared workers are being built")

@@ -252,3 +252,8 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     return supervisor.run()
+
+
+def run_backend(settings: Settings, workers: int = 1) -> int:
+    """`python main.py backend`: fleet mode's shared services, supervised as under `up`."""
+    raise NotImplementedError("the backend is being built")
