@@ -92,13 +92,16 @@ def operator_command(args: argparse.Namespace, settings: Settings) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings, client: Any) -> Any:
     from cores.accounts import Accounts
+    from cores.broker import Broker
     from cores.operations import Operations
     from services import commands, runtime
 
     if args.command == "fleet":
         from cores.fleet import Fleet
 
-        return commands.fleet(Fleet(client), settings, args)
+        return commands.fleet(
+            Fleet(client), settings, args, lambda machine_id: Broker(client, machine_id)
+        )
     broker = runtime.broker_for(settings, client)
     ops = Operations(broker)
     if args.command == "operator":

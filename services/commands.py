@@ -12,6 +12,7 @@ import getpass
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -242,12 +243,24 @@ def operators(accounts: Accounts, ops: Operations, args: argparse.Namespace) -> 
 # --- fleet ---------------------------------------------------------------------------------------
 
 
-def fleet(registry: Fleet, settings: Settings, args: argparse.Namespace) -> Output:
+def fleet(
+    registry: Fleet,
+    settings: Settings,
+    args: argparse.Namespace,
+    machine: Callable[[str], Broker],
+) -> Output:
     """Fleet mode's registry: `fleet add ID` prints the new token alone on its last line (it
-    is shown this once), `fleet revoke ID`, `fleet list`. Adding and revoking are audited."""
+    is shown this once) and loads the machine's menu (MENU_FILE) and IDLE state unless it has
+    them; `fleet revoke ID`; `fleet list`: registration, screen state, last seen, version and
+    open alerts of each machine. Adding and revoking are audited. `machine(id)` is that
+    machine's Broker."""
+    from cores.alert_store import AlertStore
+    from services.runtime import load_menu
+
     machine_id: str = getattr(args, "machine_id", "")
     if args.fleet_command == "add":
         token = registry.add(machine_id, args.actor)
+        machine(machine_id).ensure_ready(load_menu(settings.menu_file))
         text = (
             f"machine {machine_id} added. Its token is below, shown this once: it cannot be"
             " shown again. Keep it secret; set it as MACHINE_TOKEN on that machine only.\n" + token
@@ -257,17 +270,28 @@ def fleet(registry: Fleet, settings: Settings, args: argparse.Namespace) -> Outp
         registry.revoke(machine_id, args.actor)
         text = f"machine {machine_id} revoked: its token is refused from now on"
         return Output(text, {"revoked": machine_id})
-    machines = registry.machines()
+    records = []
+    for m in registry.machines():
+        broker = machine(m.id)
+        alerts = AlertStore(broker).open_alerts()
+        records.append(
+            {
+                **m.record(),
+                "screen": str(broker.snapshot().state),
+                "alerts": sorted(str(a.kind) for a in alerts),
+            }
+        )
     seen = f"last seen ({settings.timezone})"
     width = max(len(seen), 19)  # 19: YYYY-MM-DD HH:MM:SS
     rows = [
-        f"{m.id:<20} {'active' if m.active else 'revoked':<8} "
-        f"{when(m.last_seen, settings):<{width}} {m.version or '-'}"
-        for m in machines
+        f"{r['id']:<20} {r['state']:<8} {r['screen']:<16} "
+        f"{when(r['last_seen'], settings):<{width}} {(r['version'] or '-'):<10} "
+        f"{', '.join(r['alerts']) or '-'}"
+        for r in records
     ]
-    head = f"{'machine':<20} {'state':<8} {seen:<{width}} version"
+    head = f"{'machine':<20} {'state':<8} {'screen':<16} {seen:<{width}} {'version':<10} alerts"
     text = "\n".join([head, *rows]) if rows else "no machines registered yet"
-    return Output(text, [m.record() for m in machines])
+    return Output(text, records)
 
 
 __all__ = ["ActionRefused", "Output"]

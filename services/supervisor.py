@@ -1,9 +1,15 @@
-"""`python main.py up`: one machine on this computer, its processes kept alive.
+"""`python main.py up`: one machine on this computer, its processes kept alive; and
+`python main.py backend`: fleet mode's shared services for every registered machine.
 
 Starts Redis (REDIS_URL, or a private redis-server with AOF under VAR_DIR), the local
 Midtrans sandbox when MIDTRANS_SERVER_KEY is unset, the websocket server and the workers.
 Restarts any child that dies (with a growing pause if it keeps dying); stops them all on
 Ctrl-C / SIGTERM.
+
+The backend runs the same way with other children: the agents' gateway instead of the
+websocket server, `--workers N` processes of each shared worker service, the notification
+receiver and the console, each a `main.py --service NAME --fleet` process, so that `ps`
+shows what runs and any of them can be run on another host against the same Redis.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from pathlib import Path
 
 import redis
 
-from constants.services import WORKERS, Service
+from constants.services import FLEET_WORKERS, WORKERS, Service
 from constants.tunables import HEALTHY_AFTER_S, RESTART_BACKOFF_S, WATCH_INTERVAL_S
 from cores.alert_store import mark_redis_restart
 from cores.broker import Broker
@@ -49,9 +55,14 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, python: str = sys.executable) -> None:
+    """`up` (one machine); with `fleet_workers`, `backend` (N processes per shared worker)."""
+
+    def __init__(
+        self, settings: Settings, python: str = sys.executable, fleet_workers: int | None = None
+    ) -> None:
         self.settings = settings
         self.python = python
+        self.fleet_workers = fleet_workers
         self.stopping = threading.Event()
         self.redis: RedisProcess | None = None
         self.children: list[Child] = []
@@ -93,7 +104,10 @@ class Supervisor:
         return self.redis.url
 
     def prepare(self, redis_url: str) -> None:
-        """Load the menu and put a new machine in IDLE before any page can connect."""
+        """Load the menu and put a new machine in IDLE before any page can connect (in fleet
+        mode, `fleet add` prepares each machine)."""
+        if self.fleet_workers is not None:
+            return
         client = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
         try:
             broker_for(self.settings.replace(redis_url=redis_url), client)
@@ -116,6 +130,9 @@ class Supervisor:
             self.children.append(
                 Child("SANDBOX", [self.python, main, "--service", "SANDBOX", quiet])
             )
+        if self.fleet_workers is not None:
+            self.children.extend(backend_children(self.python, main, self.fleet_workers))
+            return
         self.children.append(
             Child("WEBSOCKET", [self.python, str(ROOT / "websocket_server.py"), quiet])
         )
@@ -148,10 +165,11 @@ class Supervisor:
 
     def run(self) -> int:
         self.settings.var_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = lock = InstanceLock(self.settings.var_dir / "up.lock")
+        command = "up" if self.fleet_workers is None else "backend"
+        self.lock = lock = InstanceLock(self.settings.var_dir / f"{command}.lock")
         if not lock.acquire():
             print(
-                f"another `main.py up` (pid {lock.holder()}) runs this machine with "
+                f"another `main.py {command}` (pid {lock.holder()}) runs with "
                 f"VAR_DIR={self.settings.var_dir}; stop it first",
                 file=sys.stderr,
             )
@@ -167,16 +185,29 @@ class Supervisor:
             print("!" * 78 + "\n" + banner + "\n" + "!" * 78, file=sys.stderr, flush=True)
         for child in self.children:
             self.spawn(child)
-        print(f"Kiosk:     {self.settings.kiosk_url}", flush=True)
-        print(f"Console:   {self.settings.console_url}", flush=True)
-        if self.settings.uses_local_sandbox:
-            print(f"Simulator: {self.settings.sandbox_url}/simulator", flush=True)
-        print(f"Redis:     {redis_url}", flush=True)
-        print(f"Logs:      {self.settings.var_dir / 'logs'}", flush=True)
+        for line in self.banner(redis_url):
+            print(line, flush=True)
         while not self.stopping.wait(WATCH_INTERVAL_S):
             self.tend()
         self.shutdown()
         return 0
+
+    def banner(self, redis_url: str) -> list[str]:
+        """The URLs an operator needs, one per line, `Name: URL`."""
+        settings = self.settings
+        if self.fleet_workers is None:
+            rows = [("Kiosk", settings.kiosk_url), ("Console", settings.console_url)]
+        else:
+            rows = [
+                ("Gateway", gateway_url(settings)),
+                ("Console", settings.console_url),
+                ("Notifications", settings.notification_url),
+            ]
+        if settings.uses_local_sandbox:
+            rows.append(("Simulator", f"{settings.sandbox_url}/simulator"))
+        rows += [("Redis", _shown(redis_url)), ("Logs", str(settings.var_dir / "logs"))]
+        width = max(len(name) for name, _ in rows) + 2
+        return [f"{name + ':':<{width}}{value}" for name, value in rows]
 
     def tend(self) -> None:
         now = time.monotonic()
@@ -208,6 +239,8 @@ class Supervisor:
     def mark_redis_restart(self) -> None:
         """Leave the marker the alert watcher raises `redis_restarted` on (cores/alerts.py)."""
         assert self.redis is not None  # only a redis-server of our own is restarted
+        if self.fleet_workers is not None:
+            return  # the marker is one machine's; fleet mode has no alert watcher per machine yet
         client = redis.Redis.from_url(self.redis.url, decode_responses=True, socket_timeout=5)
         try:
             mark_redis_restart(Broker(client, self.settings.machine_id))
@@ -254,6 +287,39 @@ def run(settings: Settings) -> int:
     return supervisor.run()
 
 
+def backend_children(python: str, main: str, workers: int) -> list[Child]:
+    """The backend's processes: the agents' gateway, `workers` processes of each shared worker
+    service (named ORDER-1, ORDER-2, ... when more than one), the notification receiver and
+    the console, each `main.py --service NAME [--fleet]`."""
+    quiet = "--no-log-file"
+    children = [Child("GATEWAY", [python, main, "--service", Service.GATEWAY, quiet])]
+    for service in FLEET_WORKERS:
+        for n in range(1, workers + 1):
+            name = str(service) if workers == 1 else f"{service}-{n}"
+            children.append(Child(name, [python, main, "--service", service, "--fleet", quiet]))
+    for service in (Service.NOTIFICATION, Service.OPERATOR):
+        children.append(Child(str(service), [python, main, "--service", service, "--fleet", quiet]))
+    return children
+
+
+def gateway_url(settings: Settings) -> str:
+    """The BACKEND_URL agents use when they reach the gateway directly (behind a TLS proxy,
+    they use the proxy's wss:// URL instead)."""
+    host = f"[{settings.ws_host}]" if ":" in settings.ws_host else settings.ws_host
+    return f"ws://{host}:{settings.ws_port}/agent"
+
+
+def _shown(url: str) -> str:
+    """A Redis URL without its password."""
+    from services.cli import _shown as shown
+
+    return shown(url)
+
+
 def run_backend(settings: Settings, workers: int = 1) -> int:
-    """`python main.py backend`: fleet mode's shared services, supervised as under `up`."""
-    raise NotImplementedError("the backend is being built")
+    """`python main.py backend [--workers N]`: fleet mode's shared services, supervised as `up`
+    supervises one machine's."""
+    supervisor = Supervisor(settings, fleet_workers=workers)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    return supervisor.run()

@@ -8,6 +8,9 @@ import json
 import pytest
 
 from constants import keys
+from cores.alert_store import AlertStore
+from cores.alerts import Alert, AlertKind, Changes
+from cores.broker import Broker
 from cores import fleet as fleet_module
 from cores.console_errors import ActionRefused, InvalidInput, NotFound
 from cores.fleet import Fleet, MachineRecord
@@ -176,7 +179,9 @@ def test_fleet_add_prints_the_token_alone_on_its_last_line_once(redis_server, re
     assert len(again.stderr.strip().splitlines()) == 1 and again.stdout == ""
     listed = cli(redis_server.url, tmp_path, "fleet", "list")
     assert listed.returncode == 0 and token not in listed.stdout
-    assert listed.stdout.splitlines()[1].split()[:2] == ["vm-7", "active"]
+    # Added with its menu and on the attract screen, ready for its agent.
+    assert listed.stdout.splitlines()[1].split()[:3] == ["vm-7", "active", "IDLE"]
+    assert Broker(real_redis, "vm-7").menu() and Broker(real_redis, "vm-7").snapshot().version
     assert [e["actor"] for e in Fleet(real_redis).audit()] == ["cli:ana"]
 
 
@@ -184,15 +189,29 @@ def test_fleet_add_prints_the_token_alone_on_its_last_line_once(redis_server, re
 def test_fleet_revoke_and_list_as_json(redis_server, real_redis, tmp_path):
     token = Fleet(real_redis).add("vm-7", ACTOR)
     Fleet(real_redis).seen("vm-7", "1.4.0", T0)
+    machine = Broker(real_redis, "vm-7")
+    machine.ensure_ready([{"id": "cola", "name": "Cola", "icon": "cola", "price": 5000}])
+    machine.set_out_of_service(True)
+    owed = Alert(AlertKind.REFUND_OWED, "vm-7-order", "refund owed", T0)
+    AlertStore(machine).apply(Changes(raised=(owed,)))
     done = cli(redis_server.url, tmp_path, "fleet", "revoke", "vm-7")
     assert done.returncode == 0 and "revoked" in done.stdout
     assert not Fleet(real_redis).authenticate("vm-7", token)
     [machine] = json.loads(cli(redis_server.url, tmp_path, "fleet", "list", "--json").stdout)
     assert machine["id"] == "vm-7" and machine["state"] == "revoked"
     assert machine["last_seen"] == T0 and machine["version"] == "1.4.0"
+    assert machine["alerts"] == ["refund_owed"] and machine["screen"] == "OUT_OF_SERVICE"
     readable = cli(redis_server.url, tmp_path, "fleet", "list").stdout.splitlines()
     assert "Asia/Jakarta" in readable[0]
-    assert readable[1].split() == ["vm-7", "revoked", "2027-01-15", "15:00:00", "1.4.0"]
+    assert readable[1].split() == [
+        "vm-7",
+        "revoked",
+        "OUT_OF_SERVICE",
+        "2027-01-15",
+        "15:00:00",
+        "1.4.0",
+        "refund_owed",
+    ]
     unknown = cli(redis_server.url, tmp_path, "fleet", "revoke", "vm-9")
     assert unknown.returncode == 1 and unknown.stderr.startswith("refused: ")
 
