@@ -5,7 +5,8 @@ a drink's name is text everywhere) and static files from console/, Chart.js vend
 
     /                       -> /machines when logged in, else /login
     /login  /logout         the log-in form (backs off, cores/logins.py) and log-out
-    /machines               every machine this console serves (one today: VENDING_MACHINE_ID)
+    /machines               every machine this console serves: VENDING_MACHINE_ID under `up`,
+                            every registered machine in fleet mode (`--fleet`, FleetMachines)
     /machines/{id}/...      the pages of one machine (services/console_pages.py,
                             services/console_sales.py)
     /metrics                Prometheus text (services/metrics_service.py)
@@ -25,11 +26,11 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -46,14 +47,17 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from constants import keys
 from constants.console import CONSOLE_SECRET_MIN_CHARS, PASSWORD_CHECKS_AT_ONCE, SESSION_COOKIE
 from cores import catalog
 from cores.accounts import Accounts
 from cores.broker import Broker
 from cores.config import Settings
+from cores.fleet import Fleet
 from cores.logins import LoginBackoff
 from cores.logs import kv
 from cores.midtrans import MidtransClient
+from cores.work import WorkHints
 from services.metrics_service import metrics_endpoint
 
 log = logging.getLogger(__name__)
@@ -87,8 +91,8 @@ class Console:
 
     @property
     def redis(self) -> Any:
-        """The console's own Redis (accounts, log-in counters): the first machine's."""
-        return next(iter(self.brokers.values())).redis
+        """The console's own Redis (accounts, log-in counters)."""
+        return self.backoff.redis
 
     @property
     def timezone(self) -> ZoneInfo:
@@ -278,10 +282,46 @@ async def logout(request: Request) -> Response:
 async def machines(request: Request, user: str) -> Response:
     console = console_of(request)
     rows = []
+    seen = console.brokers.seen() if isinstance(console.brokers, FleetMachines) else None
     for machine_id, broker in console.brokers.items():
         snap = broker.snapshot()
-        rows.append({"id": machine_id, "state": str(snap.state), "since": snap.since})
-    return console.render(request, "machines.html", rows=rows, machine_id=None)
+        row = {"id": machine_id, "state": str(snap.state), "since": snap.since}
+        if seen is not None:
+            row["last_seen"] = seen.get(machine_id)
+        rows.append(row)
+    return console.render(
+        request, "machines.html", rows=rows, machine_id=None, fleet=seen is not None
+    )
+
+
+class FleetMachines(Mapping[str, Broker]):
+    """Fleet mode's machines as the console serves them: every machine of the registry
+    (cores/fleet.py), each with a Broker made on first use. Its Brokers carry work hints, so
+    that an operator's change (maintenance, a resolved refund) wakes the shared workers."""
+
+    def __init__(self, client: redis.Redis, hints: WorkHints | None = None) -> None:
+        self.redis = client
+        self.fleet = Fleet(client)
+        self.hints = hints if hints is not None else WorkHints(client)
+        self._brokers: dict[str, Broker] = {}
+
+    def __getitem__(self, machine_id: str) -> Broker:
+        broker = self._brokers.get(machine_id)
+        if broker is None:
+            if not self.redis.hexists(keys.FLEET_MACHINES, machine_id):
+                raise KeyError(machine_id)
+            broker = self._brokers[machine_id] = Broker(self.redis, machine_id, hints=self.hints)
+        return broker
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(cast(list[str], self.redis.hkeys(keys.FLEET_MACHINES))))
+
+    def __len__(self) -> int:
+        return self.redis.hlen(keys.FLEET_MACHINES)
+
+    def seen(self) -> dict[str, float | None]:
+        """When the gateway last heard from each machine's agent."""
+        return {m.id: m.last_seen for m in self.fleet.machines()}
 
 
 # --- formats --------------------------------------------------------------------------------
@@ -340,12 +380,17 @@ def create_app(
     clock: Callable[[], float] = time.time,
     midtrans: MidtransClient | None = None,
     more_brokers: Mapping[str, Broker] | None = None,
+    fleet_machines: Mapping[str, Broker] | None = None,
 ) -> Starlette:
     """The console for `broker`'s machine (and `more_brokers`'), on `clock`'s time; refunds
-    of the operator's queue go through `midtrans` (None: refused, nothing changed)."""
+    of the operator's queue go through `midtrans` (None: refused, nothing changed).
+    `fleet_machines` (FleetMachines) replaces that list; `broker`'s client still holds
+    the accounts and log-in counters."""
     from services import console_pages, console_sales
 
-    brokers = {broker.machine_id: broker, **(more_brokers or {})}
+    brokers = fleet_machines
+    if brokers is None:
+        brokers = {broker.machine_id: broker, **(more_brokers or {})}
     templates = Jinja2Templates(directory=str(CONSOLE_DIR / "templates"))
     templates.env.filters["rupiah"] = rupiah
     templates.env.filters["local_time"] = local_time(settings)
@@ -415,10 +460,18 @@ def run(settings: Settings, fleet: bool = False) -> None:
     from services.alerts_service import start_alert_watcher
     from services.runtime import broker_for
 
-    broker = broker_for(settings, name="operator")
     midtrans = MidtransClient.from_settings(settings)
-    app = create_app(settings, broker, midtrans=midtrans)
-    watcher = start_alert_watcher(settings, broker)
+    if fleet:
+        from services.runtime import redis_client
+
+        client = redis_client(settings, "operator")
+        broker = Broker(client, settings.machine_id)
+        app = create_app(settings, broker, midtrans=midtrans, fleet_machines=FleetMachines(client))
+        watcher = None  # alerts per machine in fleet mode: not yet (README, "Fleet mode")
+    else:
+        broker = broker_for(settings, name="operator")
+        app = create_app(settings, broker, midtrans=midtrans)
+        watcher = start_alert_watcher(settings, broker)
     log.info("console", extra=kv(url=settings.console_url))
     try:
         uvicorn.run(
@@ -430,5 +483,6 @@ def run(settings: Settings, fleet: bool = False) -> None:
             timeout_graceful_shutdown=2,
         )
     finally:
-        watcher.stop()
+        if watcher is not None:
+            watcher.stop()
         midtrans.close()
