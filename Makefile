@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-fast lint format screenshots chaos clean
+.PHONY: run backend machine test test-fast lint format screenshots chaos clean
 
 $(VENV)/.runtime: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,15 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 
 run: $(VENV)/.runtime
 	$(PY) main.py up
+
+# Fleet mode: the shared backend (WORKERS processes of each worker service), and the agent on a
+# vending machine (BACKEND_URL, VENDING_MACHINE_ID and MACHINE_TOKEN in the environment or .env).
+WORKERS ?= 1
+backend: $(VENV)/.runtime
+	$(PY) main.py backend --workers $(WORKERS)
+
+machine: $(VENV)/.runtime
+	$(PY) main.py machine
 
 test: $(VENV)/.dev
 	@{ command -v chromium >/dev/null || [ -x /usr/lib/chromium/chromium ]; } && \
