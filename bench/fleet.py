@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""Fleet mode under load: N simulated machines buying at once from one backend.
+
+    python bench/fleet.py --machines 100 --workers 1 --seconds 60
+
+Starts `main.py backend --workers K` (a private redis-server, the local sandbox), registers N
+machines, and runs N simulated machines in this one process: each is an agent connection to
+the gateway (the real wire, cores/agent_protocol.py, with its token) that plays a scripted
+kiosk page (SHOW_MENU, ORDER, wait for the QR) and the simulated dispenser (a `vend` is
+answered `vended` after DISPENSE_S); the customer pays through the sandbox's simulator API.
+Every machine buys one drink after another until the time is up.
+
+Prints purchases per second; p50 / p99 of tap -> menu (SHOW_MENU sent until its frame),
+pick -> QR (ORDER sent until ORDER_CREATED, the charge included), paid -> success (the
+simulator's pay answered until PAYMENT_SUCCESS: the notification, the late-payment desk, the
+status call); Redis commands per purchase (INFO total_commands_processed); and the CPU share
+of every process (one core = 100 %). The baseline, in the same run on the same backend, is one
+machine buying alone; each step's p50 is also given as a ratio to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import requests
+from websockets.asyncio.client import connect
+
+from bench.fleet_harness import Backend
+from cores import agent_protocol as wire
+from cores.agent_protocol import Kind, Message
+
+DRINKS = ("cola", "tea", "water", "orange")
+STEPS = ("tap -> menu", "pick -> QR", "paid -> success")
+
+
+@dataclass
+class Figures:
+    purchases: int = 0
+    failures: int = 0
+    steps: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STEPS})
+
+
+class Payer:
+    """Pays orders through the sandbox's simulator API from a few threads."""
+
+    def __init__(self, sandbox: str) -> None:
+        self.sandbox = sandbox
+        self.local = threading.local()
+
+    def pay(self, order_id: str) -> int:
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = requests.Session()
+        return session.post(f"{self.sandbox}/simulator/pay/{order_id}", timeout=30).status_code
+
+
+class SimulatedMachine:
+    """One machine: an agent connection with a scripted page and a simulated dispenser."""
+
+    def __init__(self, machine_id: str, token: str, url: str, dispense_s: float) -> None:
+        self.machine_id = machine_id
+        self.token = token
+        self.url = url
+        self.dispense_s = dispense_s
+        self.frames: asyncio.Queue[dict] = asyncio.Queue()
+        self.vended: set[str] = set()
+
+    async def run(self, until: float, payer: Payer, figures: Figures, n: int) -> None:
+        headers = {wire.MACHINE_HEADER: self.machine_id, "Authorization": f"Bearer {self.token}"}
+        async with connect(self.url, additional_headers=headers, max_size=2**20) as ws:
+            await ws.send(wire.encode(Message(Kind.HELLO, version="bench")))
+            reader = asyncio.create_task(self._read(ws))
+            try:
+                await self._next("IDLE", "SHOW_MENU", "DISPENSED", "PAYMENT_FAILED")
+                while time.monotonic() < until:
+                    await self._buy(ws, payer, figures, DRINKS[n % len(DRINKS)])
+            finally:
+                reader.cancel()
+
+    async def _read(self, ws) -> None:
+        async for raw in ws:
+            message = wire.parse(raw, wire.FROM_GATEWAY)
+            if message.kind is Kind.VEND and message.order_id not in self.vended:
+                assert message.order_id is not None
+                self.vended.add(message.order_id)
+                asyncio.create_task(self._vend(ws, message.order_id))
+            elif message.frame is not None:
+                await self.frames.put(json.loads(message.frame))
+
+    async def _vend(self, ws, order_id: str) -> None:
+        await asyncio.sleep(self.dispense_s)
+        result = Message(Kind.VEND_RESULT, order_id=order_id, result="vended")
+        await ws.send(wire.encode(result))
+
+    async def _page(self, ws, event: str, **values: object) -> None:
+        frame = json.dumps({"event": event, "values": values})
+        await ws.send(wire.encode(Message(Kind.PAGE, page=1, frame=frame)))
+
+    async def _next(self, *events: str, timeout_s: float = 60.0) -> dict:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                frame = await self.frames.get()
+                if frame["event"] in events:
+                    return frame
+
+    async def _buy(self, ws, payer: Payer, figures: Figures, drink: str) -> None:
+        try:
+            started = time.perf_counter()
+            await self._page(ws, "SHOW_MENU")
+            await self._next("SHOW_MENU")
+            menu_at = time.perf_counter()
+            await self._page(ws, "ORDER", id=drink, total=1)
+            created = await self._next("ORDER_CREATED", "PAYMENT_FAILED", "ERROR")
+            qr_at = time.perf_counter()
+            if created["event"] != "ORDER_CREATED":
+                figures.failures += 1
+                return
+            await asyncio.to_thread(payer.pay, created["values"]["order_id"])
+            paid_at = time.perf_counter()
+            outcome = await self._next("PAYMENT_SUCCESS", "PAYMENT_FAILED")
+            success_at = time.perf_counter()
+            if outcome["event"] != "PAYMENT_SUCCESS":
+                figures.failures += 1
+                return
+            done = await self._next("DISPENSED", "DISPENSE_FAILED")
+        except TimeoutError:
+            figures.failures += 1
+            return
+        if done["event"] == "DISPENSED":
+            figures.purchases += 1
+            figures.steps["tap -> menu"].append((menu_at - started) * 1000)
+            figures.steps["pick -> QR"].append((qr_at - menu_at) * 1000)
+            figures.steps["paid -> success"].append((success_at - paid_at) * 1000)
+        else:
+            figures.failures += 1
+
+
+def pct(values: list[float], q: int) -> float:
+    if len(values) < 3:
+        return max(values) if values else float("nan")
+    return statistics.quantiles(values, n=100)[q - 1]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (/proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def processes(backend: Backend) -> dict[str, int]:
+    """The backend's processes by name (its pid files), Redis and this benchmark."""
+    found = {p.stem: int(p.read_text()) for p in (backend.var / "pids").glob("*.pid")}
+    if backend.own_redis is not None and backend.own_redis.process is not None:
+        found["redis-server"] = backend.own_redis.process.pid
+    found["bench (simulated machines)"] = os.getpid()
+    return found
+
+
+async def drive(machines: list[SimulatedMachine], seconds: float, payer: Payer) -> Figures:
+    figures = Figures()
+    until = time.monotonic() + seconds
+    results = await asyncio.gather(
+        *(m.run(until, payer, figures, n) for n, m in enumerate(machines)),
+        return_exceptions=True,
+    )
+    broken = [r for r in results if isinstance(r, BaseException)]
+    if broken:
+        print(f"  {len(broken)} machines stopped early, first: {broken[0]!r}", file=sys.stderr)
+    return figures
+
+
+def report(name: str, figures: Figures, seconds: float, base: Figures | None) -> None:
+    print(f"{name}: {figures.purchases} purchases in {seconds:.0f} s = ", end="")
+    print(f"{figures.purchases / seconds:.1f} per second ({figures.failures} not completed)")
+    for step in STEPS:
+        values = figures.steps[step]
+        if not values:
+            continue
+        ratio = ""
+        if base is not None and base.steps[step]:
+            ratio = f"   {statistics.median(values) / statistics.median(base.steps[step]):5.2f}x"
+            ratio += " the baseline p50"
+        print(
+            f"  {step:<16} p50 {statistics.median(values):8.1f} ms   "
+            f"p99 {pct(values, 99):8.1f} ms{ratio}"
+        )
+
+
+def commands_processed(backend: Backend) -> int:
+    return int(backend.redis.info("stats")["total_commands_processed"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--machines", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="processes per worker service")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--baseline-seconds", type=float, default=15.0)
+    parser.add_argument("--dispense-s", type=float, default=0.3)
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="drink-fleet-bench-"))
+    env = {"PAYMENT_DEADLINE_S": "60", "DISPENSE_S": str(args.dispense_s), "LOG_LEVEL": "WARNING"}
+    backend = Backend(folder, workers=args.workers, **env)
+    try:
+        print(f"registering {args.machines} machines ...", flush=True)
+        tokens = {
+            f"bench-{i:04d}": backend.register(f"bench-{i:04d}") for i in range(args.machines)
+        }
+        for machine_id in tokens:  # enough stock for any run; this benchmark alone writes it
+            backend.redis.hset(f"vm:{{{machine_id}}}:stock", mapping=dict.fromkeys(DRINKS, 10**6))
+        payer = Payer(backend.sandbox)
+        first = next(iter(tokens))
+        alone = [SimulatedMachine(first, tokens[first], backend.url, args.dispense_s)]
+        base = asyncio.run(drive(alone, args.baseline_seconds, payer))
+        report("baseline (one machine alone)", base, args.baseline_seconds, None)
+        machines = [SimulatedMachine(m, t, backend.url, args.dispense_s) for m, t in tokens.items()]
+        pids = processes(backend)
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        commands_before = commands_processed(backend)
+        started = time.monotonic()
+        figures = asyncio.run(drive(machines, args.seconds, payer))
+        wall = time.monotonic() - started
+        commands = commands_processed(backend) - commands_before
+        report(f"{args.machines} machines, {args.workers} worker process(es)", figures, wall, base)
+        if figures.purchases:
+            print(f"  Redis commands per purchase: {commands / figures.purchases:.0f}")
+        print("  CPU share (one core = 100 %):")
+        for name, pid in sorted(pids.items()):
+            share = (cpu_seconds(pid) - cpu_before[name]) / wall * 100
+            print(f"    {name:<28} {share:6.1f} %")
+    finally:
+        with contextlib.suppress(Exception):
+            backend.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Run fleet mode for real: `python main.py backend` in a private folder on free ports, with
+machines registered in its Redis, and `python main.py machine` agents, each with a folder
+(VAR_DIR, vend journal) and a kiosk port of its own. Pages talk to the agents as the kiosk
+page does (bench.harness.Page); customers pay through the sandbox's simulator API.
+
+Used by the fleet's integration tests and by bench/fleet.py and bench/chaos.py --fleet.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import redis
+import requests
+
+from cores.broker import Broker
+from cores.fleet import Fleet
+from cores.process import die_with_parent
+from cores.redis_process import RedisProcess, free_ports
+from services.runtime import load_menu
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Quick screens and vends, so that tests and benchmarks spend their time on the system.
+FAST = {
+    "PAYMENT_DEADLINE_S": "6",
+    "RESULT_SCREEN_S": "1",
+    "DISPENSE_S": "0.3",
+    "MENU_IDLE_S": "60",
+    "VEND_TIMEOUT_S": "10",
+}
+
+
+def base_env(**extra: str) -> dict[str, str]:
+    """This process's environment less what would point a child at another machine's Redis,
+    gateway, sandbox or ports; plus `extra`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MIDTRANS_", "REDIS_", "SANDBOX_", "WS_", "BACKEND_", "MACHINE_"))
+    }
+    env.update(extra)
+    return env
+
+
+class Child:
+    """One `main.py` process, its output in `folder/<name>.out`."""
+
+    def __init__(self, folder: Path, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.env = env
+        self.out_path = folder / f"{name}.out"
+        self.out = self.out_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), *args],
+            cwd=folder,
+            env=env,
+            stdout=self.out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log(self, chars: int = 3000) -> str:
+        self.out.flush()
+        text = self.out_path.read_text(errors="replace")[-chars:]
+        logs = Path(self.env["VAR_DIR"]) / "logs"
+        for f in sorted(logs.glob("*.log")) if logs.exists() else []:
+            text += f"\n--- {f.name}\n" + f.read_text(errors="replace")[-1500:]
+        return text
+
+    def kill9(self) -> None:
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> int:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait()
+        self.out.close()
+        return code
+
+
+class Backend(Child):
+    """`main.py backend --workers N` on a Redis of its own (started here, so that the test
+    can kill and restart the backend while Redis and the agents stay up)."""
+
+    def __init__(self, folder: Path, workers: int = 1, redis_url: str | None = None, **env: str):
+        folder = Path(folder)
+        self.var = folder / "var"
+        self.own_redis: RedisProcess | None = None
+        if redis_url is None:
+            self.own_redis = RedisProcess(folder / "redis", appendonly=True).start()
+            redis_url = self.own_redis.url
+        self.redis_url = redis_url
+        self.ws_port, self.sandbox_port, self.notify_port, self.operator_port = free_ports(4)
+        self.workers = workers
+        environment = base_env(
+            REDIS_URL=redis_url,
+            VAR_DIR=str(self.var),
+            WS_PORT=str(self.ws_port),
+            SANDBOX_PORT=str(self.sandbox_port),
+            NOTIFICATION_PORT=str(self.notify_port),
+            OPERATOR_PORT=str(self.operator_port),
+            **{**FAST, **env},
+        )
+        self.url = f"ws://127.0.0.1:{self.ws_port}/agent"
+        self.sandbox = f"http://127.0.0.1:{self.sandbox_port}"
+        self.http = requests.Session()
+        self.redis = redis.Redis.from_url(
+            redis_url, decode_responses=True, socket_timeout=10, retry_on_timeout=True
+        )
+        self.menu = load_menu(ROOT / "menu.json")
+        super().__init__(folder, "backend", ["backend", "--workers", str(workers)], environment)
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def restart(self) -> None:
+        """Stop the backend (SIGTERM) and start it again on the same Redis and ports."""
+        super().stop()
+        Child.__init__(
+            self, self.folder, "backend", ["backend", "--workers", str(self.workers)], self.env
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 40.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"main.py backend exited: {self.log()}")
+            try:
+                gateway = self.http.get(f"http://127.0.0.1:{self.ws_port}/healthz", timeout=1)
+                sandbox = self.http.get(f"{self.sandbox}/simulator/transactions", timeout=1)
+                console = self.http.get(f"http://127.0.0.1:{self.operator_port}/login", timeout=1)
+                if gateway.ok and sandbox.ok and console.ok and self._workers_up():
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"backend not ready: {self.log()}")
+
+    def _workers_up(self) -> bool:
+        names = ["order", "order_created", "dispense", "screen"]
+        if self.workers > 1:
+            names = [f"{n}-{i}" for n in names for i in range(1, self.workers + 1)]
+        return all(self.pid(n) for n in (*names, "notification", "gateway"))
+
+    def pid(self, name: str) -> int | None:
+        try:
+            return int((self.var / "pids" / f"{name}.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def kill_child(self, name: str) -> int | None:
+        """kill -9 one of the backend's processes (the supervisor restarts it)."""
+        pid = self.pid(name)
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return None
+        return pid
+
+    def register(self, machine_id: str) -> str:
+        """`fleet add` in-process: the machine's token; its menu and IDLE state loaded."""
+        token = Fleet(self.redis).add(machine_id, "cli:bench")
+        self.broker(machine_id).ensure_ready(self.menu)
+        return token
+
+    def broker(self, machine_id: str) -> Broker:
+        return Broker(self.redis, machine_id)
+
+    def pay(self, order_id: str) -> int:
+        return self.http.post(f"{self.sandbox}/simulator/pay/{order_id}", timeout=10).status_code
+
+    def ledger(self) -> list[dict]:
+        return self.http.get(f"{self.sandbox}/simulator/transactions", timeout=10).json()
+
+    def stop(self) -> int:
+        code = super().stop()
+        self.http.close()
+        self.redis.close()
+        if self.own_redis is not None:
+            self.own_redis.stop()
+        return code
+
+
+class Agent(Child):
+    """`main.py machine` for `machine_id`, its kiosk on a free port, its journal under
+    `folder`."""
+
+    def __init__(
+        self, folder: Path, machine_id: str, token: str, backend_url: str, **env: str
+    ) -> None:
+        folder = Path(folder)
+        self.machine_id = machine_id
+        (self.ws_port,) = free_ports(1)
+        self.var = folder / "var"
+        environment = base_env(
+            VENDING_MACHINE_ID=machine_id,
+            MACHINE_TOKEN=token,
+            BACKEND_URL=backend_url,
+            VAR_DIR=str(self.var),
+            WS_PORT=str(self.ws_port),
+            **{**FAST, **env},
+        )
+        self.ws_url = f"ws://127.0.0.1:{self.ws_port}/ws"
+        super().__init__(folder, "agent", ["machine"], environment)
+        self.wait_ready()
+
+    def restart(self) -> None:
+        super().stop()
+        Child.__init__(self, self.folder, "agent", ["machine"], self.env)
+        self.wait_ready()
+
+    def wait_ready(self, timeout_s: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"main.py machine exited: {self.log()}")
+            try:
+                if requests.get(f"http://127.0.0.1:{self.ws_port}/healthz", timeout=1).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"agent not ready: {self.log()}")
+
+    def journal(self) -> list[dict]:
+        import json
+
+        path = self.var / "vends.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
