@@ -3,6 +3,19 @@
 The simulated driver takes DISPENSE_S, fails at DISPENSE_FAILURE_RATE, and appends one JSON
 line per vend attempt to VAR_DIR/vends.jsonl:
 `{"order_id", "drink", "result": "vended" | "failed", "at"}`.
+
+Fleet mode's agent (services/agent_service.py) also journals the start of a vend, fsync'd
+before the drink drops: `{"order_id", "drink", "result": "started", "at"}` (`begin`). So
+`outcome` answers, for an order:
+
+    a "vended" line                      VENDED (it wins over an earlier failed attempt)
+    a "failed" line, no "vended"         FAILED
+    only a "started" line                UNKNOWN: the process died mid-vend; only a person
+                                         can tell whether the drink dropped (money rule 6)
+    no line                              None: never vended
+
+One machine's DISPENSE worker never calls `begin` (its DISPENSING state, written before the
+vend, says a vend may have begun), so for it nothing changed: VENDED, FAILED or None.
 """
 
 from __future__ import annotations
@@ -23,6 +36,8 @@ from cores.rules import Vend
 log = logging.getLogger(__name__)
 
 JOURNAL_NAME = "vends.jsonl"
+#: The journal's "result" of a vend that began and has no result yet.
+STARTED = "started"
 
 
 class Dispenser(Protocol):
@@ -31,6 +46,13 @@ class Dispenser(Protocol):
 
     def outcome(self, order_id: str) -> Vend | None:
         """What the journal says of this order (None: no record)."""
+
+
+class JournaledDispenser(Dispenser, Protocol):
+    """A driver that also journals the start of a vend (fleet mode's agent)."""
+
+    def begin(self, order_id: str, drink_id: str) -> None:
+        """Record that the vend of this order begins (durable before returning)."""
 
 
 class SimulatedDispenser:
@@ -62,13 +84,24 @@ class SimulatedDispenser:
         log.info("vend", extra=kv(order_id=order_id, drink=drink_id, result=result.value))
         return result
 
+    def begin(self, order_id: str, drink_id: str) -> None:
+        self._append(
+            {"order_id": order_id, "drink": drink_id, "result": STARTED, "at": self.clock()}
+        )
+        log.info("vend started", extra=kv(order_id=order_id, drink=drink_id))
+
     def outcome(self, order_id: str) -> Vend | None:
         found = None
         for entry in self.entries():
-            if entry.get("order_id") == order_id:
-                found = Vend(entry["result"])
-                if found is Vend.VENDED:
-                    return found
+            if entry.get("order_id") != order_id:
+                continue
+            if entry.get("result") == STARTED:
+                found = found or Vend.UNKNOWN
+                continue
+            result = Vend(entry["result"])
+            if result is Vend.VENDED:
+                return result
+            found = result
         return found
 
     def entries(self) -> list[dict]:
@@ -96,5 +129,5 @@ class SimulatedDispenser:
             os.fsync(f.fileno())
 
 
-def from_settings(settings) -> Dispenser:
+def from_settings(settings) -> SimulatedDispenser:
     return SimulatedDispenser(settings.var_dir, settings.dispense_s, settings.dispense_failure_rate)

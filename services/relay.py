@@ -7,9 +7,12 @@ Redis client is synchronous, so the blocking read runs in a daemon thread of the
 (see Relay). After an outage the relay sends every page the current screen and follows the
 stream anew from its newest entry.
 
-`Pages` is the set of connected pages. `broadcast()` writes without awaiting, so one slow
-screen cannot stall the others (shared/STYLE.md); a page whose unsent frames pass
-PAGE_WRITE_LIMIT_BYTES reads nothing and is closed (1008), its buffer dropped with it.
+`Pages` is the set of connected pages, each with a page id of its connection (the fleet
+agent names a page to the backend by it). `broadcast()` writes without awaiting, and so does
+`send()` to one page, so one slow screen cannot stall the others (shared/STYLE.md); a page whose
+unsent frames pass PAGE_WRITE_LIMIT_BYTES reads nothing and is closed (1008), its buffer
+dropped with it. The relay is one source of frames for `Pages` (one machine, `main.py up`);
+the fleet agent's link to the backend is the other (services/agent_service.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -45,11 +49,20 @@ log = logging.getLogger(__name__)
 CLOSE_POLICY_VIOLATION = 1008
 
 
+@dataclass(frozen=True)
+class Registered:
+    """A page just registered: its page id, and the broadcast count then (for `missed_newer`)."""
+
+    page: int
+    seen: int
+
+
 class Pages:
     """The connected pages. The server registers each in try/finally; the relay broadcasts.
 
     It also remembers how many frames were broadcast and the version of the newest, so that
     a page whose snapshot is older than a frame it already received does not get the snapshot.
+    Each page gets a page id (1, 2, ...) for the life of its connection.
     """
 
     def __init__(self, write_limit: int = PAGE_WRITE_LIMIT_BYTES) -> None:
@@ -58,17 +71,36 @@ class Pages:
         self.broadcasts = 0
         self.version = 0
         self._closing: set[asyncio.Task[None]] = set()
+        self._by_id: dict[int, ServerConnection] = {}
+        self._ids: dict[ServerConnection, int] = {}
+        self._last_id = 0
 
     def __len__(self) -> int:
         return len(self.connections)
 
-    def add(self, ws: ServerConnection) -> int:
-        """Register a page; returns the broadcast count, for `missed_newer`."""
+    def add(self, ws: ServerConnection) -> Registered:
+        """Register a page: its page id, and the broadcast count, for `missed_newer`."""
+        self._last_id += 1
         self.connections.add(ws)
-        return self.broadcasts
+        self._by_id[self._last_id] = ws
+        self._ids[ws] = self._last_id
+        return Registered(self._last_id, self.broadcasts)
 
     def discard(self, ws: ServerConnection) -> None:
         self.connections.discard(ws)
+        page = self._ids.pop(ws, None)
+        if page is not None:
+            self._by_id.pop(page, None)
+
+    def send(self, page: int, text: str) -> bool:
+        """Send `text` to one page without awaiting (False: no such page connected now)."""
+        ws = self._by_id.get(page)
+        if ws is None or ws not in self.connections:
+            return False
+        broadcast([ws], text)
+        if unsent_bytes(ws) > self.write_limit:
+            self.close_slow(ws, "unsent frames past the write limit")
+        return True
 
     def missed_newer(self, seen: int, version: int) -> bool:
         """A frame newer than `version` was broadcast since the count `seen`."""
@@ -236,4 +268,4 @@ class Relay:
         self.pages.broadcast(text, version)
 
 
-__all__ = ["CLOSE_POLICY_VIOLATION", "Pages", "Relay", "peer_name", "unsent_bytes"]
+__all__ = ["CLOSE_POLICY_VIOLATION", "Pages", "Registered", "Relay", "peer_name", "unsent_bytes"]

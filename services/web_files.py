@@ -1,8 +1,12 @@
 """The kiosk server's plain HTTP: the files of web/, and /healthz.
 
-    GET /            web/index.html          GET /healthz   {"ok", "state", "redis", "pages"}
-    GET /<file>      a file under web/                       200, or 503 when Redis is down
-    HEAD             the same headers, no body                other methods: 405
+    GET /            web/index.html          GET /healthz   what the machine behind the page
+    GET /<file>      a file under web/                      gate says, plus "pages": 200, or
+    HEAD             the same headers, no body              503 when it is unavailable
+    other methods    405
+
+/healthz is `{"ok", "state", "redis", "pages"}` on one machine (503 when Redis is down) and
+`{"ok", "backend", "pages"}` on a fleet agent (503 while its backend link is down).
 
 Every answer carries the page's security headers: a Content-Security-Policy that allows what
 web/index.html and web/kiosk.js load (their own scripts and styles, drink icons and data:
@@ -17,16 +21,14 @@ import asyncio
 import email.utils
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-import redis
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from cores.broker import Broker
 from cores.logs import kv
 
 log = logging.getLogger(__name__)
@@ -65,15 +67,19 @@ CONTENT_TYPES = {
 }
 
 
+#: What /healthz asks the machine behind the gate: an HTTP status and the body's fields.
+Health = Callable[[], Awaitable[tuple[HTTPStatus, dict[str, object]]]]
+
+
 class WebFiles:
     """Answers the HTTP requests that are not the websocket upgrade.
 
-    `pages()` counts the connected pages, for /healthz.
+    `health()` is the machine's part of /healthz; `pages()` counts the connected pages.
     """
 
-    def __init__(self, web_dir: Path, broker: Broker, pages: Callable[[], int]) -> None:
+    def __init__(self, web_dir: Path, health: Health, pages: Callable[[], int]) -> None:
         self.web_dir = Path(web_dir).resolve()
-        self.broker = broker
+        self.health = health
         self.pages = pages
 
     async def answer(self, request: Request) -> Response:
@@ -94,16 +100,8 @@ class WebFiles:
         return response
 
     async def _health(self) -> Response:
-        body: dict[str, object]
-        try:
-            snap = await asyncio.to_thread(self.broker.snapshot)
-        except redis.RedisError as exc:
-            log.warning("health: redis unreachable", extra=kv(error=exc))
-            status, body = HTTPStatus.SERVICE_UNAVAILABLE, {"ok": False, "state": None}
-            body["redis"] = "down"
-        else:
-            status, body = HTTPStatus.OK, {"ok": True, "state": str(snap.state), "redis": "ok"}
-        body["pages"] = self.pages()
+        status, fields = await self.health()
+        body = {**fields, "pages": self.pages()}
         return respond(status, json.dumps(body).encode(), ".json")
 
     async def _static(self, path: str) -> Response:
@@ -157,4 +155,4 @@ def respond(status: HTTPStatus, body: bytes, suffix: str) -> Response:
     return Response(status.value, status.phrase, headers, body)
 
 
-__all__ = ["CONTENT_SECURITY_POLICY", "HEALTH_PATH", "WEB_DIR", "WebFiles", "respond"]
+__all__ = ["CONTENT_SECURITY_POLICY", "HEALTH_PATH", "WEB_DIR", "Health", "WebFiles", "respond"]

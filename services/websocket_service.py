@@ -1,21 +1,33 @@
 """The websocket server: a relay with a gate (shared/STYLE.md), one port for the kiosk.
 
-    GET /ws          the kiosk websocket: the gate, here
+    GET /ws          the kiosk websocket: the gate, here (KioskGate)
     GET /, /<file>   web/ and /healthz: services/web_files.py
-    events stream    -> every page: services/relay.py
+    frames           -> every page: from a `Machine` (below)
+
+The gate is the page-facing half, the same in both modes; what stands behind it is a
+`Machine`, which says what the current screen is, executes a page's command, feeds every
+page's frames while the gate serves, and answers its part of /healthz:
+
+    KioskGate --+-- RedisMachine   one machine (`main.py up`, websocket_server.py): the broker
+                |                  executes, the relay follows the events stream (relay.py)
+                +-- Agent          fleet mode (`main.py machine`, services/agent_service.py):
+                                   the command goes up the backend link, frames come down it
+
+`WebsocketServer` is the gate with a RedisMachine: one machine's kiosk server.
 
 Handshake: `/ws` checks the Origin header (`cores.protocol.origin_allowed`: none, `null`, the
 page's own origin or one of KIOSK_ALLOWED_ORIGINS); any other is refused with 403.
 
-On connect a page gets the current screen (the broker's snapshot frame). Each page has a
+On connect a page gets the current screen (the machine's snapshot frame). Each page has a
 reader task that takes its frames off the socket as they arrive, stamps each with the clock
 and judges it there with its `FloodGate`, then queues it for the page's handler, which runs
-the commands one at a time: the parser (`cores.protocol.parse_client_frame`), then the broker
-(show_menu, place_order, request_cancel). Because frames are timed on arrival, a server that
-falls behind never turns a calm page's frames into a flood. A refused frame gets an ERROR
-frame, to that page alone, and changes nothing; a page that keeps flooding is closed with 1008.
-The server never echoes a page's frame and holds no business state of its own; Redis is the
-truth.
+the commands one at a time: the parser (`cores.protocol.parse_client_frame`), then the
+machine (on one machine the broker: show_menu, place_order, request_cancel). Because frames
+are timed on arrival, a server that falls behind never turns a calm page's frames into a
+flood. A refused frame gets an ERROR frame, to that page alone, and changes nothing; a page
+that keeps flooding is closed with 1008; a machine that cannot act now (`Unavailable`) gets the
+page an ERROR unavailable. The server never echoes a page's frame and holds no business state
+of its own; Redis (or the backend, in fleet mode) is the truth.
 
 The broker's Redis client is synchronous (redis-py), so commands run in asyncio's default
 executor with a short socket timeout; the relay's blocking read has a client of its own whose
@@ -33,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import redis
@@ -76,6 +89,44 @@ WS_PATH = "/ws"
 UNAVAILABLE_MESSAGE = "the machine is temporarily unavailable, please try again"
 
 
+class Unavailable(Exception):
+    """The machine behind the gate cannot act now (Redis down, the backend link down).
+
+    The page gets ERROR unavailable; nothing changed.
+    """
+
+
+@dataclass(frozen=True)
+class Screen:
+    """The current screen: a kiosk frame's text, and its version (see Pages.missed_newer)."""
+
+    text: str
+    version: int
+
+
+class Machine(Protocol):
+    """What stands behind the page gate: the source of frames and the executor of commands."""
+
+    async def screen(self) -> Screen:
+        """The current screen, for a page that connects. Raises Unavailable."""
+        ...
+
+    async def execute(self, page: int, text: str, command: Command) -> None:
+        """Carry out a valid command that page `page` sent as `text`.
+
+        Raises CommandRefused (an ERROR with its code to the page) or Unavailable.
+        """
+        ...
+
+    async def follow(self, pages: Pages) -> None:
+        """Feed every page its frames (Pages.broadcast, Pages.send) until cancelled."""
+        ...
+
+    async def health(self) -> tuple[HTTPStatus, dict[str, object]]:
+        """The machine's part of /healthz: 200 or 503, and the body's fields."""
+        ...
+
+
 @dataclass(frozen=True)
 class Arrival:
     """A frame as it came off a page's socket, with the gate's verdict on its arrival time."""
@@ -88,30 +139,28 @@ class Arrival:
 END = None
 
 
-class WebsocketServer:
-    """One machine's kiosk server. Start it with `serve()`; stop it with `request_stop()`.
+class KioskGate:
+    """The page-facing half of a kiosk server: the Origin check, each page's flood gate, the
+    size and UTF-8 limits, the page's files and headers, the snapshot on connect and the
+    broadcast with write limits. Start it with `serve()`; stop it with `request_stop()`.
 
-    `redis_client` is a synchronous redis-py client with decode_responses=True (the broker's
-    convention). `clock` is the monotonic clock that stamps each frame's arrival for the
-    flood gate.
+    `machine` stands behind it (see Machine). `clock` is the monotonic clock that stamps each
+    frame's arrival for the flood gate.
     """
 
     def __init__(
         self,
         settings: Settings,
-        redis_client: redis.Redis,
+        machine: Machine,
         *,
         web_dir: Path = WEB_DIR,
         clock: Callable[[], float] = time.monotonic,
-        relay_client: redis.Redis | None = None,
     ) -> None:
         self.settings = settings
-        # The relay's long blocking read has a client of its own (Broker `blocking`).
-        self.broker = Broker(redis_client, settings.machine_id, blocking=relay_client)
+        self.machine = machine
         self.clock = clock
         self.pages = Pages()
-        self.web = WebFiles(web_dir, self.broker, lambda: len(self.pages))
-        self.relay = Relay(self.broker, self.pages)
+        self.web = WebFiles(web_dir, machine.health, lambda: len(self.pages))
         self.port: int | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -151,7 +200,7 @@ class WebsocketServer:
                 server_header=None,
             ) as server:
                 self.port = server.sockets[0].getsockname()[1]
-                relay = asyncio.create_task(self.relay.run(), name="events-relay")
+                follow = asyncio.create_task(self.machine.follow(self.pages), name="frames")
                 log.info(
                     "websocket server listening",
                     extra=kv(host=host, port=self.port, web_dir=self.web.web_dir),
@@ -162,8 +211,8 @@ class WebsocketServer:
                     await self._stop.wait()
                 finally:
                     log.info("websocket server stopping", extra=kv(pages=len(self.pages)))
-                    relay.cancel()
-                    await asyncio.gather(relay, return_exceptions=True)
+                    follow.cancel()
+                    await asyncio.gather(follow, return_exceptions=True)
         finally:
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -208,17 +257,17 @@ class WebsocketServer:
 
     async def _handler(self, ws: ServerConnection) -> None:
         peer = peer_name(ws)
-        seen = self.pages.add(ws)
-        log.info("page connected", extra=kv(peer=peer, pages=len(self.pages)))
+        registered = self.pages.add(ws)
+        log.info("page connected", extra=kv(peer=peer, page=registered.page, pages=len(self.pages)))
         inbox: asyncio.Queue[Arrival | None] = asyncio.Queue(CLIENT_FRAME_QUEUE_MAX)
         reader = asyncio.create_task(self._read(ws, inbox), name=f"page-reader {peer}")
         try:
-            await self._send_snapshot(ws, seen)
+            await self._send_snapshot(ws, registered.seen)
             while (arrival := await inbox.get()) is not END:
                 if arrival.verdict is Verdict.CLOSE:
                     await self._close_flooding(ws, peer)
                     break
-                await self._on_frame(ws, peer, arrival)
+                await self._on_frame(ws, peer, registered.page, arrival)
         except ConnectionClosed:
             pass
         finally:
@@ -253,18 +302,18 @@ class WebsocketServer:
     async def _send_snapshot(self, ws: ServerConnection, seen: int) -> None:
         """The current screen, to a page that just connected."""
         try:
-            snap = await asyncio.to_thread(self.broker.snapshot)
-        except redis.RedisError as exc:
-            log.warning("snapshot: redis unreachable", extra=kv(error=exc))
+            screen = await self.machine.screen()
+        except Unavailable as exc:
+            log.warning("snapshot: machine unavailable", extra=kv(error=exc))
             await self._send(ws, error_frame(ErrorCode.UNAVAILABLE, UNAVAILABLE_MESSAGE))
             return
         # The page was registered before the snapshot was read: a frame broadcast since then
         # with a newer version already reached it, and the snapshot would draw an older screen.
-        if self.pages.missed_newer(seen, snap.version):
+        if self.pages.missed_newer(seen, screen.version):
             return
-        await self._send(ws, encode(snap.frame))
+        await self._send(ws, screen.text)
 
-    async def _on_frame(self, ws: ServerConnection, peer: str, arrival: Arrival) -> None:
+    async def _on_frame(self, ws: ServerConnection, peer: str, page: int, arrival: Arrival) -> None:
         """Handle one frame from a page that the gate let through or limited."""
         if arrival.verdict is Verdict.LIMIT:
             await self._refuse(
@@ -281,27 +330,17 @@ class WebsocketServer:
         except ProtocolError as exc:
             await self._refuse(ws, peer, exc.code, exc.message)
             return
+        assert isinstance(message, str)  # parse_client_frame refuses binary frames
         try:
-            await asyncio.to_thread(self._execute, command)
+            await self.machine.execute(page, message, command)
         except CommandRefused as exc:
             await self._refuse(ws, peer, exc.code, exc.message)
-        except redis.RedisError as exc:
-            log.warning("command: redis unreachable", extra=kv(peer=peer, error=exc))
+        except Unavailable as exc:
+            log.warning("command: machine unavailable", extra=kv(peer=peer, error=exc))
             await self._refuse(ws, peer, ErrorCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
         except Exception:
             log.exception("command failed", extra=kv(peer=peer, command=command.event))
             await self._refuse(ws, peer, ErrorCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
-
-    def _execute(self, command: Command) -> None:
-        """Hand a valid command to the broker (in a thread: the client is synchronous)."""
-        if command.event is ClientEvent.SHOW_MENU:
-            self.broker.show_menu()
-        elif command.event is ClientEvent.ORDER:
-            if command.drink_id is None or command.quantity is None:  # parse guarantees both
-                raise CommandRefused(ErrorCode.BAD_VALUES, "ORDER needs id and total")
-            self.broker.place_order(command.drink_id, command.quantity)
-        elif command.event is ClientEvent.CANCEL:
-            self.broker.request_cancel()
 
     async def _close_flooding(self, ws: ServerConnection, peer: str) -> None:
         """Close a page that keeps flooding with 1008 (policy violation)."""
@@ -326,6 +365,76 @@ class WebsocketServer:
                 await ws.send(text)
         except TimeoutError:
             self.pages.close_slow(ws, "a frame to it waited too long")
+
+
+# --- one machine: Redis behind the gate ------------------------------------------------------
+
+
+class RedisMachine:
+    """The machine behind the gate on one machine: the broker executes, the relay follows.
+
+    The broker's Redis client is synchronous, so its calls run in asyncio's default executor.
+    """
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+
+    async def screen(self) -> Screen:
+        try:
+            snap = await asyncio.to_thread(self.broker.snapshot)
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+        return Screen(encode(snap.frame), snap.version)
+
+    async def execute(self, page: int, text: str, command: Command) -> None:
+        try:
+            await asyncio.to_thread(self._execute, command)
+        except redis.RedisError as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+
+    def _execute(self, command: Command) -> None:
+        """Hand a valid command to the broker (in a thread: the client is synchronous)."""
+        if command.event is ClientEvent.SHOW_MENU:
+            self.broker.show_menu()
+        elif command.event is ClientEvent.ORDER:
+            if command.drink_id is None or command.quantity is None:  # parse guarantees both
+                raise CommandRefused(ErrorCode.BAD_VALUES, "ORDER needs id and total")
+            self.broker.place_order(command.drink_id, command.quantity)
+        elif command.event is ClientEvent.CANCEL:
+            self.broker.request_cancel()
+
+    async def follow(self, pages: Pages) -> None:
+        await Relay(self.broker, pages).run()
+
+    async def health(self) -> tuple[HTTPStatus, dict[str, object]]:
+        try:
+            snap = await asyncio.to_thread(self.broker.snapshot)
+        except redis.RedisError as exc:
+            log.warning("health: redis unreachable", extra=kv(error=exc))
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"ok": False, "state": None, "redis": "down"}
+        return HTTPStatus.OK, {"ok": True, "state": str(snap.state), "redis": "ok"}
+
+
+class WebsocketServer(KioskGate):
+    """One machine's kiosk server. Start it with `serve()`; stop it with `request_stop()`.
+
+    `redis_client` is a synchronous redis-py client with decode_responses=True (the broker's
+    convention). `clock` is the monotonic clock that stamps each frame's arrival for the
+    flood gate.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis_client: redis.Redis,
+        *,
+        web_dir: Path = WEB_DIR,
+        clock: Callable[[], float] = time.monotonic,
+        relay_client: redis.Redis | None = None,
+    ) -> None:
+        # The relay's long blocking read has a client of its own (Broker `blocking`).
+        self.broker = Broker(redis_client, settings.machine_id, blocking=relay_client)
+        super().__init__(settings, RedisMachine(self.broker), web_dir=web_dir, clock=clock)
 
 
 def _preview(message: str | bytes) -> str:
@@ -377,4 +486,12 @@ def run(settings: Settings) -> int:
     return 0
 
 
-__all__ = ["WebsocketServer", "run"]
+__all__ = [
+    "KioskGate",
+    "Machine",
+    "RedisMachine",
+    "Screen",
+    "Unavailable",
+    "WebsocketServer",
+    "run",
+]
