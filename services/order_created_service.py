@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 
+import requests
+
 from constants.orders import OrderField
 from constants.states import FailReason, State
 from cores import rules
@@ -120,6 +122,9 @@ class OrderCreatedWorker(PaymentWorker):
         )
 
 
-def build(settings: Settings, broker: Broker) -> OrderCreatedWorker:
-    client = MidtransClient.from_settings(settings, observer=GatewayRecorder(broker))
+def build(
+    settings: Settings, broker: Broker, session: requests.Session | None = None
+) -> OrderCreatedWorker:
+    """The worker of `broker`'s machine; fleet mode passes the process's shared `session`."""
+    client = MidtransClient.from_settings(settings, session, observer=GatewayRecorder(broker))
     return OrderCreatedWorker(broker, client, settings)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+import requests
+
 from constants.orders import OrderField
 from constants.states import FailReason, Sale, State
 from cores import rules
@@ -137,6 +139,9 @@ class OrderWorker(PaymentWorker):
         payment.act(self.broker, order, decision, txn, State.MENU_CLICKED)
 
 
-def build(settings: Settings, broker: Broker) -> OrderWorker:
-    client = MidtransClient.from_settings(settings, observer=GatewayRecorder(broker))
+def build(
+    settings: Settings, broker: Broker, session: requests.Session | None = None
+) -> OrderWorker:
+    """The worker of `broker`'s machine; fleet mode passes the process's shared `session`."""
+    client = MidtransClient.from_settings(settings, session, observer=GatewayRecorder(broker))
     return OrderWorker(broker, client, settings)

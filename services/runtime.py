@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
+import requests
 
 from constants.services import Service
 from constants.tunables import BLOCKING_SOCKET_TIMEOUT_S, COMMAND_SOCKET_TIMEOUT_S
@@ -14,6 +17,8 @@ from cores.broker import Broker
 from cores.config import ConfigError, Settings
 from cores.logs import kv
 from cores.process import InstanceLock
+from cores.work import WorkHints
+from services.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +87,7 @@ def run_worker(service: Service, settings: Settings) -> None:
     """`main.py --service NAME` for the Redis workers."""
     from services import dispense_service, order_created_service, order_service, screen_service
 
-    builders = {
+    builders: dict[Service, Callable[[Settings, Broker], Worker]] = {
         Service.ORDER: order_service.build,
         Service.ORDER_CREATED: order_created_service.build,
         Service.DISPENSE: dispense_service.build,
@@ -113,6 +118,48 @@ def hold_instance_lock(service: Service, settings: Settings, stopping) -> Instan
     return lock
 
 
+def fleet_worker_factory(
+    service: Service, settings: Settings, session: requests.Session
+) -> Callable[[Broker], Worker]:
+    """`make_worker` of a shared worker service (services/shard_runner.py): the service's
+    one-machine worker for a machine's Broker, with that machine's settings (its id goes into
+    the charge's metadata), the process's one HTTP session, and in DISPENSE the remote
+    dispenser (the machine's agent vends)."""
+    from services import dispense_service, order_created_service, order_service, screen_service
+
+    def machine_settings(broker: Broker) -> Settings:
+        return dataclasses.replace(settings, machine_id=broker.machine_id)
+
+    builders: dict[Service, Callable[[Broker], Worker]] = {
+        Service.ORDER: lambda b: order_service.build(machine_settings(b), b, session),
+        Service.ORDER_CREATED: lambda b: order_created_service.build(
+            machine_settings(b), b, session
+        ),
+        Service.DISPENSE: lambda b: dispense_service.build(
+            machine_settings(b), b, session, remote=True
+        ),
+        Service.SCREEN: lambda b: screen_service.build(machine_settings(b), b),
+    }
+    return builders[service]
+
+
 def run_fleet_worker(service: Service, settings: Settings) -> None:
-    """`main.py --service NAME --fleet`: one process of a shared worker service."""
-    raise NotImplementedError("shared workers are being built")
+    """`main.py --service NAME --fleet`: one process of a shared worker service. Any number
+    of them run at once (no InstanceLock): they share the work shards out by their leases."""
+    from services.shard_runner import ShardRunner
+
+    name = f"{service.lower()}-fleet"
+    client = redis_client(settings, name)
+    session = requests.Session()
+    runner = ShardRunner(
+        service,
+        client,
+        redis_client(settings, name, blocking=True),
+        fleet_worker_factory(service, settings, session),
+        hints=WorkHints(client),
+    )
+    runner.install_signal_handlers()
+    try:
+        runner.run()
+    finally:
+        session.close()
