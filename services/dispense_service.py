@@ -4,6 +4,13 @@ PAYMENT_SUCCESS -> DISPENSING is applied before the vend starts, so a worker tha
 machine DISPENSING on start knows a vend may have begun: it asks the driver's journal and,
 where the journal cannot tell, hands the order to the operator (vend outcome unknown),
 neither re-vending nor refunding on a guess.
+
+Fleet mode (a RemoteDispenser: the agent on the machine vends, cores/remote_dispenser.py): the
+worker moves PAYMENT_SUCCESS -> DISPENSING and returns the vend's deadline as its timer; the
+gateway asks the agent to vend; the agent's result, written to the machine's VEND hash with a
+hint, wakes the worker, which finishes as above. No result by the deadline: vend outcome
+unknown, for the operator. The one-machine path (a local driver, a synchronous vend) is the
+same as before.
 """
 
 from __future__ import annotations
@@ -11,6 +18,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+
+import requests
 
 from constants.orders import OperatorKind, OrderField, Outcome
 from constants.states import RefundOutcome, Sale, State
@@ -23,6 +32,7 @@ from cores.logs import kv
 from cores.machine import Effects, Transition
 from cores.metrics import GatewayRecorder
 from cores.midtrans import MidtransClient
+from cores.remote_dispenser import RemoteDispenser, RemoteMove, remote_step
 from cores.rules import Vend
 from services.refunds import Refunder
 from services.worker import Worker
@@ -37,7 +47,7 @@ class DispenseWorker(Worker):
         self,
         broker: Broker,
         client: MidtransClient,
-        dispenser: Dispenser,
+        dispenser: Dispenser | RemoteDispenser,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], object] | None = None,
     ) -> None:
@@ -71,6 +81,8 @@ class DispenseWorker(Worker):
                 )
             )
             return None
+        if isinstance(self.dispenser, RemoteDispenser):
+            return self.step_remote(snap, order, self.dispenser)
         journal = self.dispenser.outcome(order.order_id)
         if journal is not None:
             # The driver already vended (or failed) this order: a state rolled back, or a
@@ -103,7 +115,52 @@ class DispenseWorker(Worker):
             self.finish(order, Vend.UNKNOWN)
         return None
 
+    def step_remote(self, snap: Snapshot, order: Order, remote: RemoteDispenser) -> float | None:
+        """Fleet mode: start the vend the agent does, then wait for its result (or its
+        deadline); cores/remote_dispenser.remote_step decides."""
+        now = self.clock()
+        started = order.number(OrderField.VEND_STARTED_AT)
+        reported = remote.outcome(order.order_id)
+        decision = remote_step(
+            snap.state,
+            reported,
+            snap.since if started is None else started,
+            now,
+            remote.timeout_s,
+        )
+        if decision.move is RemoteMove.START:
+            started_move = Transition(
+                State.DISPENSING,
+                (State.PAYMENT_SUCCESS,),
+                order.order_id,
+                order.values(),
+                Effects(order_fields={OrderField.VEND_STARTED_AT: now}),
+            )
+            if self.broker.transition(started_move):
+                log.info("vend asked of the machine", extra=kv(order_id=order.order_id))
+                return now + remote.timeout_s
+            return None
+        if decision.move is RemoteMove.WAIT:
+            return decision.at
+        assert decision.vend is not None  # FINISH names the outcome
+        if snap.state == State.PAYMENT_SUCCESS:
+            # The agent reported before this worker saw DISPENSING (a state rolled back, or
+            # a second worker): never vend it again (money rule 6).
+            self.broker.transition(
+                Transition(
+                    State.DISPENSING, (State.PAYMENT_SUCCESS,), order.order_id, order.values()
+                )
+            )
+        if reported is None:
+            log.warning(
+                "vend not confirmed by its deadline",
+                extra=kv(order_id=order.order_id, timeout_s=remote.timeout_s),
+            )
+        self.finish(order, decision.vend)
+        return None
+
     def vend(self, order: Order) -> Vend:
+        assert not isinstance(self.dispenser, RemoteDispenser)  # the agent vends in fleet mode
         try:
             return self.dispenser.vend(order.order_id, order.drink.id)
         except Exception:
@@ -170,6 +227,18 @@ class DispenseWorker(Worker):
         )
 
 
-def build(settings: Settings, broker: Broker) -> DispenseWorker:
-    client = MidtransClient.from_settings(settings, observer=GatewayRecorder(broker))
-    return DispenseWorker(broker, client, dispenser_from_settings(settings))
+def build(
+    settings: Settings,
+    broker: Broker,
+    session: requests.Session | None = None,
+    remote: bool = False,
+) -> DispenseWorker:
+    """The worker of `broker`'s machine. Fleet mode: `remote` (the machine's agent vends) and
+    the process's shared HTTP `session`."""
+    client = MidtransClient.from_settings(settings, session, observer=GatewayRecorder(broker))
+    dispenser: Dispenser | RemoteDispenser = (
+        RemoteDispenser(broker, settings.vend_timeout_s)
+        if remote
+        else dispenser_from_settings(settings)
+    )
+    return DispenseWorker(broker, client, dispenser)
