@@ -14,15 +14,27 @@ Redis write runs in a worker thread (the Redis client is synchronous).
     GET  /healthz                                    200 ok
     anything else                                    404 | 405
     every answer                                     {"status_code": "...", "status_message": "..."}
+
+Fleet mode (`run(settings, fleet=True)`, one backend for many machines): the same receiver
+routes a verified notification to its machine by the order id (Broker.new_order_id makes
+`{machine_id}-{YYYYmmddHHMMSS}-{seq:06d}-{hex4}`; machine ids may hold '-', so it is read from
+the right) and schedules the recheck on that machine's keys only, with a hint on its work
+shard. An id that names no registered machine is logged and answered 200 without a write:
+there is nothing to do, and another answer would have Midtrans retry it for days. The desk
+runs per machine under a ShardRunner (services/shard_runner.py) in the same process.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
+import time
+from collections.abc import Callable
 
 import redis
+import requests
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -30,6 +42,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from constants import keys
+from constants.services import Service
 from constants.tunables import (
     NOTIFICATION_LINGER_S,
     NOTIFICATION_MAX_BYTES,
@@ -37,16 +51,33 @@ from constants.tunables import (
     THREAD_BLOCK_MAX_S,
 )
 from cores.broker import Broker
-from cores.config import Settings
+from cores.config import MACHINE_ID, Settings
 from cores.logs import kv
 from cores.midtrans import MidtransClient, verify_signature
+from cores.work import WorkHints
 from services.late_payments import Desk, LatePayments
 from services.notification_http import GuardedProtocol, ServerThread, answer_body
+from services.shard_runner import ShardRunner
 
 log = logging.getLogger(__name__)
 
 #: The paths Midtrans may be told to post to (shared/midtrans.md, "HTTP notifications").
 NOTIFICATION_PATHS = ("/notification", "/notification/", "/")
+#: An order id as Broker.new_order_id makes it: the machine is everything before the last
+#: three parts (greedy, so a machine id with '-' in it stays whole).
+ORDER_ID = re.compile(r"(?P<machine>.+)-\d{14}-\d{6,}-[0-9a-f]{4}")
+
+#: What the app does with a verified notification's order id: schedule its recheck on its
+#: machine (True), or nothing when no machine of this backend has it (False).
+Schedule = Callable[[str], bool]
+
+
+def machine_of(order_id: str) -> str | None:
+    """The machine id an order id names, or None when it is not one of ours."""
+    found = ORDER_ID.fullmatch(order_id)
+    if found is None or not MACHINE_ID.fullmatch(found["machine"]):
+        return None
+    return found["machine"]
 
 
 def answer(status: int, message: str) -> Response:
@@ -97,8 +128,9 @@ def parse(raw: bytes) -> dict:
     return body
 
 
-def make_app(desk: Desk, server_key: str) -> Starlette:
-    """The receiver's ASGI app: verified notifications go on the desk's RECHECK set."""
+def make_app(schedule: Schedule, server_key: str) -> Starlette:
+    """The receiver's ASGI app: verified notifications go on their machine's RECHECK set
+    (`schedule`, which runs in a worker thread: it talks to Redis)."""
 
     async def notification(request: Request) -> Response:
         try:
@@ -113,10 +145,13 @@ def make_app(desk: Desk, server_key: str) -> Starlette:
             log.warning("forged notification", extra=kv(order_id=order_id[:60]))
             return answer(401, "invalid signature_key")
         try:  # durable before the 200: Midtrans does not send a notification twice
-            await run_in_threadpool(desk.broker.schedule_recheck, order_id, desk.clock())
+            scheduled = await run_in_threadpool(schedule, order_id)
         except redis.RedisError as exc:
             log.warning("notification not acknowledged", extra=kv(order_id=order_id, error=exc))
             return answer(503, "try again later")
+        if not scheduled:  # nothing of ours to recheck; a refusal would only be retried
+            log.warning("notification for no registered machine", extra=kv(order_id=order_id))
+            return answer(200, "ok")
         log.info("recheck scheduled", extra=kv(order_id=order_id))
         return answer(200, "ok")
 
@@ -149,8 +184,13 @@ class NotificationServer:
     ) -> None:
         self.desk = Desk(LatePayments(broker, client))
         protocol = GuardedProtocol.with_limits(deadline_s, NOTIFICATION_LINGER_S)
-        self.http = ServerThread(make_app(self.desk, server_key), host, port, protocol)
+        self.http = ServerThread(make_app(self.schedule, server_key), host, port, protocol)
         self.threads: list[threading.Thread] = []
+
+    def schedule(self, order_id: str) -> bool:
+        """One machine: every verified notification is this machine's to recheck."""
+        self.desk.broker.schedule_recheck(order_id, self.desk.clock())
+        return True
 
     @property
     def port(self) -> int:
@@ -182,9 +222,84 @@ class NotificationServer:
             thread.join(5)
 
 
+class FleetRoutes:
+    """Fleet mode: a verified notification's machine, by its order id, among the registered
+    machines (active or revoked: a revoked machine's late payment is still refunded)."""
+
+    def __init__(
+        self, client: redis.Redis, hints: WorkHints, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.redis = client
+        self.hints = hints
+        self.clock = clock
+
+    def broker(self, order_id: str) -> Broker | None:
+        machine = machine_of(order_id)
+        if machine is None or not self.redis.hexists(keys.FLEET_MACHINES, machine):
+            return None
+        return Broker(self.redis, machine, clock=self.clock, hints=self.hints)
+
+    def schedule(self, order_id: str) -> bool:
+        """Schedule the recheck on the order's machine alone (its keys, its shard's hint)."""
+        broker = self.broker(order_id)
+        if broker is None:
+            return False
+        broker.schedule_recheck(order_id, self.clock())
+        return True
+
+
+class FleetNotificationServer:
+    """Fleet mode's NOTIFICATION process: the receiver, routing by order id, and the desks of
+    every machine under a ShardRunner. Startable in-process on port 0 for tests."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        blocking: redis.Redis,
+        make_client: Callable[[Broker], MidtransClient],
+        server_key: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        deadline_s: float = NOTIFICATION_REQUEST_DEADLINE_S,
+        consumer: str | None = None,
+    ) -> None:
+        hints = WorkHints(client)
+        self.routes = FleetRoutes(client, hints)
+        self.runner = ShardRunner(
+            Service.NOTIFICATION,
+            client,
+            blocking,
+            lambda broker: Desk(LatePayments(broker, make_client(broker))),
+            consumer=consumer,
+            hints=hints,
+        )
+        protocol = GuardedProtocol.with_limits(deadline_s, NOTIFICATION_LINGER_S)
+        self.http = ServerThread(make_app(self.routes.schedule, server_key), host, port, protocol)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.http.host}]" if ":" in self.http.host else self.http.host
+        return f"http://{host}:{self.http.port}/notification"
+
+    def start(self, runner: bool = True) -> FleetNotificationServer:
+        """Serve, and run the desks' runner in a thread unless the caller runs it."""
+        self.http.start()
+        if runner:
+            self.runner.start()
+        return self
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.http.stop()
+
+
 def run(settings: Settings, fleet: bool = False) -> None:
     """The NOTIFICATION process: the receiver in a thread, the desk in the main thread (so
-    that SIGTERM interrupts its sleep on Redis at once)."""
+    that SIGTERM interrupts its sleep on Redis at once). `fleet`: every registered machine's
+    notifications and desks (a process of its own: several may run, sharing the shards)."""
+    if fleet:
+        run_fleet(settings)
+        return
     from services.runtime import broker_for
 
     server = NotificationServer(
@@ -201,3 +316,27 @@ def run(settings: Settings, fleet: bool = False) -> None:
         server.desk.run()
     finally:
         server.stop()
+
+
+def run_fleet(settings: Settings) -> None:
+    """Fleet mode: the receiver in a thread, the desks' ShardRunner in the main thread until
+    SIGTERM; one HTTP session for every machine's Midtrans client."""
+    from services.runtime import redis_client
+
+    session = requests.Session()
+    server = FleetNotificationServer(
+        redis_client(settings, "notification-fleet"),
+        redis_client(settings, "notification-fleet", blocking=True),
+        lambda broker: MidtransClient.from_settings(settings, session),
+        settings.server_key,
+        settings.notification_host,
+        settings.notification_port,
+    )
+    server.runner.install_signal_handlers()
+    server.start(runner=False)
+    log.info("notification receiver listening", extra=kv(url=server.url, fleet=True))
+    try:
+        server.runner.run()
+    finally:
+        server.http.stop()
+        session.close()
