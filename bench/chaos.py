@@ -15,6 +15,30 @@ At the end it reconciles three independent records: the gateway's ledger (the sa
 `/simulator/transactions`), the vend journal (`VAR_DIR/vends.jsonl`) and the sales stream,
 and exits 1 on any violation of the money rules (shared/DESIGN.md). The seed is printed so
 any failure can be replayed (process timing still varies from run to run).
+
+    python bench/chaos.py --fleet 4 --purchases 200 --seed 1130 [--workers 2]
+
+Fleet mode (shared/DESIGN.md "Fleet mode"): `main.py backend` (bench/fleet_harness.py, on a
+redis-server of its own with AOF) and M registered machines `chaos-1` .. `chaos-M`, each a
+`main.py machine` agent with its own kiosk and vend journal. The N customers are split
+between the machines, each machine's customers in a thread of their own, all at once, with
+the same behaviours. The chaos thread kill -9's, besides the same sandbox faults:
+
+    the gateway, a shared worker process,     the backend's supervisor restarts it
+    the notification receiver
+    an agent picked at random                 started again here after 0.2-2 s (nothing
+                                              supervises an agent in the harness)
+    the backend's Redis                       started again here after 0.2-2 s, same port
+                                              and data folder: AOF brings every write back
+
+Redis stays in: with REDIS_URL set the backend does not restart it, so the soak does what a
+host's service manager would; every process of the fleet must ride a Redis restart as `up`'s
+do. Each machine is reconciled with the one-machine rules on its own records (its slice of
+the ledger: the order ids that start with `<machine_id>-`; its agent's journal, where a
+"started" line without a result is a vend cut by a kill; its sales), and the fleet as a whole
+for isolation: every order id a machine's customers, sales, journal and operator queue hold
+is that machine's own, and every transaction at the gateway belongs to one machine. The
+report gives one line per machine, then the totals; the replay line carries --fleet.
 """
 
 from __future__ import annotations
@@ -32,6 +56,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.fleet_harness import FleetMachine, LaunchedFleet, owner_of
 from bench.harness import Launched, Page
 
 BEHAVIOURS = (
@@ -44,6 +69,10 @@ BEHAVIOURS = (
     "reconnect_pay",
 )
 KILLABLE = ("order", "order_created", "dispense", "screen", "notification", "websocket", "redis")
+#: Fleet mode: the backend's processes its supervisor restarts (the shared workers are added
+#: by their pid-file names), and what the soak itself restarts after a pause.
+FLEET_KILLABLE = ("gateway", "notification")
+RESTARTED_BY_SOAK = ("agent", "redis")
 #: Sandbox faults (shared/midtrans.md) switched on for a few seconds: kind -> settings.
 SANDBOX_FAULTS = {
     "latency_above_timeout": {"LATENCY_MS": 2_500},  # MIDTRANS_TIMEOUT_S is 2 here
@@ -69,6 +98,9 @@ FAULT_OFF = {
 }
 RESULTS = ("DISPENSED", "PAYMENT_FAILED", "DISPENSE_FAILED")
 
+#: One machine (`main.py up`), or one machine of a fleet (its agent, the shared backend).
+Machine = Launched | FleetMachine
+
 
 @dataclass
 class Config:
@@ -79,6 +111,18 @@ class Config:
     fault_every_s: float = 2.5
     customer_timeout_s: float = 120.0
     settle_s: float = 60.0
+    #: Fleet mode: this many machines on one backend (0: one machine, `main.py up`).
+    fleet: int = 0
+    #: Fleet mode: processes of each shared worker service (`main.py backend --workers`).
+    workers: int = 1
+
+    def replay(self) -> str:
+        line = f"python bench/chaos.py --purchases {self.purchases} --seed {self.seed}"
+        if self.fleet:
+            line += f" --fleet {self.fleet}"
+            if self.workers != 1:
+                line += f" --workers {self.workers}"
+        return line
 
 
 @dataclass
@@ -97,7 +141,7 @@ class Chaos:
     """Kills processes and switches sandbox faults at random moments, until stopped."""
 
     def __init__(
-        self, machine: Launched, rng: random.Random, every_s: float, report: Report
+        self, machine: Machine, rng: random.Random, every_s: float, report: Report
     ) -> None:
         self.machine = machine
         self.rng = rng
@@ -106,9 +150,14 @@ class Chaos:
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.off_at: dict[str, float] = {}
+        self.killable: tuple[str, ...] = KILLABLE
+
+    def kill(self, name: str) -> bool:
+        """kill -9 the process `name` (`main.py up` restarts it); False if none ran."""
+        return self.machine.kill9(name) is not None
 
     def run(self) -> None:
-        kinds = [f"kill_{k}" for k in KILLABLE] + list(SANDBOX_FAULTS)
+        kinds = [f"kill_{k}" for k in self.killable] + list(SANDBOX_FAULTS)
         while not self.stopping.wait(self.rng.expovariate(1 / self.every_s)):
             now = time.monotonic()
             for kind, at in list(self.off_at.items()):
@@ -117,7 +166,7 @@ class Chaos:
                     del self.off_at[kind]
             kind = self.rng.choice(kinds)
             if kind.startswith("kill_"):
-                if self.machine.kill9(kind.removeprefix("kill_")) is not None:
+                if self.kill(kind.removeprefix("kill_")):
                     self.report.faults[kind] += 1
             elif kind not in self.off_at and self._set(SANDBOX_FAULTS[kind]):
                 self.off_at[kind] = now + self.rng.uniform(1.0, 4.0)
@@ -141,7 +190,7 @@ class Chaos:
 
 
 def serve_customer(
-    machine: Launched, page: Page, behaviour: str, rng: random.Random, cfg: Config, report: Report
+    machine: Machine, page: Page, behaviour: str, rng: random.Random, cfg: Config, report: Report
 ) -> str | None:
     """One customer from the attract screen to a result; returns their order_id (if any)."""
     deadline = time.monotonic() + cfg.customer_timeout_s
@@ -249,18 +298,24 @@ STATE_EVENTS = (
 )
 
 
-def reconcile(machine: Launched, order_ids: list[str], report: Report) -> None:
-    """Money rules against three independent records; violations go into the report."""
-    ledger = {t["order_id"]: t for t in machine.ledger()}
-    vends: dict[str, list[str]] = collections.defaultdict(list)
-    journal = machine.var / "vends.jsonl"
+def journal_results(var: Path) -> dict[str, list[str]]:
+    """The vend journal (VAR_DIR/vends.jsonl): order id -> its results, in order."""
+    results: dict[str, list[str]] = collections.defaultdict(list)
+    journal = var / "vends.jsonl"
     if journal.exists():
         for line in journal.read_text().splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            vends[entry["order_id"]].append(entry["result"])
+            results[entry["order_id"]].append(entry["result"])
+    return results
+
+
+def reconcile(machine: Machine, order_ids: list[str], report: Report) -> None:
+    """Money rules against three independent records; violations go into the report."""
+    ledger = {t["order_id"]: t for t in machine.ledger()}
+    vends = journal_results(machine.var)
     sales: dict[str, list[str]] = collections.defaultdict(list)
     for entry in machine.broker.sales():
         sales[entry["order_id"]].append(entry["kind"])
@@ -317,7 +372,7 @@ def reconcile(machine: Launched, order_ids: list[str], report: Report) -> None:
     report.outcomes["cancelled_on_menu"] = report.behaviours["cancel_menu"]
 
 
-def wait_idle(machine: Launched, timeout_s: float) -> bool:
+def wait_idle(machine: Machine, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -330,6 +385,8 @@ def wait_idle(machine: Launched, timeout_s: float) -> bool:
 
 
 def soak(cfg: Config, folder: Path, out=sys.stdout) -> Report:
+    if cfg.fleet:
+        return soak_fleet(cfg, folder, out)
     rng = random.Random(cfg.seed)
     report = Report()
     started = time.monotonic()
@@ -417,7 +474,234 @@ def print_report(cfg: Config, report: Report, elapsed_s: float, out) -> None:
     print(f"violations: {len(report.violations)}", file=out)
     for line in report.violations:
         print(f"  - {line}", file=out)
-    print(f"replay: python bench/chaos.py --purchases {cfg.purchases} --seed {cfg.seed}", file=out)
+    print(f"replay: {cfg.replay()}", file=out)
+
+
+# --- fleet mode: M machines (agents) on one backend ------------------------------------------
+
+
+class FleetChaos(Chaos):
+    """Chaos over a fleet: kill -9 of the backend's gateway, shared workers and notification
+    receiver (its supervisor restarts them), of the backend's Redis and of an agent picked at
+    random (nothing supervises those here: they are started again after a pause of 0.2-2 s,
+    Redis on its port and AOF data folder), and the same sandbox faults as one machine."""
+
+    def __init__(
+        self,
+        fleet: LaunchedFleet,
+        rng: random.Random,
+        every_s: float,
+        report: Report,
+    ) -> None:
+        super().__init__(fleet.machines[0], rng, every_s, report)
+        self.machines = fleet.machines
+        self.killable = (*fleet.worker_names(), *FLEET_KILLABLE, *RESTARTED_BY_SOAK)
+
+    def kill(self, name: str) -> bool:
+        machine = self.rng.choice(self.machines)
+        if machine.kill9(name) is None:
+            return False
+        if name in RESTARTED_BY_SOAK:
+            time.sleep(self.rng.uniform(0.2, 2.0))
+            try:
+                machine.restart(name)
+            except Exception as exc:  # the soak goes on; the report says what did not return
+                self.report.violations.append(
+                    f"{name} of {machine.machine_id} not restarted: {exc}"
+                )
+        return True
+
+
+def fleet_customers(
+    machine: FleetMachine,
+    count: int,
+    rng: random.Random,
+    cfg: Config,
+    report: Report,
+    order_ids: list[str],
+    served: collections.Counter,
+    progress,
+) -> None:
+    """`count` customers, one after another, on the kiosk of one machine of the fleet."""
+    page = Page(machine.ws_url, connect=False)
+    try:
+        for _ in range(count):
+            behaviour = rng.choice(BEHAVIOURS)
+            report.behaviours[behaviour] += 1
+            began = time.monotonic()
+            try:
+                order_id = serve_customer(machine, page, behaviour, rng, cfg, report)
+            except Exception as exc:  # a page that could not reach its agent for 15 s
+                report.customers_stuck += 1
+                report.violations.append(f"customer {behaviour} lost its page: {exc!r}")
+                order_id = None
+            report.seconds[behaviour].append(time.monotonic() - began)
+            if order_id:
+                order_ids.append(order_id)
+            progress()
+    finally:
+        report.reconnects += page.reconnects
+        page.close()
+
+
+def reconcile_fleet(
+    machines: list[FleetMachine], order_ids: dict[str, list[str]], ledger: list[dict]
+) -> list[str]:
+    """Isolation across the fleet: every order id a machine's customer saw, and every one in
+    a machine's sales, journal and operator queue, is that machine's own (its id starts with
+    `<machine_id>-`); every transaction at the gateway belongs to one of the machines."""
+    ids = [m.machine_id for m in machines]
+    violations: list[str] = []
+    for machine in machines:
+        mine = machine.machine_id
+        seen: dict[str, set[str]] = {
+            "customers": set(order_ids[mine]),
+            "sales": {e["order_id"] for e in machine.broker.sales()},
+            "operator queue": set(machine.broker.operator_queue()),
+            "journal": set(journal_results(machine.var)),
+        }
+        for where, found in seen.items():
+            for order_id in sorted(found):
+                owner = owner_of(order_id, ids)
+                if owner != mine:
+                    violations.append(
+                        f"{order_id} (of {owner or 'no machine'}) in {mine}'s {where}"
+                    )
+    for txn in ledger:
+        if owner_of(txn["order_id"], ids) is None:
+            violations.append(f"{txn['order_id']}: charged at the gateway for no machine")
+    return violations
+
+
+def soak_fleet(cfg: Config, folder: Path, out=sys.stdout) -> Report:
+    """The soak against `cfg.fleet` machines on one backend: each machine's customers in a
+    thread of their own (the purchases split evenly), one chaos thread for the whole fleet.
+    Returns the totals; each machine's figures are printed too."""
+    started = time.monotonic()
+    ids = [f"chaos-{n}" for n in range(1, cfg.fleet + 1)]
+    reports = {m: Report() for m in ids}
+    total = Report()  # the faults, and the violations of the chaos thread and the fleet
+    order_ids: dict[str, list[str]] = {m: [] for m in ids}
+    fleet = LaunchedFleet(
+        folder,
+        ids,
+        workers=cfg.workers,
+        PAYMENT_DEADLINE_S=str(cfg.deadline_s),
+        RESULT_SCREEN_S="0.5",
+        DISPENSE_S="0.2",
+        DISPENSE_FAILURE_RATE=str(cfg.failure_rate),
+        MENU_IDLE_S="30",
+        MIDTRANS_TIMEOUT_S="2",
+    )
+    try:
+        for machine in fleet.machines:  # never runs dry (see soak)
+            machine.broker.redis.hset(
+                machine.broker.stock_key, mapping=dict.fromkeys(machine.broker.stock(), 100_000)
+            )
+        chaos = FleetChaos(fleet, random.Random(cfg.seed + 1), cfg.fault_every_s, total)
+        served: collections.Counter = collections.Counter()
+        lock = threading.Lock()
+
+        def progress() -> None:
+            with lock:
+                served["customers"] += 1
+                if served["customers"] % 50 == 0:
+                    print(
+                        f"... {served['customers']} customers, {time.monotonic() - started:.0f} s",
+                        file=out,
+                        flush=True,
+                    )
+
+        share, extra = divmod(cfg.purchases, cfg.fleet)
+        threads = [
+            threading.Thread(
+                target=fleet_customers,
+                args=(
+                    machine,
+                    share + (1 if n < extra else 0),
+                    random.Random(f"{cfg.seed}:{machine.machine_id}"),
+                    cfg,
+                    reports[machine.machine_id],
+                    order_ids[machine.machine_id],
+                    served,
+                    progress,
+                ),
+                name=f"customers-{machine.machine_id}",
+                daemon=True,
+            )
+            for n, machine in enumerate(fleet.machines)
+        ]
+        chaos.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        chaos.stop()
+        for machine in fleet.machines:
+            if not wait_idle(machine, cfg.deadline_s + 30):
+                reports[machine.machine_id].violations.append(
+                    "machine not back to IDLE after the last customer"
+                )
+        # Let delayed notifications, retried refunds and rechecks land, then reconcile.
+        settle_until = time.monotonic() + cfg.settle_s
+        while True:
+            trials = {m: Report() for m in ids}
+            for machine in fleet.machines:
+                trials[machine.machine_id].behaviours = reports[machine.machine_id].behaviours
+                reconcile(machine, order_ids[machine.machine_id], trials[machine.machine_id])
+            isolation = reconcile_fleet(
+                fleet.machines, order_ids, fleet.machines[0].backend.ledger()
+            )
+            if not isolation and not any(t.violations for t in trials.values()):
+                break
+            if time.monotonic() > settle_until:
+                break
+            time.sleep(1.0)
+        for machine in fleet.machines:
+            mine = reports[machine.machine_id]
+            mine.violations += trials[machine.machine_id].violations
+            mine.outcomes = trials[machine.machine_id].outcomes
+            journal = journal_results(machine.var)
+            mine.faults["vend_failures"] = sum(r.count("failed") for r in journal.values())
+        total.violations += isolation
+    finally:
+        codes = fleet.stop()
+        for name, code in codes.items():
+            if code != 0:
+                total.violations.append(f"{name} exited with {code}")
+    for machine_id, report in reports.items():
+        total.faults["vend_failures"] += report.faults["vend_failures"]
+        total.behaviours.update(report.behaviours)
+        total.outcomes.update(report.outcomes)
+        total.violations += [f"{machine_id}: {line}" for line in report.violations]
+        total.customers_stuck += report.customers_stuck
+        total.reconnects += report.reconnects
+        total.late_pay_answers.update(report.late_pay_answers)
+        for behaviour, took in report.seconds.items():
+            total.seconds[behaviour] += took
+    print_fleet_report(cfg, reports, total, time.monotonic() - started, out)
+    return total
+
+
+def print_fleet_report(
+    cfg: Config, reports: dict[str, Report], total: Report, elapsed_s: float, out
+) -> None:
+    """Each machine's line (customers, outcomes, page reconnects, violations), then the
+    totals as one machine's report prints them."""
+    print(
+        f"\nchaos soak, fleet of {cfg.fleet} machines on one backend "
+        f"({cfg.workers} process(es) per shared worker)",
+        file=out,
+    )
+    for machine_id, report in reports.items():
+        outcomes = ", ".join(f"{k} {v}" for k, v in sorted(report.outcomes.items()) if v)
+        print(
+            f"  {machine_id}: {sum(report.behaviours.values())} customers, "
+            f"{report.reconnects} page reconnects, {report.faults['vend_failures']} vend "
+            f"failures, {len(report.violations)} violations; {outcomes}",
+            file=out,
+        )
+    print_report(cfg, total, elapsed_s, out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -430,9 +714,25 @@ def main(argv: list[str] | None = None) -> int:
         "--fault-every", type=float, default=2.5, help="mean seconds between injected faults"
     )
     parser.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    parser.add_argument(
+        "--fleet", type=int, default=0, metavar="M", help="M machines on one `main.py backend`"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="with --fleet: processes per shared worker"
+    )
     args = parser.parse_args(argv)
+    if args.fleet < 0 or args.workers < 1:
+        parser.error("--fleet must be >= 0 and --workers >= 1")
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
-    cfg = Config(args.purchases, seed, args.deadline, args.failure_rate, args.fault_every)
+    cfg = Config(
+        args.purchases,
+        seed,
+        args.deadline,
+        args.failure_rate,
+        args.fault_every,
+        fleet=args.fleet,
+        workers=args.workers,
+    )
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
         report = soak(cfg, args.keep)

@@ -249,3 +249,118 @@ class Agent(Child):
         if not path.exists():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class FleetMachine:
+    """One machine of a fleet, with what bench/chaos.py uses of `bench.harness.Launched`:
+    `broker` (the machine's keys on the backend's Redis), `var` (its agent's VAR_DIR: the vend
+    journal), `ws_url` (its agent's kiosk), the backend sandbox's `pay`, `deny`, `faults`,
+    `ledger` (this machine's orders only: their ids start with `<machine_id>-`) and
+    `ledger_of`, and `kill9(name)` of its agent, of a backend process or of Redis.
+
+    Nothing supervises an agent or the backend's Redis here: after `kill9("agent")` or
+    `kill9("redis")` the caller brings it back with `restart(name)`; the backend's supervisor
+    restarts its own processes."""
+
+    def __init__(self, backend: Backend, agent: Agent) -> None:
+        self.backend = backend
+        self.agent = agent
+        self.machine_id = agent.machine_id
+        self.broker = backend.broker(agent.machine_id)
+        self.var = agent.var
+        self.ws_url = agent.ws_url
+        self.sandbox = backend.sandbox
+        self.http = requests.Session()  # one per machine: each is driven from its own thread
+
+    def pay(self, order_id: str) -> int:
+        return self.http.post(f"{self.sandbox}/simulator/pay/{order_id}", timeout=10).status_code
+
+    def deny(self, order_id: str) -> int:
+        return self.http.post(f"{self.sandbox}/simulator/deny/{order_id}", timeout=10).status_code
+
+    def faults(self, **faults: float) -> None:
+        self.http.post(
+            f"{self.sandbox}/simulator/faults", json=faults, timeout=10
+        ).raise_for_status()
+
+    def ledger(self) -> list[dict]:
+        """The sandbox's transactions of this machine's orders."""
+        everything = self.http.get(f"{self.sandbox}/simulator/transactions", timeout=10).json()
+        return [t for t in everything if owner_of(t["order_id"], [self.machine_id])]
+
+    def ledger_of(self, order_id: str) -> list[dict]:
+        return [t for t in self.ledger() if t["order_id"] == order_id]
+
+    def kill9(self, name: str) -> int | None:
+        """kill -9 this machine's agent ("agent"), the backend's Redis ("redis") or one of the
+        backend's processes (its pid file's name: "gateway", "order", "dispense-2", ...).
+        The pid killed, or None when there was nothing to kill."""
+        if name == "agent":
+            pid = self.agent.process.pid if self.agent.alive() else None
+            self.agent.kill9()
+            return pid
+        if name == "redis":
+            own = self.backend.own_redis
+            if own is None or own.process is None or not own.alive():
+                return None
+            pid = own.process.pid
+            own.process.kill()
+            own.process.wait()
+            return pid
+        return self.backend.kill_child(name)
+
+    def restart(self, name: str) -> None:
+        """Start the agent ("agent") or the backend's Redis ("redis", same port and data
+        folder: AOF brings the data back) again after `kill9`."""
+        if name == "agent":
+            self.agent.restart()
+        elif name == "redis":
+            assert self.backend.own_redis is not None
+            self.backend.own_redis.start()
+        else:
+            raise ValueError(f"{name} is restarted by the backend's supervisor")
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def owner_of(order_id: str, machine_ids: list[str]) -> str | None:
+    """The machine whose order `order_id` is (order ids start with `<machine_id>-`), or None.
+    The longest id wins, so that `vm-1` never claims an order of `vm-1-b`."""
+    owners = [m for m in machine_ids if order_id.startswith(f"{m}-")]
+    return max(owners, key=len) if owners else None
+
+
+class LaunchedFleet:
+    """A backend with `workers` processes per shared worker service and one agent per id in
+    `machine_ids`, each registered (token, menu, IDLE); `machines` are their FleetMachines.
+    `env` goes to the backend and to every agent."""
+
+    def __init__(self, folder: Path, machine_ids: list[str], workers: int = 1, **env: str):
+        self.folder = Path(folder)
+        self.backend = Backend(self.folder / "backend", workers=workers, **env)
+        self.machines: list[FleetMachine] = []
+        try:
+            for machine_id in machine_ids:
+                token = self.backend.register(machine_id)
+                agent = Agent(self.folder / machine_id, machine_id, token, self.backend.url, **env)
+                self.machines.append(FleetMachine(self.backend, agent))
+        except BaseException:
+            self.stop()
+            raise
+
+    def worker_names(self) -> list[str]:
+        """The pid-file names of the backend's shared worker processes."""
+        services = ("order", "order_created", "dispense", "screen")
+        if self.backend.workers == 1:
+            return list(services)
+        return [f"{s}-{n}" for s in services for n in range(1, self.backend.workers + 1)]
+
+    def stop(self) -> dict[str, int]:
+        """Stop every agent, then the backend (and its Redis): each one's exit code."""
+        codes: dict[str, int] = {}
+        for machine in self.machines:
+            codes[f"agent {machine.machine_id}"] = machine.agent.stop()
+            machine.close()
+        codes["backend"] = self.backend.stop()
+        return codes

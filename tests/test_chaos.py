@@ -1,5 +1,7 @@
-"""The chaos soak's short run: 30 customers through the real machine while processes are
-killed and the gateway misbehaves; the three records must reconcile with no violation."""
+"""The chaos soak's short runs: 30 customers through the real machine, and 12 through a fleet
+of two machines on one backend, while processes are killed and the gateway misbehaves; the
+three records must reconcile with no violation (and, in the fleet, no machine sees another's
+orders)."""
 
 from __future__ import annotations
 
@@ -23,3 +25,21 @@ def test_thirty_customers_under_chaos_break_no_money_rule(tmp_path):
     assert sum(report.behaviours.values()) == 30, text
     assert sum(report.faults.values()) > 0, text  # chaos did happen
     assert "violations: 0" in text
+
+
+@pytest.mark.timeout(420)
+def test_a_fleet_of_two_under_chaos_breaks_no_money_rule_and_no_isolation(tmp_path):
+    """Two machines (agents) on one backend, their customers at once, while agents, shared
+    workers, the gateway and Redis are killed: each machine's three records reconcile, no
+    order of one machine appears in the other's sales, journal or operator queue, and the
+    report names each machine and replays with --fleet."""
+    need_redis_server()
+    out = io.StringIO()
+    report = soak(Config(purchases=12, seed=20261130, fault_every_s=1.5, fleet=2), tmp_path, out)
+    text = out.getvalue()
+    assert report.violations == [], text
+    assert sum(report.behaviours.values()) == 12, text
+    assert sum(v for k, v in report.faults.items() if k != "vend_failures") > 0, text
+    assert "chaos-1: 6 customers" in text and "chaos-2: 6 customers" in text, text
+    assert "violations: 0" in text
+    assert "--fleet 2" in text
