@@ -56,7 +56,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from constants.states import ClientEvent, ErrorCode
+from constants.states import ErrorCode
 from constants.tunables import (
     BLOCKING_SOCKET_TIMEOUT_S,
     CLIENT_FRAME_MAX_BYTES,
@@ -79,6 +79,7 @@ from cores.protocol import (
     origin_allowed,
     parse_client_frame,
 )
+from services import kiosk_commands
 from services.relay import CLOSE_POLICY_VIOLATION, Pages, Relay, peer_name
 from services.runtime import redis_url
 from services.web_files import WEB_DIR, WebFiles, respond
@@ -387,21 +388,11 @@ class RedisMachine:
         return Screen(encode(snap.frame), snap.version)
 
     async def execute(self, page: int, text: str, command: Command) -> None:
+        # In a thread: the broker's client is synchronous.
         try:
-            await asyncio.to_thread(self._execute, command)
+            await asyncio.to_thread(kiosk_commands.execute, self.broker, command)
         except redis.RedisError as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
-
-    def _execute(self, command: Command) -> None:
-        """Hand a valid command to the broker (in a thread: the client is synchronous)."""
-        if command.event is ClientEvent.SHOW_MENU:
-            self.broker.show_menu()
-        elif command.event is ClientEvent.ORDER:
-            if command.drink_id is None or command.quantity is None:  # parse guarantees both
-                raise CommandRefused(ErrorCode.BAD_VALUES, "ORDER needs id and total")
-            self.broker.place_order(command.drink_id, command.quantity)
-        elif command.event is ClientEvent.CANCEL:
-            self.broker.request_cancel()
 
     async def follow(self, pages: Pages) -> None:
         await Relay(self.broker, pages).run()
