@@ -154,6 +154,9 @@ PUMP_BATCH = 100
 READ_BATCH = 500
 #: A frame to an agent that cannot be written for this long drops the connection.
 SEND_TIMEOUT_S = 10.0
+#: An agent that does not finish the closing handshake within this long is dropped (a gone
+#: agent whose frames were not all read yet is noticed only then: its socket is not read).
+CLOSE_TIMEOUT_S = AGENT_PONG_TIMEOUT_S
 #: Characters of a malformed frame shown in its log line.
 PREVIEW_CHARS = 40
 #: A connection's malformed or rate-limited frames are logged at the first and every this many.
@@ -291,6 +294,7 @@ class Gateway:
                 max_size=AGENT_FRAME_MAX_BYTES,
                 ping_interval=AGENT_PING_S,
                 ping_timeout=AGENT_PONG_TIMEOUT_S,
+                close_timeout=CLOSE_TIMEOUT_S,
                 server_header=None,
                 logger=ws_log,
             ) as server:
@@ -304,6 +308,8 @@ class Gateway:
                     await self._stop.wait()
                 finally:
                     log.info("gateway stopping", extra=kv(agents=len(self.links)))
+                    for link in self.links.values():
+                        link.open = False  # frames not handled yet are dropped
                     readers_stop.set()
                     resync.cancel()
                     await asyncio.gather(resync, return_exceptions=True)

@@ -46,9 +46,9 @@ TEST_BLOCK_MS = 200
 
 
 @contextlib.contextmanager
-def serving(client: redis.Redis) -> Iterator[Gateway]:
+def serving(client: redis.Redis, **options: float) -> Iterator[Gateway]:
     """A Gateway on 127.0.0.1:0 in a thread of its own, stopped (and checked) on exit."""
-    gateway = Gateway(client, block_ms=TEST_BLOCK_MS)
+    gateway = Gateway(client, block_ms=TEST_BLOCK_MS, **options)  # type: ignore[arg-type]
     ready = threading.Event()
     failure: list[BaseException] = []
 
@@ -215,9 +215,11 @@ def test_a_missing_wrong_or_revoked_token_is_refused_with_401_and_never_logged(
     ]
     bodies = set()
     for case in cases:
-        with pytest.raises(InvalidStatus) as refused:
-            with connect(url(gateway), additional_headers=case, open_timeout=WAIT_S):
-                pass
+        with (
+            pytest.raises(InvalidStatus) as refused,
+            connect(url(gateway), additional_headers=case, open_timeout=WAIT_S),
+        ):
+            pass
         assert refused.value.response.status_code == 401, case
         bodies.add(bytes(refused.value.response.body))
     assert len(bodies) == 1
@@ -250,9 +252,8 @@ def test_revoking_a_connected_machine_closes_its_connection_with_4003(
         assert time.monotonic() - started < WAIT_S
         page(b, 1, {"event": "SHOW_MENU", "values": {}})
         until(b, is_frame("SHOW_MENU"))
-    with pytest.raises(InvalidStatus) as refused:
-        with agent(gateway, "vm-a", tokens["vm-a"]):
-            pass
+    with pytest.raises(InvalidStatus) as refused, agent(gateway, "vm-a", tokens["vm-a"]):
+        pass
     assert refused.value.response.status_code == 401
 
 
@@ -351,12 +352,16 @@ def test_a_connected_agent_is_asked_to_vend_and_its_result_is_recorded_with_a_hi
         assert (vend.order_id, vend.drink_id) == (order_id, "cola")
         shard = work_key(shard_of("vm-a"))
         last = real_redis.xrevrange(shard, count=1)[0][0]
-        ws.send(agent_protocol.encode(Message(Kind.VEND_RESULT, order_id=order_id, result="vended")))
+        ws.send(
+            agent_protocol.encode(Message(Kind.VEND_RESULT, order_id=order_id, result="vended"))
+        )
         recorded = eventually(lambda: vend_hash(real_redis, "vm-a"), what="the vend result")
         assert json.loads(recorded[order_id])["result"] == "vended"
         hints = real_redis.xrange(shard, min="(" + last)
         assert {"m": "vm-a"} in [fields for _, fields in hints]
-        ws.send(agent_protocol.encode(Message(Kind.VEND_RESULT, order_id=order_id, result="failed")))
+        ws.send(
+            agent_protocol.encode(Message(Kind.VEND_RESULT, order_id=order_id, result="failed"))
+        )
         page(ws, 5, "barrier")
         until(ws, is_reply(5))
     assert vend_hash(real_redis, "vm-a") == recorded
@@ -432,9 +437,13 @@ def test_a_flood_from_one_agent_does_not_hold_up_another(gateway, machines, toke
                 nonlocal limited
                 async for text in a:
                     message = agent_protocol.parse(text, FROM_GATEWAY)
-                    if message.kind is Kind.REPLY and error_code(message) == "rate_limited":
+                    if message.kind is not Kind.REPLY:
+                        continue
+                    if error_code(message) == "rate_limited":
                         limited += 1
                         flooding.set()
+                    if message.page == flood + 1:  # the last frame: every one was handled
+                        return
 
             sender = asyncio.create_task(send_flood())
             counter = asyncio.create_task(count_limited())
@@ -452,8 +461,8 @@ def test_a_flood_from_one_agent_does_not_hold_up_another(gateway, machines, toke
                         break
             took = time.monotonic() - started
             await asyncio.wait_for(sender, WAIT_S * 2)
-            counter.cancel()
-            await asyncio.gather(counter, return_exceptions=True)
+            await a.send(agent_protocol.encode(Message(Kind.PAGE, page=flood + 1, frame="x")))
+            await asyncio.wait_for(counter, WAIT_S * 2)
             return took, limited
 
     took, limited = run_async(main)
@@ -477,3 +486,16 @@ def test_a_second_connection_for_a_machine_replaces_the_first(gateway, machines,
             until(new, is_frame("SHOW_MENU"))
             assert gateway.links["vm-a"].ws is not None
             assert len(gateway.links) == 1
+
+
+def test_a_change_whose_hint_was_lost_reaches_the_agent_at_the_next_resync(
+    real_redis, machines, tokens
+):
+    """A change made without a hint (as after a crash between the MULTI and the XADD) still
+    reaches the agent, at the next resync; the resync also refreshes the machine's seen."""
+    with serving(real_redis, resync_s=0.3) as gateway, agent(gateway, "vm-a", tokens["vm-a"]) as ws:
+        recv(ws)
+        real_redis.hdel(keys.FLEET_SEEN, "vm-a")
+        Broker(real_redis, "vm-a").show_menu()  # no hints
+        until(ws, is_frame("SHOW_MENU"))
+        eventually(lambda: real_redis.hget(keys.FLEET_SEEN, "vm-a"), what="seen refreshed")
