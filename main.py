@@ -158,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     # A one-shot command prints its answer on stdout; its INFO lines would only bury it.
     one_shot = not long_running
     quiet = one_shot and settings.log_level == "INFO"
+    # Fleet mode's shared processes serve every machine: each line names its own (cores/logs).
+    shared = args.fleet or args.command == "backend" or args.service == Service.GATEWAY
     logs.setup(
         name,
-        settings.machine_id,
+        "-" if shared else settings.machine_id,
         "WARNING" if quiet else settings.log_level,
         settings.var_dir / "logs" if to_file else None,
     )

@@ -1,10 +1,31 @@
-"""Logging as key=value lines with the service and machine_id, set up by entry scripts only."""
+"""Logging as key=value lines with the service and machine_id, set up by entry scripts only.
+
+A line's machine_id is, first found: the line's own `machine_id=` field; the machine a fleet
+process is working on in this thread (`for_machine`); the process's own machine (`setup`),
+which is `-` for fleet mode's shared processes.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+#: The machine a shared process (fleet mode) is working on in this thread, if any.
+_machine: contextvars.ContextVar[str | None] = contextvars.ContextVar("machine_id", default=None)
+
+
+@contextlib.contextmanager
+def for_machine(machine_id: str) -> Iterator[None]:
+    """Lines logged inside carry `machine_id` (a shared worker stepping one machine)."""
+    token = _machine.set(machine_id)
+    try:
+        yield
+    finally:
+        _machine.reset(token)
 
 
 class KeyValueFormatter(logging.Formatter):
@@ -16,15 +37,17 @@ class KeyValueFormatter(logging.Formatter):
         self.machine_id = machine_id
 
     def format(self, record: logging.LogRecord) -> str:
+        fields = dict(getattr(record, "kv", {}))
+        machine = fields.pop("machine_id", None) or _machine.get() or self.machine_id
         parts = [
             f"ts={self.formatTime(record, '%Y-%m-%dT%H:%M:%S')}.{int(record.msecs):03d}",
             f"level={record.levelname}",
             f"service={self.service}",
-            f"machine_id={self.machine_id}",
+            f"machine_id={_quote(str(machine))}",
             f"logger={record.name}",
             f"msg={_quote(record.getMessage())}",
         ]
-        for name, value in getattr(record, "kv", {}).items():
+        for name, value in fields.items():
             parts.append(f"{name}={_quote(str(value))}")
         line = " ".join(parts)
         if record.exc_info:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cores.logs import KeyValueFormatter, kv, setup
+from cores.logs import KeyValueFormatter, for_machine, kv, setup
 
 
 def record(
@@ -134,3 +134,17 @@ def test_setup_writes_key_value_lines_to_stderr_and_the_service_log(tmp_path, ca
         assert "service=DISPENSE machine_id=vm-2" in text
         assert text.rstrip("\n").endswith("msg=vended order_id=vm-2-o1")
         assert "not shown" not in text
+
+
+def test_a_shared_process_names_the_machine_of_each_line_once():
+    """In fleet mode a process serves many machines (its own id is `-`): a line carries the
+    machine it is about, from its own field or from the step in hand, and names it once."""
+    shared = KeyValueFormatter("GATEWAY", "-")
+    assert "machine_id=-" in pairs(shared.format(record("listening")))
+    line = shared.format(record("connected", machine_id="vm-7", peer="10.0.0.2"))
+    assert pairs(line).count("machine_id=vm-7") == 1 and line.count("machine_id=") == 1
+    with for_machine("vm-9"):
+        assert "machine_id=vm-9" in pairs(shared.format(record("transition")))
+        inside = shared.format(record("vend", machine_id="vm-7"))
+    assert "machine_id=vm-7" in pairs(inside) and "machine_id=vm-9" not in inside
+    assert "machine_id=-" in pairs(shared.format(record("after the step")))
