@@ -296,7 +296,8 @@ class FleetNotificationServer:
 def run(settings: Settings, fleet: bool = False) -> None:
     """The NOTIFICATION process: the receiver in a thread, the desk in the main thread (so
     that SIGTERM interrupts its sleep on Redis at once). `fleet`: every registered machine's
-    notifications and desks (a process of its own: several may run, sharing the shards)."""
+    notifications and desks; several such processes (each on its own address, behind one
+    URL) share the desks' shards."""
     if fleet:
         run_fleet(settings)
         return

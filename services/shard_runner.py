@@ -68,6 +68,10 @@ log = logging.getLogger(__name__)
 
 #: Hints read per XREADGROUP; a busy shard's batch steps each machine once whatever its count.
 READ_COUNT = 500
+LEASE_TTL_MS = int(LEASE_TTL_S * 1000)
+#: A shard's thread stops stepping this long before its lease would lapse unrenewed (the
+#: lease loop stalled, or Redis unreachable): never two processes on one machine.
+LEASE_MARGIN_S = LEASE_RENEW_S / 2
 #: A process's entry in the workers' zset is forgotten this long after its last word (kept
 #: meanwhile so that `fleet_heartbeats` tells an operator how long ago a service was alive).
 FORGET_AFTER_S = float(HEARTBEAT_TTL_S)
@@ -197,6 +201,8 @@ class ShardRunner:
         #: Shards whose lease this process holds (renewed), by shard; a shard being released
         #: stays here until its thread has ended.
         self.held: dict[int, ShardWork] = {}
+        #: Lease loop rounds done (tests wait on it).
+        self.ticks = 0
         self._start_at = zlib.crc32(self.consumer.encode()) % shards
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -214,26 +220,32 @@ class ShardRunner:
             for work in self.held.values():
                 work.request_stop()
 
-    def run(self, release: bool = True) -> None:
-        """Serve until `request_stop`; then wait for the shards' threads and (`release`) give
-        the leases and this process's entry up, so that the others take over at once."""
+    def run(self) -> None:
+        """Serve until `request_stop`; then wait for the shards' threads to finish the step
+        in hand (renewing their leases meanwhile), and give the leases and this process's
+        entry up, so that the others take over at once."""
         log.info("shard runner started", extra=kv(worker=self.service, consumer=self.consumer))
         try:
             while not self.stopping.is_set():
-                try:
-                    self.tick()
-                except redis.RedisError as exc:
-                    log.warning("redis unavailable", extra=kv(worker=self.service, error=exc))
+                self.tick()
                 self.stopping.wait(self.renew_s)
         finally:
             self.request_stop()
+            self._wind_down()
+            log.info("shard runner stopped", extra=kv(worker=self.service))
+
+    def _wind_down(self) -> None:
+        while True:
             with self._lock:
                 held = dict(self.held)
+            if not any(work.alive() for work in held.values()):
+                break
+            if not self._abandon:  # a step in hand keeps its lease until it ends
+                self.renew()
+            until = time.monotonic() + self.renew_s
             for work in held.values():
-                work.join()
-            if release:
-                self._give_up(held)
-            log.info("shard runner stopped", extra=kv(worker=self.service))
+                work.thread.join(max(0.0, until - time.monotonic()))
+        self._give_up(held)
 
     def start(self) -> ShardRunner:
         self._thread = threading.Thread(target=self.run, name=f"runner-{self.consumer}")
@@ -257,38 +269,68 @@ class ShardRunner:
         with self._lock:
             return {s for s, w in self.held.items() if not w.stop.is_set()}
 
+    def working(self) -> set[int]:
+        """The shards owned and taken over (reading their hints)."""
+        with self._lock:
+            return {s for s, w in self.held.items() if not w.stop.is_set() and w.ready.is_set()}
+
     # --- the lease loop -------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Say this process is alive, renew the leases, and release or take shards to hold
-        this process's share."""
+        """Renew the leases, say this process is alive, and release or take shards to hold
+        this process's share. A Redis error is logged: the leases then lapse on their own."""
+        self.renew()
+        self.ticks += 1
+        if self.stopping.is_set() or self._abandon:
+            return
+        try:
+            self.share_out(self.alive())
+        except redis.RedisError as exc:
+            log.warning("redis unavailable", extra=kv(worker=self.service, error=exc))
+
+    def alive(self) -> int:
+        """Say this process is alive; how many processes of the service are."""
         now = self.clock()
         with self.redis.pipeline(transaction=False) as pipe:  # one key
             pipe.zadd(self.workers_key, {self.consumer: now})
             pipe.zremrangebyscore(self.workers_key, "-inf", now - FORGET_AFTER_S)
             pipe.zcount(self.workers_key, now - LEASE_TTL_S, "+inf")
-            alive = int(pipe.execute()[2])
-        ttl_ms = int(LEASE_TTL_S * 1000)
+            return int(pipe.execute()[2])
+
+    def renew(self) -> None:
+        """Renew every lease held. One that cannot be renewed (taken, expired, or Redis
+        unreachable) stops its shard at once; a released shard whose thread has ended has
+        its lease deleted."""
         with self._lock:
             held = dict(self.held)
         for shard, work in held.items():
+            sent_at = time.monotonic()
             ok = False
             try:
                 ok = bool(
-                    self._renew(keys=[lease_key(shard, self.service)], args=[self.consumer, ttl_ms])
+                    self._renew(
+                        keys=[lease_key(shard, self.service)], args=[self.consumer, LEASE_TTL_MS]
+                    )
                 )
             except redis.RedisError as exc:
                 log.warning("lease not renewed", extra=kv(shard=shard, error=exc))
             if not ok:  # another process may own it now: stop at once
                 log.warning("lease lost", extra=kv(worker=self.service, shard=shard))
-                work.request_stop()
+                work.lease_lost()
                 self._drop(shard)
-            elif work.stop.is_set() and not work.alive():
-                self._release(keys=[lease_key(shard, self.service)], args=[self.consumer])
+                continue
+            work.valid_until = sent_at + LEASE_TTL_S - LEASE_MARGIN_S
+            if work.stop.is_set() and not work.alive():
+                try:
+                    self._release(keys=[lease_key(shard, self.service)], args=[self.consumer])
+                except redis.RedisError as exc:  # it expires on its own
+                    log.warning("lease left to expire", extra=kv(shard=shard, error=exc))
                 self._drop(shard)
                 log.info("shard released", extra=kv(worker=self.service, shard=shard))
-        if self.stopping.is_set() or self._abandon:
-            return
+
+    def share_out(self, alive: int) -> None:
+        """Release the shards above this process's fair share (after the step in hand), or
+        take free ones up to it."""
         active = self.owned()
         share = fair_share(self.shards, alive)
         for shard in shards_to_release(active, share):
@@ -297,8 +339,10 @@ class ShardRunner:
         for shard in shards_to_try(active | set(self.held), self.shards, share, self._start_at):
             if len(active) >= share:
                 break
-            if self.redis.set(lease_key(shard, self.service), self.consumer, nx=True, px=ttl_ms):
-                work = ShardWork(self, shard)
+            sent_at = time.monotonic()
+            lease = lease_key(shard, self.service)
+            if self.redis.set(lease, self.consumer, nx=True, px=LEASE_TTL_MS):
+                work = ShardWork(self, shard, valid_until=sent_at + LEASE_TTL_S - LEASE_MARGIN_S)
                 with self._lock:
                     self.held[shard] = work
                 active.add(shard)
@@ -325,13 +369,17 @@ class ShardRunner:
 class ShardWork:
     """One shard held by a ShardRunner: its thread, its machines' workers and timers."""
 
-    def __init__(self, runner: ShardRunner, shard: int) -> None:
+    def __init__(self, runner: ShardRunner, shard: int, valid_until: float) -> None:
         self.runner = runner
         self.shard = shard
+        #: Monotonic time until which the lease is surely ours (moved on by each renewal).
+        self.valid_until = valid_until
         self.service = runner.service
         self.stream = work_key(shard)
         self.due_key = due_key(shard, runner.service)
         self.stop = threading.Event()
+        #: Set once the shard is taken over (its group exists, its backlog is swept).
+        self.ready = threading.Event()
         self.workers: dict[str, Worker] = {}
         #: machine -> when its step asked to run again (mirrors the shard's WORK_DUE zset).
         self.due: dict[str, float] = {}
@@ -357,6 +405,14 @@ class ShardWork:
         for worker in list(self.workers.values()):
             worker.request_stop()  # cuts a refund's pause short; the next owner carries on
 
+    def lease_lost(self) -> None:
+        self.valid_until = -math.inf
+        self.request_stop()
+
+    def holds(self) -> bool:
+        """Whether this shard may still be worked: not stopping, and its lease surely ours."""
+        return not self.stop.is_set() and time.monotonic() < self.valid_until
+
     # --- the shard's thread ---------------------------------------------------------------
 
     def run(self) -> None:
@@ -367,6 +423,7 @@ class ShardWork:
                 if not ready:
                     self.take_over()
                     ready = True
+                    self.ready.set()
                 self.once()
                 failures = 0
             except redis.RedisError as exc:  # Redis down or restarted: back off, take over again
@@ -425,7 +482,7 @@ class ShardWork:
         hinted = hinted_machines(entries, self.shard, self.runner.shards)
         mine = [m for m in machines if shard_of(m, self.runner.shards) == self.shard]
         for machine in dict.fromkeys([*mine, *self.due, *hinted]):
-            if self.stop.is_set():
+            if not self.holds():
                 return
             self.step(machine, hinted.get(machine, []))
         self.ack(entries)
@@ -434,20 +491,22 @@ class ShardWork:
     def once(self) -> None:
         """Sweep when due, step the machines whose timer fell due, then read hints up to the
         next timer and step each machine hinted once."""
+        if not self.holds():  # the lease loop has not renewed in time: wait for its word
+            self.stop.wait(self.runner.block_s)
+            return
         if time.monotonic() >= self.next_sweep:
             self.sweep(self.claim(min_idle_ms=int(LEASE_TTL_S * 1000)))
         now = self.runner.clock()
         for machine in [m for m, at in self.due.items() if at <= now]:
-            if self.stop.is_set():
+            if not self.step(machine, []):
                 return
-            self.step(machine, [])
         now = self.runner.clock()
         wait_s = min(
             self.runner.block_s,
             self.next_sweep - time.monotonic(),
             *(at - now for at in self.due.values()),
         )
-        if self.stop.is_set():
+        if not self.holds():
             return
         answer = self.runner.blocking.xreadgroup(
             self.service,
@@ -465,7 +524,7 @@ class ShardWork:
             if not self.step(machine, commands):
                 break  # stopping: the rest stays pending for the next owner
             done.extend(e for e in entries if e[1].get("m") == machine)
-        if not self.stop.is_set():
+        if self.holds():
             done = entries  # hints of other shards' machines are dropped as worked
         self.ack(done)
 
@@ -475,9 +534,9 @@ class ShardWork:
 
     def step(self, machine: str, commands: list[tuple[str, str]]) -> bool:
         """One step of `machine`'s worker with its hints; returns False (nothing done) when the
-        shard is stopping. A failing step is logged and retried with backoff; a Redis error
+        shard is stopping or its lease is not surely ours. A failing step is logged and retried with backoff; a Redis error
         propagates (the thread backs off and takes the shard over again)."""
-        if self.stop.is_set():
+        if not self.holds():
             return False
         worker = self.workers.get(machine)
         if worker is None:

@@ -7,8 +7,14 @@ machine's VEND hash and a hint."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import fakeredis
 import pytest
@@ -19,12 +25,13 @@ from constants import keys
 from constants.orders import Command, OperatorKind, OrderField
 from constants.services import Service
 from constants.states import FailReason, RefundOutcome, Sale, State
+from constants.tunables import WORK_SHARDS
 from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY, Settings
 from cores.midtrans import signature
 from cores.remote_dispenser import RemoteDispenser, RemoteMove, remote_step
 from cores.rules import Vend
-from cores.work import WorkHints, due_key, shard_of
+from cores.work import WorkHints, due_key, lease_key, shard_of
 from services import payment
 from services.dispense_service import DispenseWorker
 from services.notification_service import FleetNotificationServer, machine_of
@@ -32,7 +39,7 @@ from services.order_created_service import OrderCreatedWorker
 from services.order_service import OrderWorker
 from services.runtime import fleet_worker_factory
 from services.shard_runner import ShardRunner
-from tests.machine_helpers import T0, eventually, sale_kinds, wait_state
+from tests.machine_helpers import ROOT, T0, child_env, eventually, sale_kinds, wait_state
 from tests.test_worker_steps import Gateway
 
 A, B = "vm-a", "vm-b-2"
@@ -301,3 +308,60 @@ def test_a_notification_naming_no_registered_machine_is_answered_and_changes_not
         assert answer.json()["status_code"] == "200"
     assert keyspace(real_redis) == before
     assert gateway.calls == []
+
+
+# --- processes ------------------------------------------------------------------------------------
+
+
+def fleet_worker(redis_url: str, tmp_path: Path, service: str) -> subprocess.Popen:
+    """`python main.py --service SERVICE --fleet` on the Redis at `redis_url`."""
+    env = child_env(REDIS_URL=redis_url, VAR_DIR=str(tmp_path / "var"))
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--service", service, "--fleet"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def lease_holders(client: redis.Redis, service: str) -> list[str | None]:
+    return [client.get(lease_key(shard, service)) for shard in range(WORK_SHARDS)]
+
+
+@pytest.mark.slow
+def test_fleet_worker_processes_share_the_shards_survive_a_kill_and_stop_on_sigterm(
+    real_redis, redis_server, tmp_path
+):
+    """Two `main.py --service SCREEN --fleet` processes split the 8 shards 4/4; after a
+    kill -9 of one, the other holds all 8 within 5 s; SIGTERM then stops it cleanly (exit
+    0), its leases and its entry in the workers' zset given up."""
+    first = fleet_worker(redis_server.url, tmp_path, "SCREEN")
+    second = fleet_worker(redis_server.url, tmp_path, "SCREEN")
+    try:
+        names = {p: f"{socket.gethostname()}:{p.pid}" for p in (first, second)}
+        eventually(
+            lambda: sorted(Counter(lease_holders(real_redis, "SCREEN")).values()) == [4, 4],
+            timeout_s=20,
+            what="the shards split 4/4",
+        )
+        assert set(lease_holders(real_redis, "SCREEN")) == set(names.values())
+        first.kill()
+        first.wait(5)
+        killed_at = time.monotonic()
+        eventually(
+            lambda: lease_holders(real_redis, "SCREEN") == [names[second]] * WORK_SHARDS,
+            timeout_s=10,
+            what="the survivor to hold every shard",
+        )
+        assert time.monotonic() - killed_at < 5
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(15) == 0
+        assert lease_holders(real_redis, "SCREEN") == [None] * WORK_SHARDS
+        workers = keys.FLEET_WORKERS.format(service="SCREEN")
+        assert real_redis.zscore(workers, names[second]) is None
+    finally:
+        for process in (first, second):
+            if process.poll() is None:
+                process.kill()
+                process.wait(5)

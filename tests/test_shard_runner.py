@@ -214,6 +214,7 @@ def test_a_killed_process_s_shards_are_taken_over_within_five_seconds(real_redis
     assert real_redis.get(lease_key(lost[0], SERVICE)) == "a"  # left behind, as by a kill
     killed_at = time.monotonic()
     eventually(lambda: len(b.owned()) == WORK_SHARDS, timeout_s=8, what="b to take every shard")
+    eventually(lambda: len(b.working()) == WORK_SHARDS, what="b to work every shard")
     assert time.monotonic() - killed_at < LEASE_TTL_S + LEASE_RENEW_S + 1
     WorkHints(real_redis).hint(machine, "CHECK", "o-7")
     eventually(lambda: ("CHECK", "o-7") in steps.commands[machine], what="the hint worked")
@@ -230,7 +231,7 @@ def test_each_machine_is_stepped_by_one_process_at_a_time_through_share_outs(
     steps.step_s = 0.005
     hints = WorkHints(real_redis)
     a = runners["make"]("a")
-    eventually(lambda: len(a.owned()) == WORK_SHARDS, what="a to hold all shards")
+    eventually(lambda: len(a.working()) == WORK_SHARDS, what="a to work all shards")
     b = None
     for n in range(300):
         hints.hint(machines[n % len(machines)], "CHECK", f"o-{n}")
@@ -251,6 +252,24 @@ def test_each_machine_is_stepped_by_one_process_at_a_time_through_share_outs(
         )
     assert steps.overlaps == []
     assert {r for m in machines for r in steps.by[m]} == {"a", "b"}
+
+
+def test_a_process_that_loses_a_lease_stops_working_that_shard_at_once(real_redis, runners, steps):
+    """Another process holds shard 3's lease now (this one's renewal is refused): this
+    process's thread for the shard ends, it does not take the shard back while the lease
+    stands, and a hint for a machine of the shard is not stepped by it."""
+    machine = machines_of_shard(3, 1)[0]
+    a = runners["make"]("a")
+    eventually(lambda: len(a.working()) == WORK_SHARDS, what="a to work all shards")
+    work = a.held[3]
+    real_redis.set(lease_key(3, SERVICE), "intruder", px=60_000)
+    eventually(lambda: not work.alive() and 3 not in a.held, what="shard 3 dropped")
+    WorkHints(real_redis).hint(machine, "CHECK", "o-1")
+    ticks = a.ticks
+    eventually(lambda: a.ticks >= ticks + 3, what="three more lease rounds")
+    assert 3 not in a.owned()
+    assert steps.commands[machine] == []
+    assert real_redis.get(lease_key(3, SERVICE)) == "intruder"
 
 
 def test_a_timer_returned_by_a_step_fires_and_is_kept_in_the_shard_s_due_set(
@@ -292,7 +311,7 @@ def test_a_failing_step_is_retried_with_backoff_and_the_shard_goes_on(real_redis
     sick, well = machines_of_shard(2, 2)
     steps.failing[sick] = 2
     runner = runners["make"]("a")
-    eventually(lambda: 2 in runner.owned(), what="shard 2 taken")
+    eventually(lambda: 2 in runner.working(), what="shard 2 taken over")
     hints = WorkHints(real_redis)
     hints.hint(sick, "CANCEL", "o-1")
     hints.hint(well, "CHECK", "o-2")
