@@ -206,12 +206,19 @@ class ShardRunner:
         self._start_at = zlib.crc32(self.consumer.encode()) % shards
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        #: Stopped as if killed: leases and the workers' entry left to expire (tests).
+        self._abandon = False
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, *_: object) -> None:
+        # Only the flag: the handler runs in the main thread, which may hold `_lock`; `run`
+        # wakes at once and stops the shards itself.
+        self.stopping.set()
 
     def request_stop(self, *_: object) -> None:
         """Stop every shard after the step in hand (and cut the workers' pauses short)."""
@@ -261,8 +268,6 @@ class ShardRunner:
         if self._thread is not None:
             self._thread.join(30)
             assert not self._thread.is_alive(), f"{self.service} runner did not stop"
-
-    _abandon = False
 
     def owned(self) -> set[int]:
         """The shards this process works now (held and not being released)."""
