@@ -60,7 +60,7 @@ from constants.tunables import (
     WORK_SHARDS,
 )
 from cores.broker import Broker
-from cores.logs import kv
+from cores.logs import for_machine, kv
 from cores.work import WorkHints, due_key, lease_key, shard_of, work_key
 from services.worker import Worker
 
@@ -539,8 +539,9 @@ class ShardWork:
 
     def step(self, machine: str, commands: list[tuple[str, str]]) -> bool:
         """One step of `machine`'s worker with its hints; returns False (nothing done) when the
-        shard is stopping or its lease is not surely ours. A failing step is logged and retried with backoff; a Redis error
-        propagates (the thread backs off and takes the shard over again)."""
+        shard is stopping or its lease is not surely ours. A failing step is logged and
+        retried with backoff; a Redis error propagates (the thread backs off and takes the
+        shard over again)."""
         if not self.holds():
             return False
         worker = self.workers.get(machine)
@@ -554,7 +555,8 @@ class ShardWork:
             (worker.broker.commands_key, {"command": c, "order_id": o}) for c, o in hints if c
         ]
         try:
-            wake_at = worker.step(worker.broker.snapshot(), entries)
+            with for_machine(machine):  # its lines name the machine (cores/logs.py)
+                wake_at = worker.step(worker.broker.snapshot(), entries)
             worker.steps += 1
             self.failures.pop(machine, None)
         except (redis.ConnectionError, redis.TimeoutError):
