@@ -6,7 +6,8 @@
     other methods    405
 
 /healthz is `{"ok", "state", "redis", "pages"}` on one machine (503 when Redis is down) and
-`{"ok", "backend", "pages"}` on a fleet agent (503 while its backend link is down).
+`{"ok", "backend": "up" | "down", "pages"}` on a fleet agent (200 while it serves: with its
+backend link down its pages show the machine out of service, as they should).
 
 Every answer carries the page's security headers: a Content-Security-Policy that allows what
 web/index.html and web/kiosk.js load (their own scripts and styles, drink icons and data:
