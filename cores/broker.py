@@ -40,7 +40,7 @@ from cores import catalog, rules
 from cores.logs import kv
 from cores.machine import OUT_OF_SERVICE_FROM, Effects, Transition
 from cores.models import Drink, Order, Snapshot, text
-from cores.work import WorkHints
+from cores.work import WorkHints, fleet_heartbeats
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,16 @@ class Broker:
         return {k: json.loads(v) for k, v in _texts(self.redis.hgetall(self.operator_key)).items()}
 
     def heartbeats(self, services: Iterable[str]) -> dict[str, float | None]:
-        """The last heartbeat (unix s) of each service; None when it has expired."""
+        """The last heartbeat (unix s) of each service; None when it has expired. A service
+        with no heartbeat of this machine's own is looked up among fleet mode's shared
+        processes, which beat for the whole fleet (cores.work.fleet_heartbeats)."""
         services = list(services)
         at = self.redis.mget([self.heartbeat_key(s) for s in services])
-        return {str(s): None if a is None else float(a) for s, a in zip(services, at, strict=True)}
+        own = {str(s): None if a is None else float(a) for s, a in zip(services, at, strict=True)}
+        missing = [s for s, a in own.items() if a is None]
+        if missing:
+            own.update(fleet_heartbeats(self.redis, missing))
+        return own
 
     def last_event_id(self) -> str:
         return self._last_id(self.events_key)

@@ -16,7 +16,8 @@ Cluster) delays a step, never loses it.
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, cast
 
 import redis
 
@@ -60,3 +61,16 @@ class WorkHints:
             maxlen=WORK_MAXLEN,
             approximate=True,
         )
+
+
+def fleet_heartbeats(client: redis.Redis, services: Iterable[str]) -> dict[str, float | None]:
+    """When any process of each shared service last said it was alive (unix s; None: none
+    known), from FLEET_WORKERS: fleet mode's workers beat for the fleet, not per machine."""
+    out: dict[str, float | None] = {}
+    for service in services:
+        newest = cast(
+            list[tuple[str, float]],
+            client.zrevrange(keys.FLEET_WORKERS.format(service=service), 0, 0, withscores=True),
+        )
+        out[str(service)] = float(newest[0][1]) if newest else None
+    return out

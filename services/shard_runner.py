@@ -29,7 +29,7 @@ shards over within LEASE_TTL_S + LEASE_RENEW_S.
 Every Redis command touches one key or keys of one hash tag (Cluster-legal): the machines'
 `{machine_id}`, the shards' `{shard-N}`, the fleet's `{fleet}`. No per-machine heartbeat is
 written (a thousand machines, a thousand writes per period): the workers' zset says which
-processes of a service are alive (`fleet_heartbeats`).
+processes of a service are alive (`cores.work.fleet_heartbeats`).
 
 The share-out rules are pure functions at the top (`fair_share`, `shards_to_release`,
 `shards_to_try`, `hinted_machines`).
@@ -117,19 +117,6 @@ def hinted_machines(
 def default_consumer() -> str:
     """A process's consumer name: host:pid."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def fleet_heartbeats(client: redis.Redis, services: Iterable[str]) -> dict[str, float | None]:
-    """When any process of each service last said it was alive (unix s; None: none known).
-    For the console and `status` in fleet mode, in place of the per-machine heartbeats."""
-    out: dict[str, float | None] = {}
-    for service in services:
-        newest = cast(
-            list[tuple[str, float]],
-            client.zrevrange(keys.FLEET_WORKERS.format(service=service), 0, 0, withscores=True),
-        )
-        out[str(service)] = float(newest[0][1]) if newest else None
-    return out
 
 
 # --- Redis -------------------------------------------------------------------------------------

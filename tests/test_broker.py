@@ -13,6 +13,7 @@ import uuid
 
 import pytest
 
+from constants import keys
 from constants.states import RESULT_STATES, ErrorCode, FailReason, Sale, State
 from constants.tunables import ORDER_KEEP_S
 from cores.broker import Broker, CommandRefused, Snapshot
@@ -769,3 +770,15 @@ def test_back_in_service_when_not_out_of_service_is_refused(broker, client):
     before = dump(client)
     refused(broker.set_out_of_service, False, code=ErrorCode.WRONG_STATE)
     assert dump(client) == before
+
+
+def test_heartbeats_of_a_fleet_machine_are_its_shared_workers(broker, client):
+    """A machine served by fleet mode's shared workers has no heartbeat keys of its own: its
+    status shows when a process of each service was last alive, newest of them; a machine's
+    own heartbeat wins, and a service nobody runs stays None."""
+    client.zadd(keys.FLEET_WORKERS.format(service="ORDER"), {"host:1": T0 - 5, "host:2": T0 - 1})
+    broker.heartbeat("SCREEN", 60)
+    beats = broker.heartbeats(["ORDER", "SCREEN", "DISPENSE"])
+    assert beats["ORDER"] == T0 - 1
+    assert beats["SCREEN"] == T0
+    assert beats["DISPENSE"] is None

@@ -16,11 +16,10 @@ import redis
 from constants import keys
 from constants.tunables import LEASE_RENEW_S, LEASE_TTL_S, WORK_SHARDS
 from cores.broker import Broker, Snapshot
-from cores.work import WorkHints, due_key, lease_key, shard_of, work_key
+from cores.work import WorkHints, due_key, fleet_heartbeats, lease_key, shard_of, work_key
 from services.shard_runner import (
     ShardRunner,
     fair_share,
-    fleet_heartbeats,
     hinted_machines,
     shards_to_release,
     shards_to_try,
