@@ -14,7 +14,10 @@ import json
 import logging
 import queue
 import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ from cores import agent_protocol as wire
 from cores.agent_protocol import CLOSE_REVOKED, FROM_AGENT, MACHINE_HEADER, Kind, Message
 from cores.config import ConfigError, Settings
 from cores.dispenser import JOURNAL_NAME, STARTED, SimulatedDispenser
+from cores.redis_process import free_port
 from cores.rules import Vend
 from services import agent_service
 from services.agent_service import (
@@ -41,7 +45,7 @@ from services.agent_service import (
 )
 from services.websocket_service import KioskGate
 from tests.kiosk_helpers import WAIT_S, error_code, http_request, open_page, recv, send
-from tests.machine_helpers import eventually
+from tests.machine_helpers import ROOT, ChildOutput, child_env, eventually
 
 TOKEN = "tok-3f9a6c1e8b7d4a20-secret"
 MACHINE = "vm-7"
@@ -703,3 +707,63 @@ def test_run_without_backend_url_or_token_is_a_config_error_naming_it(tmp_path, 
     field = {"BACKEND_URL": "backend_url", "MACHINE_TOKEN": "machine_token"}[missing]
     with pytest.raises(ConfigError, match=missing):
         agent_service.run(settings.replace(**{field: None}))
+
+
+def test_main_py_machine_prints_its_urls_serves_until_sigterm_and_exits_0(tmp_path, backend):
+    """`main.py machine` prints `Kiosk: URL` and `Backend: URL`, serves the page from the
+    backend's screens, never prints the token (not even at LOG_LEVEL=DEBUG), and exits 0 on
+    SIGTERM."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "machine"],
+        cwd=tmp_path,
+        env=machine_env(tmp_path, backend.url, port),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    output = ChildOutput(process.stdout)
+    try:
+        output.wait_for(f"Backend: {backend.url}", timeout_s=30)
+        assert f"Kiosk: http://127.0.0.1:{port}/" in output.text()
+        assert backend.next().kind is Kind.HELLO
+        with open_page(f"ws://127.0.0.1:{port}/ws") as page:
+            eventually(lambda: recv(page) == IDLE, WAIT_S, "the backend's screen")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = output.text(wait_s=WAIT_S)
+    assert "Authorization: Bearer <token>" in text  # the DEBUG handshake lines, redacted
+    assert TOKEN not in text
+
+
+def test_main_py_machine_exits_1_when_its_port_is_taken(tmp_path, backend):
+    """An agent that cannot listen on WS_PORT says so and exits 1."""
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "main.py"), "machine"],
+            cwd=tmp_path,
+            env=machine_env(tmp_path, backend.url, port),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1, done.stderr
+    assert "cannot listen" in done.stderr
+    assert TOKEN not in done.stdout + done.stderr
+
+
+def machine_env(tmp_path: Path, backend_url: str, port: int) -> dict[str, str]:
+    return child_env(
+        VENDING_MACHINE_ID=MACHINE,
+        MACHINE_TOKEN=TOKEN,
+        BACKEND_URL=backend_url,
+        WS_PORT=str(port),
+        VAR_DIR=str(tmp_path / "var"),
+        LOG_LEVEL="DEBUG",
+    )
