@@ -164,3 +164,10 @@ AGENT_FRAMES_BURST = 100
 #: The gateway re-reads each connected machine's events this often even without a hint, so
 #: that a hint lost in a crash delays a screen by at most this long.
 GATEWAY_RESYNC_S = 15.0
+#: Notification receiver: a sender (address) may have this many requests refused a second on
+#: average (burst NOTIFICATION_REFUSALS_BURST); beyond it, its requests are answered 429 unread.
+#: Midtrans's notifications are signed, so never refused: it is never held back.
+NOTIFICATION_REFUSALS_PER_S = 2.0
+NOTIFICATION_REFUSALS_BURST = 20
+#: Addresses the receiver remembers refusals of (the longest quiet forgotten first).
+NOTIFICATION_SENDERS_KEPT = 10_000

@@ -217,14 +217,18 @@ class TokenBucket:
 
     def take(self, now: float) -> bool:
         """Take a token for a frame that arrived at `now`; False when there is none left."""
+        if self.has(now):
+            self.tokens -= 1
+            return True
+        return False
+
+    def has(self, now: float) -> bool:
+        """Whether a token is left at `now`, taking none."""
         if self.last is None or now > self.last:
             if self.last is not None:
                 self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate_per_s)
             self.last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
+        return self.tokens >= 1
 
 
 class FloodGate:

@@ -26,6 +26,7 @@ runs per machine under a ShardRunner (services/shard_runner.py) in the same proc
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import re
@@ -47,13 +48,17 @@ from constants.services import Service
 from constants.tunables import (
     NOTIFICATION_LINGER_S,
     NOTIFICATION_MAX_BYTES,
+    NOTIFICATION_REFUSALS_BURST,
+    NOTIFICATION_REFUSALS_PER_S,
     NOTIFICATION_REQUEST_DEADLINE_S,
+    NOTIFICATION_SENDERS_KEPT,
     THREAD_BLOCK_MAX_S,
 )
 from cores.broker import Broker
 from cores.config import MACHINE_ID, Settings
 from cores.logs import kv
 from cores.midtrans import MidtransClient, verify_signature
+from cores.protocol import TokenBucket
 from cores.work import WorkHints
 from services.late_payments import Desk, LatePayments
 from services.notification_http import GuardedProtocol, ServerThread, answer_body
@@ -128,11 +133,58 @@ def parse(raw: bytes) -> dict:
     return body
 
 
-def make_app(schedule: Schedule, server_key: str) -> Starlette:
+class RefusalBox:
+    """The request rate limit of a public receiver, aimed at bad senders only: an address may
+    have NOTIFICATION_REFUSALS_PER_S requests refused a second (burst
+    NOTIFICATION_REFUSALS_BURST); past that, its requests are answered 429 before a byte of
+    their body is read, until its bucket refills. Midtrans signs its notifications, so none
+    is refused and Midtrans is never held back, however many notifications it sends; a
+    forger's flood costs a dictionary lookup a request. The sender's address is the peer's,
+    or the X-Forwarded-For of a proxy on 127.0.0.1 (uvicorn's proxy headers). At most
+    `senders` addresses are remembered, the longest quiet forgotten first."""
+
+    def __init__(
+        self,
+        per_s: float = NOTIFICATION_REFUSALS_PER_S,
+        burst: float = NOTIFICATION_REFUSALS_BURST,
+        senders: int = NOTIFICATION_SENDERS_KEPT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_s, self.burst, self.senders, self.clock = per_s, burst, senders, clock
+        self.buckets: collections.OrderedDict[str, TokenBucket] = collections.OrderedDict()
+
+    def boxed(self, address: str) -> bool:
+        bucket = self.buckets.get(address)
+        return bucket is not None and not bucket.has(self.clock())
+
+    def refused(self, address: str) -> None:
+        bucket = self.buckets.pop(address, None) or TokenBucket(self.per_s, self.burst)
+        self.buckets[address] = bucket  # the newest at the end
+        bucket.take(self.clock())
+        while len(self.buckets) > self.senders:
+            self.buckets.popitem(last=False)
+
+
+def sender(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+def make_app(schedule: Schedule, server_key: str, box: RefusalBox | None = None) -> Starlette:
     """The receiver's ASGI app: verified notifications go on their machine's RECHECK set
-    (`schedule`, which runs in a worker thread: it talks to Redis)."""
+    (`schedule`, which runs in a worker thread: it talks to Redis). Refusals go through
+    `box` (RefusalBox): a sender refused too often is answered 429 unread."""
+    box = box if box is not None else RefusalBox()
 
     async def notification(request: Request) -> Response:
+        address = sender(request)
+        if box.boxed(address):
+            return answer(429, "too many refused requests: slow down")
+        response = await handle(request)
+        if response.status_code in (400, 401, 411, 413):
+            box.refused(address)
+        return response
+
+    async def handle(request: Request) -> Response:
         try:
             body = parse(await read_body(request))
         except Refused as refused:
@@ -160,6 +212,10 @@ def make_app(schedule: Schedule, server_key: str) -> Starlette:
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        address = sender(request)
+        if box.boxed(address):
+            return answer(429, "too many refused requests: slow down")
+        box.refused(address)
         message = "method not allowed" if exc.status_code == 405 else "unknown path"
         return answer(exc.status_code, message)
 
@@ -181,10 +237,12 @@ class NotificationServer:
         host: str = "127.0.0.1",
         port: int = 0,
         deadline_s: float = NOTIFICATION_REQUEST_DEADLINE_S,
+        box: RefusalBox | None = None,
     ) -> None:
         self.desk = Desk(LatePayments(broker, client))
         protocol = GuardedProtocol.with_limits(deadline_s, NOTIFICATION_LINGER_S)
-        self.http = ServerThread(make_app(self.schedule, server_key), host, port, protocol)
+        app = make_app(self.schedule, server_key, box)
+        self.http = ServerThread(app, host, port, protocol)
         self.threads: list[threading.Thread] = []
 
     def schedule(self, order_id: str) -> bool:

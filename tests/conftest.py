@@ -35,7 +35,7 @@ from cores.config import LOCAL_SANDBOX_KEY, Settings
 from cores.midtrans import MidtransClient
 from cores.redis_process import RedisProcess
 from sandbox import Sandbox
-from services.notification_service import NotificationServer
+from services.notification_service import NotificationServer, RefusalBox
 from services.runtime import load_menu
 from tests import fuzz_helpers
 from tests.machine_helpers import Clock, need, need_redis_server
@@ -163,9 +163,11 @@ def sandbox() -> Iterator[Sandbox]:
 @pytest.fixture
 def notification_server(broker: Broker, sandbox: Sandbox) -> Iterator[NotificationServer]:
     """The notification receiver and its late-payment desk, in-process on port 0, working on
-    `broker` and reading statuses from `sandbox`."""
+    `broker` and reading statuses from `sandbox`. Refusals are not rate limited: the tests
+    send every request, good or bad, from one address (the limit has tests of its own)."""
     client = MidtransClient(sandbox.url, LOCAL_SANDBOX_KEY)
-    server = NotificationServer(broker, client, LOCAL_SANDBOX_KEY).start()
+    unlimited = RefusalBox(burst=float("inf"))
+    server = NotificationServer(broker, client, LOCAL_SANDBOX_KEY, box=unlimited).start()
     yield server
     server.stop()
     client.close()

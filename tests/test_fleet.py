@@ -8,10 +8,10 @@ import json
 import pytest
 
 from constants import keys
+from cores import fleet as fleet_module
 from cores.alert_store import AlertStore
 from cores.alerts import Alert, AlertKind, Changes
 from cores.broker import Broker
-from cores import fleet as fleet_module
 from cores.console_errors import ActionRefused, InvalidInput, NotFound
 from cores.fleet import Fleet, MachineRecord
 from tests.machine_helpers import T0, cli

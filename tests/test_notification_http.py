@@ -9,6 +9,7 @@ can read, in time, and no sender may hold up another.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import logging
@@ -25,12 +26,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from constants.tunables import NOTIFICATION_MAX_BYTES
+from constants.tunables import NOTIFICATION_MAX_BYTES, NOTIFICATION_REFUSALS_BURST
 from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY
 from cores.midtrans import MidtransClient, signature
 from cores.redis_process import free_port
-from services.notification_service import NotificationServer
+from services.notification_service import NotificationServer, RefusalBox
 from tests.fuzz_helpers import exchange
 from tests.machine_helpers import desk_result, eventually
 
@@ -63,12 +64,14 @@ def forged(order_id: str) -> bytes:
     return json.dumps(body).encode()
 
 
-def post(port: int, body: bytes, path: str = "/notification") -> Answer:
+def post(
+    port: int, body: bytes, path: str = "/notification", headers: dict[str, str] | None = None
+) -> Answer:
     """One POST on a connection of its own, as Midtrans sends it."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     started = time.monotonic()
     try:
-        conn.request("POST", path, body, {"Content-Type": "application/json"})
+        conn.request("POST", path, body, {"Content-Type": "application/json", **(headers or {})})
         response = conn.getresponse()
         data = response.read()
     finally:
@@ -164,6 +167,49 @@ def test_a_flood_of_forged_notifications_does_not_hold_up_a_genuine_one(notifica
     assert accepted.seconds < 2.0  # Midtrans waits 15 s
     assert desk_result(notification_server, genuine) == "unknown_order"
     assert not [oid for oid, _ in notification_server.desk.handled if "forged" in oid]
+
+
+def test_a_sender_refused_too_often_is_answered_429_unread_and_others_are_not(
+    broker, receiver_with
+):
+    """A forger's flood (through a proxy: X-Forwarded-For) gets its burst of 401s, then 429
+    without its body being read, while a genuine notification sent in the middle of the
+    flood, from another address, is answered 200 and scheduled."""
+    server = receiver_with(broker)
+    forger = {"X-Forwarded-For": "203.0.113.7"}
+    flood = [
+        lambda i=i: post(server.port, forged(f"vm-1-forged-{i}"), headers=forger)
+        for i in range(200)
+    ]
+    genuine = "vm-1-genuine"
+    *refused, accepted = all_at_once([*flood, lambda: post(server.port, signed(genuine))])
+    statuses = collections.Counter(a.status for a in refused)
+    assert set(statuses) <= {401, 429} and statuses[429] > 0
+    assert statuses[401] <= NOTIFICATION_REFUSALS_BURST + 5  # refills while the flood lasts
+    for a in refused:
+        assert_readable(a.status, a.body)
+    assert accepted.status == 200
+    assert broker.redis.zscore(broker.recheck_key, genuine) is not None
+    assert not any("forged" in o for o in broker.redis.zrange(broker.recheck_key, 0, -1))
+
+
+def test_the_refusal_box_lets_a_sender_back_as_its_bucket_refills_and_forgets_the_quiet():
+    """The box's rule: an address is boxed once its refusals pass the burst, let back at the
+    refill rate; other addresses are untouched; the oldest quiet address is forgotten when
+    more than `senders` are remembered."""
+    now = [0.0]
+    box = RefusalBox(per_s=2.0, burst=3, senders=2, clock=lambda: now[0])
+    for _ in range(3):
+        assert not box.boxed("a")
+        box.refused("a")
+    assert box.boxed("a") and not box.boxed("b")
+    now[0] += 0.5  # one token back at 2 a second
+    assert not box.boxed("a")
+    box.refused("a")
+    assert box.boxed("a")
+    box.refused("b")
+    box.refused("c")  # a third address: "a", the longest quiet, is forgotten
+    assert list(box.buckets) == ["b", "c"] and not box.boxed("a")
 
 
 # --- slow senders, and senders that go away -----------------------------------------------------
