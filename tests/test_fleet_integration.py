@@ -33,12 +33,22 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
 
 
 class Fleetful:
-    """Agents started by a test, stopped at its end."""
+    """Agents started by a test and pages opened on them, stopped and closed at its end."""
 
     def __init__(self, backend: Backend, folder: Path) -> None:
         self.backend = backend
         self.folder = folder
         self.agents: list[Agent] = []
+        self.pages: list[Page] = []
+
+    def page(self, agent: Agent, first: str = "IDLE") -> Page:
+        """A page on the agent's kiosk, once the agent shows the screen `first`."""
+        page = Page(agent.ws_url, connect=False)
+        self.pages.append(page)
+        page.connect()
+        if page.frames[-1]["event"] != first:
+            page.until(first)
+        return page
 
     def machine(self, machine_id: str, token: str | None = None, **env: str) -> Agent:
         token = token if token is not None else self.backend.register(machine_id)
@@ -47,6 +57,8 @@ class Fleetful:
         return agent
 
     def stop(self) -> None:
+        for page in self.pages:
+            page.close()
         for agent in self.agents:
             agent.stop()
 
@@ -56,15 +68,6 @@ def fleet(backend: Backend, tmp_path: Path) -> Iterator[Fleetful]:
     f = Fleetful(backend, tmp_path)
     yield f
     f.stop()
-
-
-def page_of(agent: Agent, first: str = "IDLE") -> Page:
-    """A page on the agent's kiosk, once the agent shows the screen `first`."""
-    page = Page(agent.ws_url, connect=False)
-    page.connect()
-    if page.frames[-1]["event"] != first:
-        page.until(first)
-    return page
 
 
 def buy(page: Page, backend: Backend, drink: str = "cola") -> str:
@@ -87,7 +90,7 @@ def test_machines_buy_at_once_each_through_its_own_agent(backend, fleet):
     paid, vended by its own agent (journal) and recorded on its own machine only, with one
     unit off that machine's stock."""
     agents = [fleet.machine(f"buy-{n}") for n in range(3)]
-    pages = [page_of(a) for a in agents]
+    pages = [fleet.page(a) for a in agents]
     orders: dict[str, str] = {}
     errors: list[BaseException] = []
 
@@ -129,13 +132,13 @@ def test_a_wrong_or_revoked_token_is_refused_and_the_page_shows_the_machine_offl
     live connection: its page goes offline within 5 s, and nothing of the machine changes."""
     backend.register("tok-1")
     wrong = fleet.machine("tok-1", token="not-the-token")
-    page = page_of(wrong, first="OUT_OF_SERVICE")
+    page = fleet.page(wrong, first="OUT_OF_SERVICE")
     page.send("SHOW_MENU")
     assert page.until("ERROR")["values"]["code"] == "unavailable"
     assert backend.broker("tok-1").snapshot().state == State.IDLE
 
     good = fleet.machine("tok-2")
-    live = page_of(good)
+    live = fleet.page(good)
     Fleet(backend.redis).revoke("tok-2", "cli:test")
     revoked_at = time.monotonic()
     live.until("OUT_OF_SERVICE", timeout_s=5)
@@ -151,7 +154,7 @@ def test_an_agent_killed_mid_vend_leaves_the_order_to_the_operator(backend, flee
     goes to the operator as a vend outcome unknown: not vended again, not refunded."""
     agent = fleet.machine("slow-1", DISPENSE_S="5")
     machine = backend.broker("slow-1")
-    page = page_of(agent)
+    page = fleet.page(agent)
     page.send("SHOW_MENU")
     page.until("SHOW_MENU")
     page.send("ORDER", id="cola", total=1)
@@ -172,7 +175,7 @@ def test_a_notification_reaches_the_machine_of_its_order_only(backend, fleet):
     """The sandbox's notification for a payment reaches the backend's receiver, which routes
     it by order id: the recheck lands on that machine's keys, none on another machine's."""
     agents = [fleet.machine("note-1"), fleet.machine("note-2")]
-    page = page_of(agents[0])
+    page = fleet.page(agents[0])
     order_id = buy(page, backend)
 
     def commands(machine_id: str) -> list[dict]:
@@ -198,7 +201,7 @@ def test_a_worker_killed_mid_payment_is_taken_over_and_the_sale_completes(own_ba
     fleet = Fleetful(own_backend, tmp_path)
     try:
         agent = fleet.machine("take-1")
-        page = page_of(agent)
+        page = fleet.page(agent)
         page.send("SHOW_MENU")
         page.until("SHOW_MENU")
         page.send("ORDER", id="cola", total=1)
@@ -219,7 +222,7 @@ def test_the_backend_restarted_while_agents_stay_up(own_backend, tmp_path):
     fleet = Fleetful(own_backend, tmp_path)
     try:
         agent = fleet.machine("back-1")
-        page = page_of(agent)
+        page = fleet.page(agent)
         own_backend.process.terminate()
         stopped_at = time.monotonic()
         page.until("OUT_OF_SERVICE", timeout_s=5)
