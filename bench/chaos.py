@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import queue
 import random
 import sys
 import tempfile
@@ -484,7 +485,12 @@ class FleetChaos(Chaos):
     """Chaos over a fleet: kill -9 of the backend's gateway, shared workers and notification
     receiver (its supervisor restarts them), of the backend's Redis and of an agent picked at
     random (nothing supervises those here: they are started again after a pause of 0.2-2 s,
-    Redis on its port and AOF data folder), and the same sandbox faults as one machine."""
+    Redis on its port and AOF data folder), and the same sandbox faults as one machine.
+
+    The restarts are made by the soak's main thread (`tend`), not by the chaos thread: every
+    child is started with die_with_parent (PR_SET_PDEATHSIG), which the kernel fires when the
+    *thread* that started it ends, so an agent or a Redis started by the chaos thread would be
+    sent SIGTERM the moment the chaos stops."""
 
     def __init__(
         self,
@@ -496,20 +502,34 @@ class FleetChaos(Chaos):
         super().__init__(fleet.machines[0], rng, every_s, report)
         self.machines = fleet.machines
         self.killable = (*fleet.worker_names(), *FLEET_KILLABLE, *RESTARTED_BY_SOAK)
+        #: (when, machine, name): what `tend` starts again, from the main thread.
+        self.restarts: queue.Queue[tuple[float, FleetMachine, str]] = queue.Queue()
 
     def kill(self, name: str) -> bool:
         machine = self.rng.choice(self.machines)
         if machine.kill9(name) is None:
             return False
         if name in RESTARTED_BY_SOAK:
-            time.sleep(self.rng.uniform(0.2, 2.0))
-            try:
-                machine.restart(name)
-            except Exception as exc:  # the soak goes on; the report says what did not return
-                self.report.violations.append(
-                    f"{name} of {machine.machine_id} not restarted: {exc}"
-                )
+            self.restarts.put((time.monotonic() + self.rng.uniform(0.2, 2.0), machine, name))
         return True
+
+    def tend(self, timeout_s: float) -> None:
+        """In the main thread: start again what was killed, once its pause is over (waits
+        up to `timeout_s` for a kill)."""
+        try:
+            at, machine, name = self.restarts.get(timeout=timeout_s)
+        except queue.Empty:
+            return
+        time.sleep(max(0.0, at - time.monotonic()))
+        try:
+            machine.restart(name)
+        except Exception as exc:  # the soak goes on; the report says what did not return
+            self.report.violations.append(f"{name} of {machine.machine_id} not restarted: {exc}")
+
+    def stop(self) -> None:
+        super().stop()
+        while not self.restarts.empty():
+            self.tend(0)
 
 
 def fleet_customers(
@@ -634,8 +654,8 @@ def soak_fleet(cfg: Config, folder: Path, out=sys.stdout) -> Report:
         chaos.start()
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        while any(thread.is_alive() for thread in threads):
+            chaos.tend(0.2)
         chaos.stop()
         for machine in fleet.machines:
             if not wait_idle(machine, cfg.deadline_s + 30):

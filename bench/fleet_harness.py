@@ -311,7 +311,9 @@ class FleetMachine:
 
     def restart(self, name: str) -> None:
         """Start the agent ("agent") or the backend's Redis ("redis", same port and data
-        folder: AOF brings the data back) again after `kill9`."""
+        folder: AOF brings the data back) again after `kill9`. Call it from a thread that
+        lives as long as the fleet: a child gets SIGTERM when the thread that started it
+        ends (die_with_parent's PR_SET_PDEATHSIG is the starting thread's)."""
         if name == "agent":
             self.agent.restart()
         elif name == "redis":
