@@ -136,6 +136,8 @@ class SimulatedMachine:
                 figures.failures += 1
                 return
             done = await self._next("DISPENSED", "DISPENSE_FAILED")
+            await self._page(ws, "SHOW_MENU")  # a tap dismisses the result screen
+            await self._next("IDLE")
         except TimeoutError:
             figures.failures += 1
             return
@@ -215,7 +217,14 @@ def main() -> int:
     parser.add_argument("--dispense-s", type=float, default=0.3)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="drink-fleet-bench-"))
-    env = {"PAYMENT_DEADLINE_S": "60", "DISPENSE_S": str(args.dispense_s), "LOG_LEVEL": "WARNING"}
+    # Result screens wait for the customer's tap (RESULT_SCREEN_S far off), so that no timer
+    # races the next purchase.
+    env = {
+        "PAYMENT_DEADLINE_S": "60",
+        "RESULT_SCREEN_S": "60",
+        "DISPENSE_S": str(args.dispense_s),
+        "LOG_LEVEL": "WARNING",
+    }
     backend = Backend(folder, workers=args.workers, **env)
     try:
         print(f"registering {args.machines} machines ...", flush=True)
