@@ -16,6 +16,7 @@ import queue
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.server import Server, ServerConnection, serve
 
@@ -67,8 +69,11 @@ class Backend:
     records every handshake and every frame the agent sends, sends `screen` after each hello
     (the gateway's snapshot on connect), and sends what the test asks it to."""
 
-    def __init__(self, port: int = 0, *, refuse: bool = False) -> None:
+    def __init__(
+        self, port: int = 0, *, refuse: bool = False, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.refuse = refuse
+        self.tls = tls
         self.screen: dict | None = IDLE
         self.handshakes: list[tuple[float, dict[str, str]]] = []
         self.received: queue.Queue[Message] = queue.Queue()
@@ -80,6 +85,8 @@ class Backend:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"wss://localhost:{self.port}/agent"
         return f"ws://127.0.0.1:{self.port}/agent"
 
     def start(self) -> None:
@@ -89,6 +96,7 @@ class Backend:
             self.port,
             process_request=self._check,
             logger=BACKEND_LOG,
+            ssl=self.tls,
         )
         self.port = self._server.socket.getsockname()[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -226,11 +234,18 @@ def agent_settings(tmp_path: Path, backend_url: str) -> Settings:
 
 @contextlib.contextmanager
 def running_agent(
-    tmp_path: Path, backend_url: str, timings: LinkTimings = FAST
+    tmp_path: Path,
+    backend_url: str,
+    timings: LinkTimings = FAST,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Iterator[RunningAgent]:
     settings = agent_settings(tmp_path, backend_url)
     agent = Agent(
-        settings, CountingDispenser(settings.var_dir), timings=timings, rng=random.Random(7)
+        settings,
+        CountingDispenser(settings.var_dir),
+        timings=timings,
+        rng=random.Random(7),
+        ssl_context=ssl_context,
     )
     running = RunningAgent(agent, settings)
     try:
@@ -767,3 +782,36 @@ def machine_env(tmp_path: Path, backend_url: str, port: int) -> dict[str, str]:
         VAR_DIR=str(tmp_path / "var"),
         LOG_LEVEL="DEBUG",
     )
+
+
+# --- wss:// -------------------------------------------------------------------------------------
+
+
+def test_a_wss_backend_url_speaks_tls_and_checks_the_backends_certificate(tmp_path, caplog):
+    """BACKEND_URL=wss://...: the agent connects over TLS to a backend whose certificate its
+    trust store vouches for, and refuses one signed by an authority it does not trust: the
+    TLS handshake fails, so no HTTP request (and no token) reaches that backend."""
+    authority = trustme.CA()
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authority.issue_cert("localhost").configure_cert(server_tls)
+    backend = Backend(tls=server_tls)
+    try:
+        trusting = ssl.create_default_context()
+        authority.configure_trust(trusting)
+        with running_agent(tmp_path / "trusting", backend.url, ssl_context=trusting) as running:
+            assert connected(running, backend).kind is Kind.HELLO
+        handshakes = len(backend.handshakes)
+        stranger = ssl.create_default_context()
+        trustme.CA().configure_trust(stranger)  # another authority than the backend's
+        caplog.set_level(logging.INFO, logger=agent_service.__name__)
+
+        def refused_twice() -> bool:
+            why = [str(getattr(r, "kv", {}).get("why")) for r in caplog.records]
+            return sum("CERTIFICATE_VERIFY_FAILED" in w for w in why) >= 2
+
+        with running_agent(tmp_path / "stranger", backend.url, ssl_context=stranger) as running:
+            eventually(refused_twice, WAIT_S, "two refused TLS handshakes")
+            assert not running.agent.connected
+        assert len(backend.handshakes) == handshakes
+    finally:
+        backend.stop()
