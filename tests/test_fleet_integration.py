@@ -5,17 +5,20 @@ customers pay through the sandbox's simulator."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.sync.client import connect
 
 from bench.fleet_harness import Agent, Backend
 from bench.harness import Page
 from constants.orders import OperatorKind
 from constants.states import Sale, State
+from cores import agent_protocol as wire
 from cores.broker import Broker
 from cores.fleet import Fleet
 from tests.machine_helpers import eventually, need_redis_server
@@ -183,6 +186,73 @@ def test_a_notification_reaches_the_machine_of_its_order_only(backend, fleet):
 
     eventually(lambda: any(c.get("order_id") == order_id for c in commands("note-1")), timeout_s=10)
     assert not any(c.get("order_id") == order_id for c in commands("note-2"))
+
+
+def test_a_sale_in_flight_resumes_when_the_agents_link_comes_back(backend, fleet):
+    """kill -9 of the backend's gateway while a QR is on screen (the supervisor restarts it,
+    the agent reconnects with backoff): the customer pays meanwhile, and once the link is
+    back the page is redrawn from the state and the sale ends as one vend, recorded once."""
+    agent = fleet.machine("flight-1")
+    page = fleet.page(agent)
+    page.send("SHOW_MENU")
+    page.until("SHOW_MENU")
+    page.send("ORDER", id="tea", total=1)
+    order_id = page.until("ORDER_CREATED")["values"]["order_id"]
+    assert backend.kill_child("gateway") is not None
+    assert backend.pay(order_id) == 200
+    page.until("DISPENSED", timeout_s=30)
+    machine = backend.broker("flight-1")
+    assert sales_of(machine, order_id) == [Sale.ORDERED, Sale.CHARGED, Sale.PAID, Sale.DISPENSED]
+    assert [e["result"] for e in agent.journal() if e["order_id"] == order_id] == [
+        "started",
+        "vended",
+    ]
+
+
+def test_an_agent_sending_another_machines_ids_changes_nothing_of_that_machine(backend, fleet):
+    """Machine A's own token on the real gateway, frames naming machine B everywhere (a
+    vend_result of B's order, kiosk frames with B's ids in their values): B's state, order,
+    stock and sales are as they were, and A's vend hash records nothing."""
+    token_a = backend.register("iso-a")
+    victim = fleet.machine("iso-b")
+    page = fleet.page(victim)
+    page.send("SHOW_MENU")
+    page.until("SHOW_MENU")
+    page.send("ORDER", id="cola", total=1)
+    order_b = page.until("ORDER_CREATED")["values"]["order_id"]
+    b = backend.broker("iso-b")
+
+    def of_b() -> dict:
+        return {
+            "state": b.snapshot(),
+            "order": backend.redis.hgetall(b.order_key(order_b)),
+            "stock": b.stock(),
+            "sales": b.sales(),
+            "vend": backend.redis.hgetall("vm:{iso-b}:vend"),
+        }
+
+    before = of_b()
+    headers = {wire.MACHINE_HEADER: "iso-a", "Authorization": f"Bearer {token_a}"}
+    with connect(backend.url, additional_headers=headers) as ws:
+        ws.send(wire.encode(wire.Message(wire.Kind.HELLO, version="test")))
+        ws.recv(timeout=10)  # A's own screen
+        forged = [
+            wire.Message(wire.Kind.VEND_RESULT, order_id=order_b, result="vended"),
+            wire.Message(wire.Kind.VEND_RESULT, order_id=order_b, result="failed"),
+        ]
+        for values in ({"machine_id": "iso-b", "order_id": order_b}, {"id": "cola", "total": 1}):
+            for event in ("CANCEL", "SHOW_MENU", "ORDER"):
+                frame = json.dumps({"event": event, "values": values})
+                forged.append(wire.Message(wire.Kind.PAGE, page=1, frame=frame))
+        for message in forged:
+            ws.send(wire.encode(message))
+        ws.send(wire.encode(wire.Message(wire.Kind.PAGE, page=2, frame='{"event":"NOPE"}')))
+        # The gateway works an agent's frames in order: once page 2's ERROR is back, every
+        # forged frame before it has been worked.
+        while wire.parse(ws.recv(timeout=10), wire.FROM_GATEWAY).page != 2:
+            pass
+    assert of_b() == before
+    assert backend.redis.hgetall("vm:{iso-a}:vend") == {}
 
 
 @pytest.fixture
