@@ -1,22 +1,25 @@
 """Fleet mode's registry of machines and their tokens (shared/DESIGN.md, "Fleet mode").
 
 An operator registers a machine (`main.py fleet add ID`) and gets its token once; the agent on
-that machine presents the id and token to the backend's gateway, once per connection. Only an
-argon2id hash of the token is kept (constants.keys.FLEET_MACHINES); `revoke` drops it, so a
-revoked machine's token is refused from then on. A token is 32 random bytes
-(`secrets.token_urlsafe`), so a slow hash adds nothing against guessing it: the hash is there
-so that a copy of Redis yields no usable token, and its cost is OWASP's argon2id minimum
-(19 MiB, 2 passes, 1 lane: about 30 ms), which lets a backend take a whole fleet reconnecting
-at once. Every add and revoke is written in one MULTI with its entry in FLEET_AUDIT
-{actor, action, target, before, after, at}, whose records never carry the token or its hash.
+that machine presents the id and token to the backend's gateway, once per connection. Only a
+SHA-256 digest of the token is kept (constants.keys.FLEET_MACHINES); `revoke` drops it, so a
+revoked machine's token is refused from then on. A token is not a password: it is 32 random
+bytes (`secrets.token_urlsafe`), so no guess or dictionary can find it from its digest, and a
+slow hash (argon2id, as for the operators' passwords) would add nothing against a copy of
+Redis while it would cost the gateway about 30 ms of CPU a handshake: a fleet of 1,000
+reconnecting at once after a restart would wait 15 s on two cores. Every add and revoke is
+written in one MULTI with its entry in FLEET_AUDIT {actor, action, target, before, after, at},
+whose records never carry the token or its digest.
 
-`authenticate` spends one hash whether the machine exists, is revoked or not, and argon2
-compares in constant time: the answer's time tells nothing of which. Refused actions raise
-cores.console_errors and change nothing.
+`authenticate` spends one digest whether the machine exists, is revoked or not, and compares
+in constant time (hmac.compare_digest): the answer's time tells nothing of which. Refused
+actions raise cores.console_errors and change nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import secrets
@@ -26,8 +29,6 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 
 from constants import keys
 from cores import audit
@@ -42,9 +43,17 @@ TOKEN_BYTES = 32
 #: A presented token longer than this is refused (after the same hash as any other).
 TOKEN_MAX_CHARS = 256
 
-_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
-#: What `authenticate` checks an unusable machine against, so that it costs a real check.
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(TOKEN_BYTES))
+#: How a token's digest is stored: `sha256:` and 64 hex digits.
+DIGEST_PREFIX = "sha256:"
+
+
+def digest(token: str) -> str:
+    """The stored form of a token."""
+    return DIGEST_PREFIX + hashlib.sha256(token.encode()).hexdigest()
+
+
+#: What `authenticate` compares against for an unusable machine, so that it costs the same.
+_NO_MACHINE = digest(secrets.token_urlsafe(TOKEN_BYTES))
 
 
 def check_machine_id(machine_id: Any) -> str:
@@ -101,7 +110,7 @@ class Fleet:
         is refused."""
         check_machine_id(machine_id)
         token = secrets.token_urlsafe(TOKEN_BYTES)
-        hashed = _hasher.hash(token)
+        hashed = digest(token)
 
         def edit(before: dict[str, Any] | None, now: float) -> dict[str, Any]:
             if before is not None and before.get("revoked_at") is None:
@@ -127,18 +136,16 @@ class Fleet:
     # --- the gateway's side -----------------------------------------------------------------
 
     def authenticate(self, machine_id: Any, token: Any) -> bool:
-        """Whether `token` is the token of the active machine `machine_id`: one hash spent and
-        a constant-time comparison whatever the answer."""
+        """Whether `token` is the token of the active machine `machine_id`: one digest spent
+        and a constant-time comparison whatever the answer."""
         entry = None
         if isinstance(machine_id, str) and MACHINE_ID.fullmatch(machine_id):
             entry = self._entry(self.redis.hget(keys.FLEET_MACHINES, machine_id))
         hashed = entry.get("token_hash") if entry and entry.get("revoked_at") is None else None
         presented = token if isinstance(token, str) and len(token) <= TOKEN_MAX_CHARS else ""
-        try:
-            ok = _hasher.verify(cast(str, hashed) if hashed else _DUMMY_HASH, presented)
-        except (VerificationError, InvalidHashError):
-            return False
-        return bool(ok and hashed and presented)
+        stored = hashed if isinstance(hashed, str) else _NO_MACHINE
+        same = hmac.compare_digest(stored.encode(), digest(presented).encode())
+        return bool(same and hashed and presented)
 
     def seen(self, machine_id: str, version: str | None, now: float | None = None) -> None:
         """The gateway heard from the agent of `machine_id`, running `version`. An unknown or

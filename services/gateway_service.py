@@ -9,8 +9,9 @@ cores/agent_protocol.py.
 
 The gate. `/healthz` answers 200, `/agent` is the agents' endpoint, anything else 404. Before
 the upgrade `process_request` checks `X-Machine-Id` and `Authorization: Bearer <token>` with
-`Fleet.authenticate` (argon2id, about 30 ms: in a thread, AUTH_AT_ONCE at a time, so that a
-whole fleet reconnecting at once cannot take every thread). A missing, wrong or revoked token
+`Fleet.authenticate` (a Redis read and a SHA-256 digest compared in constant time: in a
+thread, AUTH_AT_ONCE at a time, so that a whole fleet reconnecting at once cannot take every
+thread). A missing, wrong or revoked token
 gets 401 with the same short body whatever the reason; the token is never logged. A machine
 has one live connection: a newer authenticated one closes the older with CLOSE_REPLACED. A
 `machine_revoke` entry of the fleet's audit stream closes the revoked machine's connection
@@ -141,7 +142,7 @@ HEALTH_PATH = "/healthz"
 CLOSE_REPLACED = 4000
 #: Close code when the registry cannot be read right after the handshake (try again later).
 CLOSE_TRY_AGAIN = 1013
-#: Token checks (argon2id, ~30 ms of CPU each) running at once.
+#: Token checks (one Redis read and a digest each) running at once.
 AUTH_AT_ONCE = 2
 #: Threads for the synchronous Redis calls: commands, pumps, token checks. Each connection
 #: uses at most one for its frames and one for its pump at a time.

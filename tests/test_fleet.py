@@ -56,9 +56,8 @@ def test_a_machine_gets_a_token_once_and_only_its_hash_is_kept(registry, client)
     assert registry.authenticate("vm-7", token)
     stored = everything_in(client)
     assert token not in stored and token[:16] not in stored
-    assert json.loads(client.hget(keys.FLEET_MACHINES, "vm-7"))["token_hash"].startswith(
-        "$argon2id$"
-    )
+    stored_hash = json.loads(client.hget(keys.FLEET_MACHINES, "vm-7"))["token_hash"]
+    assert stored_hash == fleet_module.digest(token) and stored_hash.startswith("sha256:")
     assert registry.add("vm-8", ACTOR) != token
 
 
@@ -120,7 +119,7 @@ def test_every_add_and_revoke_is_audited_without_the_token_or_its_hash(registry,
     assert audit[1]["after"] == {"added_at": T0, "revoked_at": None}
     assert audit[0]["after"] == {"added_at": T0, "revoked_at": T0 + 5}
     raw = json.dumps(client.xrange(keys.FLEET_AUDIT))
-    assert token not in raw and "argon2" not in raw and "token" not in raw
+    assert token not in raw and "sha256" not in raw and "token" not in raw
 
 
 def test_the_list_shows_each_machine_with_when_it_was_last_seen_and_its_version(registry, clock):
@@ -137,30 +136,41 @@ def test_the_list_shows_each_machine_with_when_it_was_last_seen_and_its_version(
     assert registry.machines()[1].record()["state"] == "revoked"
 
 
-def test_an_unknown_or_revoked_machine_costs_one_hash_like_a_real_one(registry, monkeypatch):
-    """So that the time of a refusal tells nothing of which machines exist."""
+def test_an_unknown_or_revoked_machine_costs_one_digest_and_one_comparison_like_a_real_one(
+    registry, monkeypatch
+):
+    """So that the time of a refusal tells nothing of which machines exist: every answer
+    spends one digest and one constant-time comparison of two digests of the same length."""
     token = registry.add("vm-7", ACTOR)
     registry.add("vm-8", ACTOR)
     registry.revoke("vm-8", ACTOR)
-    checked: list[str] = []
-    real = fleet_module._hasher
+    digests: list[str] = []
+    compared: list[tuple[int, int]] = []
+    real_digest, real_compare = fleet_module.digest, fleet_module.hmac.compare_digest
 
-    class Counting:
-        def verify(self, hashed: str, secret: str) -> bool:
-            checked.append(hashed)
-            return real.verify(hashed, secret)
+    def counting_digest(presented: str) -> str:
+        digests.append(presented)
+        return real_digest(presented)
 
-    monkeypatch.setattr(fleet_module, "_hasher", Counting())
-    for machine_id, presented in (
-        ("vm-7", token),
-        ("vm-7", "wrong"),
-        ("vm-8", token),
-        ("vm-9", token),
-        ("bad id", token),
-    ):
+    def counting_compare(a: bytes, b: bytes) -> bool:
+        compared.append((len(a), len(b)))
+        return real_compare(a, b)
+
+    monkeypatch.setattr(fleet_module, "digest", counting_digest)
+    monkeypatch.setattr(fleet_module.hmac, "compare_digest", counting_compare)
+    answers = [
         registry.authenticate(machine_id, presented)
-    assert len(checked) == 5
-    assert all(h.startswith("$argon2id$v=19$m=19456,t=2,p=1$") for h in checked)
+        for machine_id, presented in (
+            ("vm-7", token),
+            ("vm-7", "wrong"),
+            ("vm-8", token),
+            ("vm-9", token),
+            ("bad id", token),
+        )
+    ]
+    assert answers == [True, False, False, False, False]
+    assert len(digests) == 5 and len(compared) == 5
+    assert set(compared) == {(71, 71)}  # "sha256:" and 64 hex digits, both sides
 
 
 # --- main.py fleet, as processes ---------------------------------------------------------------
