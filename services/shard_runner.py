@@ -307,9 +307,13 @@ class ShardRunner:
             except redis.RedisError as exc:
                 log.warning("lease not renewed", extra=kv(shard=shard, error=exc))
             if not ok:  # another process may own it now: stop at once
-                log.warning("lease lost", extra=kv(worker=self.service, shard=shard))
+                if work.valid_until != -math.inf:  # said once per loss
+                    log.warning("lease lost", extra=kv(worker=self.service, shard=shard))
                 work.lease_lost()
-                self._drop(shard)
+                # Held until its thread has ended (the step in hand finished), so that this
+                # process does not take the shard again and step a machine twice at once.
+                if not work.alive():
+                    self._drop(shard)
                 continue
             work.valid_until = sent_at + LEASE_TTL_S - LEASE_MARGIN_S
             if work.stop.is_set() and not work.alive():

@@ -102,6 +102,8 @@ class Steps:
         self.failing: Counter[str] = Counter()
         #: Each step takes this long: the window in which an overlap would show.
         self.step_s = 0.0
+        #: Steps that a stop does not cut short (a call to Midtrans in hand).
+        self.uninterruptible = False
 
     def total(self, machine: str) -> int:
         with self.lock:
@@ -123,8 +125,9 @@ class Recorder(Worker):
             if self.record.active[machine] > 1:
                 self.record.overlaps.append(machine)
         try:
-            if self.record.step_s:
-                self.stopping.wait(self.record.step_s)  # work in hand, cut short by a stop
+            if self.record.step_s:  # work in hand, cut short by a stop unless uninterruptible
+                pause = threading.Event() if self.record.uninterruptible else self.stopping
+                pause.wait(self.record.step_s)
             with self.record.lock:
                 if self.record.failing[machine] > 0:
                     self.record.failing[machine] -= 1
@@ -269,6 +272,29 @@ def test_a_process_that_loses_a_lease_stops_working_that_shard_at_once(real_redi
     assert 3 not in a.owned()
     assert steps.commands[machine] == []
     assert real_redis.get(lease_key(3, SERVICE)) == "intruder"
+
+
+def test_a_lease_lost_mid_step_is_not_taken_back_before_the_step_in_hand_ends(
+    real_redis, runners, steps
+):
+    """Shard 3's lease expires (Redis lost it) while a step of one of its machines is in hand
+    and cannot be cut short: the process takes the shard again only once that step has
+    ended, so the machine is never in two steps at once, and the shard is worked again."""
+    machine = machines_of_shard(3, 1)[0]
+    register(real_redis, machine)
+    a = runners["make"]("a")
+    eventually(lambda: len(a.working()) == WORK_SHARDS, what="a to work all shards")
+    old = a.held[3]
+    steps.step_s, steps.uninterruptible = 1.5, True
+    WorkHints(real_redis).hint(machine, "CHECK", "o-1")
+    eventually(lambda: steps.active[machine] == 1, what="the step in hand")
+    real_redis.delete(lease_key(3, SERVICE))  # as if it had expired
+    eventually(lambda: old.stop.is_set(), what="the lease loss noticed")
+    assert a.held.get(3) is old and old.alive()  # not taken again meanwhile
+    steps.step_s = 0.0
+    eventually(lambda: 3 in a.held and a.held[3] is not old, what="shard 3 taken again")
+    eventually(lambda: steps.total(machine) >= 2, what="the machine worked again")
+    assert steps.overlaps == []
 
 
 def test_a_timer_returned_by_a_step_fires_and_is_kept_in_the_shard_s_due_set(
