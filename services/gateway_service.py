@@ -509,11 +509,15 @@ class Gateway:
                 record_vend_result, link.broker, self.hints, order_id, result
             )
         except redis.RedisError as exc:
-            # The agent sends its result again on its next connection, or answers the next vend.
+            # The agent has let the result go: ask it again (the next pump sends `vend` anew),
+            # and it answers from its journal, never vending twice.
             log.warning(
-                "vend result not recorded",
+                "vend result not recorded, asking again",
                 extra=kv(machine_id=link.machine_id, order_id=order_id[:64], error=exc),
             )
+            if link.vend_sent == order_id:
+                link.vend_sent = None
+            self._schedule_pump(link)
             return
         line = "vend result" if verdict is VendVerdict.RECORDED else "vend result ignored"
         log.info(
@@ -590,6 +594,8 @@ class Gateway:
                 await self._in_thread(self._seen_all, [(k.machine_id, k.version) for k in links])
             except redis.RedisError as exc:
                 log.warning("seen not refreshed", extra=kv(error=exc))
+            except Exception:  # the resync must outlive anything; a traceback is worth a line
+                log.exception("seen not refreshed")
 
     def _seen_all(self, machines: list[tuple[str, str | None]]) -> None:
         for machine_id, version in machines:

@@ -27,6 +27,7 @@ from cores.fleet import Fleet
 from cores.machine import Transition
 from cores.models import Snapshot
 from cores.work import WorkHints, shard_of, work_key
+from services import gateway_service
 from services.gateway_service import (
     CLOSE_REPLACED,
     Gateway,
@@ -365,6 +366,36 @@ def test_a_connected_agent_is_asked_to_vend_and_its_result_is_recorded_with_a_hi
         page(ws, 5, "barrier")
         until(ws, is_reply(5))
     assert vend_hash(real_redis, "vm-a") == recorded
+
+
+def test_a_vend_result_that_could_not_be_recorded_is_asked_for_again(
+    gateway, machines, tokens, real_redis, monkeypatch
+):
+    """Redis fails while the agent's result is being written: the gateway sends `vend` again
+    on the same connection (the agent answers from its journal), and the second answer is
+    recorded; the order is not left to run out its deadline."""
+    real_record = gateway_service.record_vend_result
+    failures = [redis.ConnectionError("redis went away")]
+
+    def flaky(*args, **kwargs):
+        if failures:
+            raise failures.pop()
+        return real_record(*args, **kwargs)
+
+    monkeypatch.setattr(gateway_service, "record_vend_result", flaky)
+    with agent(gateway, "vm-a", tokens["vm-a"]) as ws:
+        recv(ws)
+        order_id = dispensing(machines["vm-a"])
+        result = agent_protocol.encode(
+            Message(Kind.VEND_RESULT, order_id=order_id, result="vended")
+        )
+        until(ws, lambda m: m.kind is Kind.VEND)
+        ws.send(result)
+        again, _ = until(ws, lambda m: m.kind is Kind.VEND)
+        assert again.order_id == order_id and not failures
+        ws.send(result)
+        recorded = eventually(lambda: vend_hash(real_redis, "vm-a"), what="the vend result")
+        assert json.loads(recorded[order_id])["result"] == "vended"
 
 
 def test_an_agent_that_connects_during_a_vend_is_asked_on_each_connection(
