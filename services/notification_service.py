@@ -27,6 +27,7 @@ runs per machine under a ShardRunner (services/shard_runner.py) in the same proc
 from __future__ import annotations
 
 import collections
+import ipaddress
 import json
 import logging
 import re
@@ -140,8 +141,10 @@ class RefusalBox:
     their body is read, until its bucket refills. Midtrans signs its notifications, so none
     is refused and Midtrans is never held back, however many notifications it sends; a
     forger's flood costs a dictionary lookup a request. The sender's address is the peer's,
-    or the X-Forwarded-For of a proxy on 127.0.0.1 (uvicorn's proxy headers). At most
-    `senders` addresses are remembered, the longest quiet forgotten first."""
+    or the X-Forwarded-For of a proxy on 127.0.0.1 (uvicorn's proxy headers). Loopback and
+    private addresses are never boxed: behind a proxy that does not forward the client's
+    address every sender has the proxy's, and boxing it would hold Midtrans back with the
+    forgers. At most `senders` addresses are remembered, the longest quiet forgotten first."""
 
     def __init__(
         self,
@@ -158,11 +161,22 @@ class RefusalBox:
         return bucket is not None and not bucket.has(self.clock())
 
     def refused(self, address: str) -> None:
+        if _local(address):
+            return
         bucket = self.buckets.pop(address, None) or TokenBucket(self.per_s, self.burst)
         self.buckets[address] = bucket  # the newest at the end
         bucket.take(self.clock())
         while len(self.buckets) > self.senders:
             self.buckets.popitem(last=False)
+
+
+def _local(address: str) -> bool:
+    """A loopback or private address (a proxy's, most likely), or not an address at all."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return True
+    return ip.is_loopback or ip.is_private
 
 
 def sender(request: Request) -> str:

@@ -176,7 +176,7 @@ def test_a_sender_refused_too_often_is_answered_429_unread_and_others_are_not(
     without its body being read, while a genuine notification sent in the middle of the
     flood, from another address, is answered 200 and scheduled."""
     server = receiver_with(broker)
-    forger = {"X-Forwarded-For": "203.0.113.7"}
+    forger = {"X-Forwarded-For": "1.2.3.4"}  # a public address
     flood = [
         lambda i=i: post(server.port, forged(f"vm-1-forged-{i}"), headers=forger)
         for i in range(200)
@@ -196,20 +196,26 @@ def test_a_sender_refused_too_often_is_answered_429_unread_and_others_are_not(
 def test_the_refusal_box_lets_a_sender_back_as_its_bucket_refills_and_forgets_the_quiet():
     """The box's rule: an address is boxed once its refusals pass the burst, let back at the
     refill rate; other addresses are untouched; the oldest quiet address is forgotten when
-    more than `senders` are remembered."""
+    more than `senders` are remembered; a loopback or private address (a proxy that does not
+    forward the client's address) is never boxed, so Midtrans is never held back with it."""
     now = [0.0]
     box = RefusalBox(per_s=2.0, burst=3, senders=2, clock=lambda: now[0])
+    a, b, c = "1.2.3.4", "5.6.7.8", "9.10.11.12"  # public (documentation nets count as private)
     for _ in range(3):
-        assert not box.boxed("a")
-        box.refused("a")
-    assert box.boxed("a") and not box.boxed("b")
+        assert not box.boxed(a)
+        box.refused(a)
+    assert box.boxed(a) and not box.boxed(b)
     now[0] += 0.5  # one token back at 2 a second
-    assert not box.boxed("a")
-    box.refused("a")
-    assert box.boxed("a")
-    box.refused("b")
-    box.refused("c")  # a third address: "a", the longest quiet, is forgotten
-    assert list(box.buckets) == ["b", "c"] and not box.boxed("a")
+    assert not box.boxed(a)
+    box.refused(a)
+    assert box.boxed(a)
+    box.refused(b)
+    box.refused(c)  # a third address: a, the longest quiet, is forgotten
+    assert list(box.buckets) == [b, c] and not box.boxed(a)
+    for local in ("127.0.0.1", "10.0.0.5", "192.168.1.9", "::1", "-"):  # a proxy's, say
+        for _ in range(10):
+            box.refused(local)
+        assert not box.boxed(local)
 
 
 # --- slow senders, and senders that go away -----------------------------------------------------
