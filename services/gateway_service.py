@@ -81,6 +81,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from constants import keys
+from constants.orders import OperatorKind
 from constants.states import ErrorCode, State
 from constants.tunables import (
     AGENT_FRAME_MAX_BYTES,
@@ -182,15 +183,21 @@ class VendVerdict(StrEnum):
     RECORDED = "recorded"
     NOT_DISPENSING = "not_dispensing"  # not the order the machine is vending now
     REPEAT = "repeat"  # a result is recorded for it already
+    #: After the deadline: the order waits in the operator's queue as a vend outcome unknown;
+    #: the journal's answer is noted there for the person who resolves it (nothing else moves).
+    LATE = "late"
 
 
-def judge_vend_result(snap: Snapshot, order_id: str, recorded: bool) -> VendVerdict:
-    """A vend result counts only for the machine's DISPENSING order, and only once."""
-    if snap.state is not State.DISPENSING or snap.order_id != order_id:
-        return VendVerdict.NOT_DISPENSING
+def judge_vend_result(
+    snap: Snapshot, order_id: str, recorded: bool, awaits_operator: bool = False
+) -> VendVerdict:
+    """A vend result counts only for the machine's DISPENSING order, and only once; one that
+    comes after the order went to the operator (vend outcome unknown) is noted there, once."""
     if recorded:
         return VendVerdict.REPEAT
-    return VendVerdict.RECORDED
+    if snap.state is State.DISPENSING and snap.order_id == order_id:
+        return VendVerdict.RECORDED
+    return VendVerdict.LATE if awaits_operator else VendVerdict.NOT_DISPENSING
 
 
 @dataclass
@@ -519,7 +526,10 @@ class Gateway:
                 link.vend_sent = None
             self._schedule_pump(link)
             return
-        line = "vend result" if verdict is VendVerdict.RECORDED else "vend result ignored"
+        line = {
+            VendVerdict.RECORDED: "vend result",
+            VendVerdict.LATE: "vend result after the deadline, noted for the operator",
+        }.get(verdict, "vend result ignored")
         log.info(
             line,
             extra=kv(
@@ -714,28 +724,38 @@ def record_vend_result(
     broker: Broker, hints: WorkHints, order_id: str, result: str, now: float | None = None
 ) -> VendVerdict:
     """Record an agent's vend result in its machine's VEND hash, if `judge_vend_result` says
-    so (read and written under WATCH: the state and the hash share the machine's slot), then
-    wake the machine's workers."""
+    so (read and written under WATCH: the state, the hash and the operator's queue share the
+    machine's slot), then wake the machine's workers. A LATE result is recorded too, and noted
+    on the order's entry of the operator's queue (`journal`, and in its detail)."""
     client = broker.redis
     key = vend_key(broker.machine_id)
     with client.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(broker.state_key, key)
+                pipe.watch(broker.state_key, key, broker.operator_key)
                 snap = Snapshot.parse(cast(dict[str, str], pipe.hgetall(broker.state_key)))
-                verdict = judge_vend_result(snap, order_id, bool(pipe.hexists(key, order_id)))
-                if verdict is not VendVerdict.RECORDED:
+                raw = cast(str | None, pipe.hget(broker.operator_key, order_id))
+                entry = json.loads(raw) if raw else {}
+                awaits = entry.get("kind") == OperatorKind.VEND_UNKNOWN
+                recorded = bool(pipe.hexists(key, order_id))
+                verdict = judge_vend_result(snap, order_id, recorded, awaits)
+                if verdict not in (VendVerdict.RECORDED, VendVerdict.LATE):
                     pipe.unwatch()
                     return verdict
                 at = time.time() if now is None else now
                 pipe.multi()
                 pipe.hset(key, order_id, json.dumps({"result": result, "at": at}))
+                if verdict is VendVerdict.LATE:
+                    said = f"the machine's journal says {result} (reported after the deadline)"
+                    entry["journal"] = result
+                    entry["detail"] = "; ".join(filter(None, [entry.get("detail"), said]))
+                    pipe.hset(broker.operator_key, order_id, json.dumps(entry))
                 pipe.execute()
                 break
             except redis.WatchError:
                 continue
     hints.hint(broker.machine_id)
-    return VendVerdict.RECORDED
+    return verdict
 
 
 def vend_key(machine_id: str) -> str:

@@ -19,12 +19,13 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from constants import keys
+from constants.orders import OperatorKind
 from constants.states import State
 from cores import agent_protocol
 from cores.agent_protocol import FROM_GATEWAY, Kind, Message
 from cores.broker import Broker
 from cores.fleet import Fleet
-from cores.machine import Transition
+from cores.machine import Effects, Transition
 from cores.models import Snapshot
 from cores.work import WorkHints, shard_of, work_key
 from services import gateway_service
@@ -34,6 +35,7 @@ from services.gateway_service import (
     VendVerdict,
     judge_vend_result,
     read_for_agent,
+    record_vend_result,
 )
 from tests.kiosk_helpers import MENU, WAIT_S, http_request, run_async
 from tests.machine_helpers import eventually, machine_state
@@ -427,13 +429,46 @@ def test_no_vend_is_asked_again_once_a_result_is_recorded_or_on_the_same_connect
 
 
 def test_a_vend_result_counts_only_for_the_dispensing_order_and_once():
-    """judge_vend_result: another order, another state, or a repeat are not recorded."""
+    """judge_vend_result: another order, another state, or a repeat are not recorded; one for
+    an order waiting in the operator's queue as a vend outcome unknown is LATE (noted)."""
     dispensing_x = Snapshot(State.DISPENSING, "x", 5, 0.0, {})
     assert judge_vend_result(dispensing_x, "x", False) is VendVerdict.RECORDED
     assert judge_vend_result(dispensing_x, "x", True) is VendVerdict.REPEAT
     assert judge_vend_result(dispensing_x, "y", False) is VendVerdict.NOT_DISPENSING
     dispensed = Snapshot(State.DISPENSED, "x", 6, 0.0, {})
     assert judge_vend_result(dispensed, "x", False) is VendVerdict.NOT_DISPENSING
+    failed = Snapshot(State.DISPENSE_FAILED, "x", 6, 0.0, {})
+    assert judge_vend_result(failed, "x", False, awaits_operator=True) is VendVerdict.LATE
+    assert judge_vend_result(failed, "x", True, awaits_operator=True) is VendVerdict.REPEAT
+
+
+def test_a_result_after_the_deadline_is_noted_on_the_operators_entry_and_moves_nothing(
+    machines, real_redis
+):
+    """The order went to the operator as a vend outcome unknown (no answer by the deadline);
+    the agent's answer that comes later is written on that entry (journal and detail) for
+    the person who resolves it: no sale, no stock, no state changes."""
+    a = machines["vm-a"]
+    order_id = dispensing(a)
+    unknown = {"kind": OperatorKind.VEND_UNKNOWN, "amount": 7000, "drink": "cola"}
+    assert a.transition(
+        Transition(
+            State.DISPENSE_FAILED,
+            (State.DISPENSING,),
+            order_id,
+            {},
+            Effects(operator={**unknown, "detail": "no answer from the machine"}),
+        )
+    )
+    before = {"state": a.snapshot(), "sales": a.sales(), "stock": a.stock()}
+    hints = WorkHints(real_redis)
+    assert record_vend_result(a, hints, order_id, "vended") is VendVerdict.LATE
+    entry = a.operator_queue()[order_id]
+    assert entry["kind"] == OperatorKind.VEND_UNKNOWN and entry["journal"] == "vended"
+    assert entry["detail"].startswith("no answer from the machine; the machine's journal says")
+    assert {"state": a.snapshot(), "sales": a.sales(), "stock": a.stock()} == before
+    assert record_vend_result(a, hints, order_id, "failed") is VendVerdict.REPEAT
+    assert a.operator_queue()[order_id]["journal"] == "vended"
 
 
 # --- flood and replacement -------------------------------------------------------------------
