@@ -80,7 +80,9 @@ class SimulatedMachine:
 
     async def run(self, until: float, payer: Payer, figures: Figures, n: int) -> None:
         headers = {wire.MACHINE_HEADER: self.machine_id, "Authorization": f"Bearer {self.token}"}
-        async with connect(self.url, additional_headers=headers, max_size=2**20) as ws:
+        async with connect(
+            self.url, additional_headers=headers, max_size=2**20, open_timeout=120
+        ) as ws:
             await ws.send(wire.encode(Message(Kind.HELLO, version="bench")))
             reader = asyncio.create_task(self._read(ws))
             try:
