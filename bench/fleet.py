@@ -80,17 +80,22 @@ class SimulatedMachine:
 
     async def run(self, until: float, payer: Payer, figures: Figures, n: int) -> None:
         headers = {wire.MACHINE_HEADER: self.machine_id, "Authorization": f"Bearer {self.token}"}
-        async with connect(
-            self.url, additional_headers=headers, max_size=2**20, open_timeout=120
-        ) as ws:
-            await ws.send(wire.encode(Message(Kind.HELLO, version="bench")))
-            reader = asyncio.create_task(self._read(ws))
-            try:
-                await self._next("IDLE", "SHOW_MENU", "DISPENSED", "PAYMENT_FAILED")
-                while time.monotonic() < until:
-                    await self._buy(ws, payer, figures, DRINKS[n % len(DRINKS)])
-            finally:
-                reader.cancel()
+        # As the agent does: a refused or failed handshake is tried again after a pause with
+        # jitter (websockets' connect iterator), so a fleet connecting at once gets through.
+        async for ws in connect(self.url, additional_headers=headers, max_size=2**20):
+            async with ws:
+                await self._serve(ws, until, payer, figures, n)
+            return
+
+    async def _serve(self, ws, until: float, payer: Payer, figures: Figures, n: int) -> None:
+        await ws.send(wire.encode(Message(Kind.HELLO, version="bench")))
+        reader = asyncio.create_task(self._read(ws))
+        try:
+            await self._next("IDLE", "SHOW_MENU", "DISPENSED", "PAYMENT_FAILED")
+            while time.monotonic() < until:
+                await self._buy(ws, payer, figures, DRINKS[n % len(DRINKS)])
+        finally:
+            reader.cancel()
 
     async def _read(self, ws) -> None:
         async for raw in ws:

@@ -145,6 +145,10 @@ CLOSE_REPLACED = 4000
 CLOSE_TRY_AGAIN = 1013
 #: Token checks (one Redis read and a digest each) running at once.
 AUTH_AT_ONCE = 2
+#: Connections the kernel queues before they are accepted, and how long a handshake may take
+#: from its connection to its answer: enough for a whole fleet reconnecting at once.
+GATEWAY_BACKLOG = 4096
+HANDSHAKE_TIMEOUT_S = 30.0
 #: Threads for the synchronous Redis calls: commands, pumps, token checks. Each connection
 #: uses at most one for its frames and one for its pump at a time.
 THREADS = 16
@@ -303,6 +307,10 @@ class Gateway:
                 ping_interval=AGENT_PING_S,
                 ping_timeout=AGENT_PONG_TIMEOUT_S,
                 close_timeout=CLOSE_TIMEOUT_S,
+                # A fleet reconnecting at once (after a restart of the backend): the kernel
+                # queues the connections, and a handshake may wait its turn for the token check.
+                open_timeout=HANDSHAKE_TIMEOUT_S,
+                backlog=GATEWAY_BACKLOG,
                 server_header=None,
                 logger=ws_log,
             ) as server:
