@@ -68,6 +68,17 @@ FLEET_SEEN = "fleet:{fleet}:seen"
 #: stream, append-only: every registry change {actor, action (machine_add|machine_revoke),
 #: target (machine id), before (JSON), after (JSON), at (unix s)}; never the token or its hash.
 FLEET_AUDIT = "fleet:{fleet}:audit"
+#: stream, capped (ALERTS_MAXLEN): every alert of every machine raised or cleared {machine_id
+#: (`*`: the fleet's shared workers), kind, subject, state, detail, at}, written by fleet mode's
+#: alert watcher (services/fleet_alerts.py) and the console's acknowledgements besides each
+#: machine's ALERTS entry; the one queue of the webhook in fleet mode. Alerts change rarely:
+#: this is no write per purchase.
+FLEET_ALERTS = "fleet:{fleet}:alerts"
+#: hash: alert id `kind:subject` -> JSON {kind, subject, detail, at} of the fleet-wide open
+#: alerts (a shared worker service without a live process: heartbeat_stale, once for the fleet).
+FLEET_ALERTS_OPEN = "fleet:{fleet}:alerts:open"
+#: string: id of the last FLEET_ALERTS entry the webhook delivered (or gave up on as refused).
+FLEET_ALERTS_WEBHOOK_CURSOR = "fleet:{fleet}:alerts:webhook_cursor"
 
 
 # Fleet mode's work shards (cores/work.py): machine `m` belongs to shard `shard_of(m)`. Each

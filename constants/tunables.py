@@ -171,3 +171,6 @@ NOTIFICATION_REFUSALS_PER_S = 2.0
 NOTIFICATION_REFUSALS_BURST = 20
 #: Addresses the receiver remembers refusals of (the longest quiet forgotten first).
 NOTIFICATION_SENDERS_KEPT = 10_000
+#: Fleet mode's alert watcher (services/fleet_alerts.py) checks every machine once per
+#: ALERT_CHECK_S, a few at a time: it pauses at least this long between two batches.
+FLEET_ALERT_TICK_MIN_S = 0.1

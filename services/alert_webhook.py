@@ -10,6 +10,11 @@ Nothing here runs on a sale's path: the workers only write the stream.
 
 The body is JSON: {"id": entry id (receivers may deduplicate on it), "machine_id", "kind",
 "subject", "state": "raised" | "cleared", "detail", "at": unix s}.
+
+Fleet mode: one sender for the whole fleet follows FLEET_ALERTS (cores.alert_store.
+FleetAlertStore), where every machine's alerts are copied with their machine id: the same
+body, its `machine_id` the entry's (`*` for a fleet-wide alert: a shared service down), its
+`id` the FLEET_ALERTS entry's. One blocking read for the fleet, not one per machine.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import redis
@@ -30,7 +36,6 @@ from constants.tunables import (
     ERROR_BACKOFF_S,
     REDIS_BLOCK_MAX_MS,
 )
-from cores.alert_store import AlertStore
 from cores.logs import kv
 
 log = logging.getLogger(__name__)
@@ -39,13 +44,29 @@ log = logging.getLogger(__name__)
 _RETRY_STATUSES = frozenset({408, 429})
 
 
+class AlertFeed(Protocol):
+    """An alerts stream and the webhook's cursor on it: a machine's (AlertStore) or the
+    fleet's (FleetAlertStore). `machine_id`: of entries that do not name their machine."""
+
+    @property
+    def machine_id(self) -> str: ...
+
+    def webhook_cursor(self) -> str: ...
+
+    def set_webhook_cursor(self, entry_id: str) -> None: ...
+
+    def read_after(
+        self, cursor: str, block_ms: int, count: int = 100
+    ) -> list[tuple[str, dict[str, str]]]: ...
+
+
 class WebhookSender:
     """Delivers the alerts stream to `url`. `start()` runs it in a daemon thread; `stop()`
     ends it after the read or pause in hand (at most `block_s`, or one retry pause)."""
 
     def __init__(
         self,
-        store: AlertStore,
+        store: AlertFeed,
         url: str,
         session: requests.Session | None = None,
         retry_s: Sequence[float] = ALERT_WEBHOOK_RETRY_S,
@@ -101,7 +122,7 @@ class WebhookSender:
         """POST one entry until the receiver takes (or refuses) it; False when stopping."""
         body: dict[str, str | float] = {
             "id": entry_id,
-            "machine_id": self.store.broker.machine_id,
+            "machine_id": self.store.machine_id,
             **fields,
         }
         with contextlib.suppress(KeyError, ValueError):

@@ -6,6 +6,9 @@ checks every ALERT_CHECK_S, and at once when a sale ends (a result screen: stock
 operator's queue may have changed). An idle check is one round trip of seven reads
 (cores/alert_store.py), so the watcher adds about ten Redis commands per ALERT_CHECK_S,
 besides its own heartbeat cycle (three commands per 20 s, as every worker).
+
+Fleet mode runs no watcher per machine: services/fleet_alerts.py checks every registered
+machine with the same `check_alerts`, a few at a time, in one thread of the OPERATOR process.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
+from typing import Protocol
 
 from constants.states import RESULT_STATES, State
 from constants.tunables import ALERT_CHECK_S
@@ -68,22 +72,44 @@ class AlertWatcher(Worker):
 
     def check(self, now: float) -> alerts.Changes:
         """One evaluation: read, judge, write what changed."""
-        facts, open_alerts = self.store.observe(now, self.watching_since or now)
-        changes = alerts.evaluate(facts, open_alerts)
-        self.store.apply(changes)
-        for alert in changes.raised:
-            log.warning("alert raised", extra=kv(alert=alert.id, detail=alert.detail))
-        for alert in changes.cleared:
-            log.info("alert cleared", extra=kv(alert=alert.id, detail=alert.detail))
+        changes = check_alerts(self.store, now, self.watching_since or now)
         self.checks += 1
         return changes
 
 
+class Observed(Protocol):
+    """What `check_alerts` reads and writes: a machine's alerts (AlertStore) or the fleet's
+    (FleetAlertStore)."""
+
+    def observe(
+        self, now: float, watching_since: float
+    ) -> tuple[alerts.Facts, dict[str, alerts.Alert]]: ...
+
+    def apply(self, changes: alerts.Changes) -> None: ...
+
+
+def check_alerts(store: Observed, now: float, watching_since: float) -> alerts.Changes:
+    """One evaluation of `store`'s alerts: read, judge (cores/alerts.py), write what changed."""
+    facts, open_alerts = store.observe(now, watching_since)
+    changes = alerts.evaluate(facts, open_alerts)
+    store.apply(changes)
+    for alert in changes.raised:
+        log.warning("alert raised", extra=kv(alert=alert.id, detail=alert.detail))
+    for alert in changes.cleared:
+        log.info("alert cleared", extra=kv(alert=alert.id, detail=alert.detail))
+    return changes
+
+
+class Stoppable(Protocol):
+    def request_stop(self) -> None: ...
+
+
 @dataclass
 class AlertThreads:
-    """The watcher and, with ALERT_WEBHOOK_URL, the webhook sender, each in a daemon thread."""
+    """The watcher (a machine's AlertWatcher, or fleet mode's FleetAlertWatcher) and, with
+    ALERT_WEBHOOK_URL, the webhook sender, each in a daemon thread."""
 
-    watcher: AlertWatcher
+    watcher: Stoppable
     sender: WebhookSender | None = None
     threads: list[threading.Thread] = field(default_factory=list)
 

@@ -467,7 +467,10 @@ def run(settings: Settings, fleet: bool = False) -> None:
         client = redis_client(settings, "operator")
         broker = Broker(client, settings.machine_id)
         app = create_app(settings, broker, midtrans=midtrans, fleet_machines=FleetMachines(client))
-        watcher = None  # alerts per machine in fleet mode: not yet (README, "Fleet mode")
+        from services.fleet_alerts import start_fleet_alerts
+
+        blocking = redis_client(settings, "operator-alerts", blocking=True)
+        watcher = start_fleet_alerts(settings, client, blocking)
     else:
         broker = broker_for(settings, name="operator")
         app = create_app(settings, broker, midtrans=midtrans)
