@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -263,6 +264,7 @@ def main() -> int:
     finally:
         with contextlib.suppress(Exception):
             backend.stop()
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 
