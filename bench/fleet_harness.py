@@ -18,6 +18,7 @@ from pathlib import Path
 import redis
 import requests
 
+from bench.harness import Simulator
 from cores.broker import Broker
 from cores.fleet import Fleet
 from cores.process import die_with_parent
@@ -94,7 +95,7 @@ class Child:
         return code
 
 
-class Backend(Child):
+class Backend(Child, Simulator):
     """`main.py backend --workers N` on a Redis of its own (started here, so that the test
     can kill and restart the backend while Redis and the agents stay up)."""
 
@@ -186,12 +187,6 @@ class Backend(Child):
     def broker(self, machine_id: str) -> Broker:
         return Broker(self.redis, machine_id)
 
-    def pay(self, order_id: str) -> int:
-        return self.http.post(f"{self.sandbox}/simulator/pay/{order_id}", timeout=10).status_code
-
-    def ledger(self) -> list[dict]:
-        return self.http.get(f"{self.sandbox}/simulator/transactions", timeout=10).json()
-
     def stop(self) -> int:
         code = super().stop()
         self.http.close()
@@ -251,7 +246,7 @@ class Agent(Child):
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-class FleetMachine:
+class FleetMachine(Simulator):
     """One machine of a fleet, with what bench/chaos.py uses of `bench.harness.Launched`:
     `broker` (the machine's keys on the backend's Redis), `var` (its agent's VAR_DIR: the vend
     journal), `ws_url` (its agent's kiosk), the backend sandbox's `pay`, `deny`, `faults`,
@@ -272,24 +267,9 @@ class FleetMachine:
         self.sandbox = backend.sandbox
         self.http = requests.Session()  # one per machine: each is driven from its own thread
 
-    def pay(self, order_id: str) -> int:
-        return self.http.post(f"{self.sandbox}/simulator/pay/{order_id}", timeout=10).status_code
-
-    def deny(self, order_id: str) -> int:
-        return self.http.post(f"{self.sandbox}/simulator/deny/{order_id}", timeout=10).status_code
-
-    def faults(self, **faults: float) -> None:
-        self.http.post(
-            f"{self.sandbox}/simulator/faults", json=faults, timeout=10
-        ).raise_for_status()
-
     def ledger(self) -> list[dict]:
         """The sandbox's transactions of this machine's orders."""
-        everything = self.http.get(f"{self.sandbox}/simulator/transactions", timeout=10).json()
-        return [t for t in everything if owner_of(t["order_id"], [self.machine_id])]
-
-    def ledger_of(self, order_id: str) -> list[dict]:
-        return [t for t in self.ledger() if t["order_id"] == order_id]
+        return [t for t in super().ledger() if owner_of(t["order_id"], [self.machine_id])]
 
     def kill9(self, name: str) -> int | None:
         """kill -9 this machine's agent ("agent"), the backend's Redis ("redis") or one of the

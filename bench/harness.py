@@ -39,7 +39,32 @@ PROCESSES = (
 )
 
 
-class Launched:
+class Simulator:
+    """The customer's e-wallet and the gateway's ledger: the sandbox's simulator API at
+    `sandbox`, through the session `http` (set by the class that mixes this in)."""
+
+    sandbox: str
+    http: requests.Session
+
+    def pay(self, order_id: str) -> int:
+        return self.http.post(f"{self.sandbox}/simulator/pay/{order_id}", timeout=10).status_code
+
+    def deny(self, order_id: str) -> int:
+        return self.http.post(f"{self.sandbox}/simulator/deny/{order_id}", timeout=10).status_code
+
+    def faults(self, **faults: float) -> None:
+        self.http.post(
+            f"{self.sandbox}/simulator/faults", json=faults, timeout=10
+        ).raise_for_status()
+
+    def ledger(self) -> list[dict]:
+        return self.http.get(f"{self.sandbox}/simulator/transactions", timeout=10).json()
+
+    def ledger_of(self, order_id: str) -> list[dict]:
+        return [t for t in self.ledger() if t["order_id"] == order_id]
+
+
+class Launched(Simulator):
     """`python main.py up` with VAR_DIR under `folder`; everything else from `env`."""
 
     def __init__(self, folder: Path, **env: str) -> None:
@@ -169,25 +194,6 @@ class Launched:
             if time.monotonic() > deadline:
                 raise AssertionError(f"{name} was not restarted")
             time.sleep(0.05)
-
-    # --- the customer's e-wallet and the gateway's ledger -----------------------------------
-
-    def pay(self, order_id: str) -> int:
-        return self.http.post(f"{self.sandbox}/simulator/pay/{order_id}", timeout=10).status_code
-
-    def deny(self, order_id: str) -> int:
-        return self.http.post(f"{self.sandbox}/simulator/deny/{order_id}", timeout=10).status_code
-
-    def faults(self, **faults: float) -> None:
-        self.http.post(
-            f"{self.sandbox}/simulator/faults", json=faults, timeout=10
-        ).raise_for_status()
-
-    def ledger(self) -> list[dict]:
-        return self.http.get(f"{self.sandbox}/simulator/transactions", timeout=10).json()
-
-    def ledger_of(self, order_id: str) -> list[dict]:
-        return [t for t in self.ledger() if t["order_id"] == order_id]
 
     def stop(self) -> int:
         self.process.send_signal(signal.SIGTERM)

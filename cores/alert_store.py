@@ -44,7 +44,25 @@ WATCHED_SERVICES: tuple[str, ...] = tuple(str(s) for s in WATCHED)
 Entries = list[tuple[str, dict[str, str]]]
 
 
-class AlertStore:
+class AlertReads:
+    """What both stores read alike: the open set (`open_key`) and the stream (`alerts_key`)."""
+
+    redis: redis.Redis
+    open_key: str
+    alerts_key: str
+
+    def open_alerts(self) -> list[Alert]:
+        """The open alerts, oldest first."""
+        raw = cast(dict[str, str], self.redis.hgetall(self.open_key))
+        return sorted((Alert.parse(json.loads(v)) for v in raw.values()), key=lambda a: a.at)
+
+    def recent(self, count: int = 100) -> list[dict[str, str]]:
+        """The newest `count` entries of the alerts stream, oldest first, each with its id."""
+        entries = cast(Entries, self.redis.xrevrange(self.alerts_key, count=count))
+        return [{"id": i, **f} for i, f in reversed(entries)]
+
+
+class AlertStore(AlertReads):
     """Reads and writes a machine's alerts through its broker's Redis client."""
 
     def __init__(
@@ -141,16 +159,6 @@ class AlertStore:
 
     # --- the operator -----------------------------------------------------------------------
 
-    def open_alerts(self) -> list[Alert]:
-        """The open alerts, oldest first."""
-        raw = cast(dict[str, str], self.redis.hgetall(self.open_key))
-        return sorted((Alert.parse(json.loads(v)) for v in raw.values()), key=lambda a: a.at)
-
-    def recent(self, count: int = 100) -> list[dict[str, str]]:
-        """The newest `count` entries of the alerts stream, oldest first, each with its id."""
-        entries = cast(Entries, self.redis.xrevrange(self.alerts_key, count=count))
-        return [{"id": i, **f} for i, f in reversed(entries)]
-
     def acknowledge(
         self, alert_id: str, now: float, also: Callable[[Any, Alert], None] | None = None
     ) -> Alert | None:
@@ -190,7 +198,7 @@ class AlertStore:
         return _read_after(self.broker.blocking, self.alerts_key, cursor, block_ms, count)
 
 
-class FleetAlertStore:
+class FleetAlertStore(AlertReads):
     """Fleet mode's fleet-wide alerts (machine id `*`): a shared service with no live process
     (heartbeat_stale), judged once for every machine, from FLEET_WORKERS; and the FLEET_ALERTS
     stream every machine's alerts are copied to, with the webhook's cursor on it. Every key is
@@ -239,16 +247,6 @@ class FleetAlertStore:
                 _append_fleet(pipe, FLEET_WIDE, alert, AlertState.CLEARED)
                 pipe.hdel(self.open_key, alert.id)
             pipe.execute()
-
-    def open_alerts(self) -> list[Alert]:
-        """The open fleet-wide alerts, oldest first."""
-        raw = cast(dict[str, str], self.redis.hgetall(self.open_key))
-        return sorted((Alert.parse(json.loads(v)) for v in raw.values()), key=lambda a: a.at)
-
-    def recent(self, count: int = 100) -> list[dict[str, str]]:
-        """The newest `count` entries of FLEET_ALERTS (every machine's), oldest first."""
-        entries = cast(Entries, self.redis.xrevrange(self.alerts_key, count=count))
-        return [{"id": i, **f} for i, f in reversed(entries)]
 
     def webhook_cursor(self) -> str:
         """As AlertStore.webhook_cursor, on FLEET_ALERTS."""

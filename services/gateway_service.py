@@ -63,7 +63,6 @@ import functools
 import json
 import logging
 import random
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -116,6 +115,7 @@ from services import kiosk_commands
 from services.kiosk_commands import UNAVAILABLE_MESSAGE
 from services.relay import peer_name
 from services.runtime import redis_client
+from services.stoppable import Stoppable
 from services.web_files import respond
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,7 @@ class Link:
     limited: int = 0
 
 
-class Gateway:
+class Gateway(Stoppable):
     """The agents' gateway. Start it with `serve()`; stop it with `request_stop()`.
 
     `client`: a synchronous redis-py client with decode_responses=True and a short socket
@@ -266,8 +266,6 @@ class Gateway:
         self.shards = shards
         self.links: dict[str, Link] = {}
         self.port: int | None = None
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._auth: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -288,62 +286,56 @@ class Gateway:
         `ready(port)` is called once listening. With `handle_signals`, SIGTERM and SIGINT
         stop the gateway; agents are closed with 1001 (going away) and reconnect elsewhere.
         """
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._stop = stop if stop is not None else asyncio.Event()
         pool = self._pool = ThreadPoolExecutor(THREADS, thread_name_prefix="gateway")
         self._auth = asyncio.Semaphore(AUTH_AT_ONCE)
         readers_stop = threading.Event()
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._stop.set)
         try:
-            async with ws_serve(
-                self._handler,
-                host,
-                port,
-                process_request=self._process_request,
-                max_size=AGENT_FRAME_MAX_BYTES,
-                ping_interval=AGENT_PING_S,
-                ping_timeout=AGENT_PONG_TIMEOUT_S,
-                close_timeout=CLOSE_TIMEOUT_S,
-                # A fleet reconnecting at once (after a restart of the backend): the kernel
-                # queues the connections, and a handshake may wait its turn for the token check.
-                open_timeout=HANDSHAKE_TIMEOUT_S,
-                backlog=GATEWAY_BACKLOG,
-                server_header=None,
-                logger=ws_log,
-            ) as server:
-                self.port = server.sockets[0].getsockname()[1]
-                self._start_readers(readers_stop)
-                resync = asyncio.create_task(self._resync(), name="gateway-resync")
-                log.info("gateway listening", extra=kv(host=host, port=self.port))
-                if ready is not None:
-                    ready(self.port)
-                try:
-                    await self._stop.wait()
-                finally:
-                    log.info("gateway stopping", extra=kv(agents=len(self.links)))
-                    for link in self.links.values():
-                        link.open = False  # frames not handled yet are dropped
-                    readers_stop.set()
-                    resync.cancel()
-                    await asyncio.gather(resync, return_exceptions=True)
+            with self.stoppable(stop, handle_signals) as stopping:
+                await self._listen(host, port, ready, stopping, readers_stop)
         finally:
             readers_stop.set()
-            if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
-            self._loop = None
             pool.shutdown(wait=False, cancel_futures=True)
             log.info("gateway stopped")
 
-    def request_stop(self) -> None:
-        """Stop `serve()`; safe to call from any thread, and once it has stopped."""
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(stop.set)
+    async def _listen(
+        self,
+        host: str,
+        port: int,
+        ready: Callable[[int], None] | None,
+        stopping: asyncio.Event,
+        readers_stop: threading.Event,
+    ) -> None:
+        async with ws_serve(
+            self._handler,
+            host,
+            port,
+            process_request=self._process_request,
+            max_size=AGENT_FRAME_MAX_BYTES,
+            ping_interval=AGENT_PING_S,
+            ping_timeout=AGENT_PONG_TIMEOUT_S,
+            close_timeout=CLOSE_TIMEOUT_S,
+            # A fleet reconnecting at once (after a restart of the backend): the kernel
+            # queues the connections, and a handshake may wait its turn for the token check.
+            open_timeout=HANDSHAKE_TIMEOUT_S,
+            backlog=GATEWAY_BACKLOG,
+            server_header=None,
+            logger=ws_log,
+        ) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            self._start_readers(readers_stop)
+            resync = asyncio.create_task(self._resync(), name="gateway-resync")
+            log.info("gateway listening", extra=kv(host=host, port=self.port))
+            if ready is not None:
+                ready(self.port)
+            try:
+                await stopping.wait()
+            finally:
+                log.info("gateway stopping", extra=kv(agents=len(self.links)))
+                for link in self.links.values():
+                    link.open = False  # frames not handled yet are dropped
+                readers_stop.set()
+                resync.cancel()
+                await asyncio.gather(resync, return_exceptions=True)
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a synchronous (Redis) call in the gateway's pool."""

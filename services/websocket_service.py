@@ -39,7 +39,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,6 +81,7 @@ from cores.protocol import (
 from services import kiosk_commands
 from services.relay import CLOSE_POLICY_VIOLATION, Pages, Relay, peer_name
 from services.runtime import redis_url
+from services.stoppable import Stoppable
 from services.web_files import WEB_DIR, WebFiles, respond
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ class Arrival:
 END = None
 
 
-class KioskGate:
+class KioskGate(Stoppable):
     """The page-facing half of a kiosk server: the Origin check, each page's flood gate, the
     size and UTF-8 limits, the page's files and headers, the snapshot on connect and the
     broadcast with write limits. Start it with `serve()`; stop it with `request_stop()`.
@@ -163,8 +163,6 @@ class KioskGate:
         self.pages = Pages()
         self.web = WebFiles(web_dir, machine.health, lambda: len(self.pages))
         self.port: int | None = None
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -182,13 +180,7 @@ class KioskGate:
         `ready(port)` is called once listening. With `handle_signals`, SIGTERM and SIGINT
         stop the server; pages are closed with 1001 (going away).
         """
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._stop = stop if stop is not None else asyncio.Event()
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._stop.set)
-        try:
+        with self.stoppable(stop, handle_signals) as stopping:
             async with ws_serve(
                 self._handler,
                 host,
@@ -209,24 +201,12 @@ class KioskGate:
                 if ready is not None:
                     ready(self.port)
                 try:
-                    await self._stop.wait()
+                    await stopping.wait()
                 finally:
                     log.info("websocket server stopping", extra=kv(pages=len(self.pages)))
                     follow.cancel()
                     await asyncio.gather(follow, return_exceptions=True)
-        finally:
-            if handle_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
-            self._loop = None
-            log.info("websocket server stopped")
-
-    def request_stop(self) -> None:
-        """Stop `serve()`; safe to call from any thread, and once it has stopped."""
-        loop, stop = self._loop, self._stop
-        if loop is not None and stop is not None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(stop.set)
+        log.info("websocket server stopped")
 
     # --- handshake --------------------------------------------------------------------------
 

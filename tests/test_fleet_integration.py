@@ -73,12 +73,17 @@ def fleet(backend: Backend, tmp_path: Path) -> Iterator[Fleetful]:
     f.stop()
 
 
-def buy(page: Page, backend: Backend, drink: str = "cola") -> str:
-    """Tap, pick `drink`, pay it: the order id, once the machine shows DISPENSED."""
+def qr_for(page: Page, drink: str = "cola") -> str:
+    """Tap, pick `drink`: the order id, once its QR is on screen."""
     page.send("SHOW_MENU")
     page.until("SHOW_MENU")
     page.send("ORDER", id=drink, total=1)
-    order_id = page.until("ORDER_CREATED")["values"]["order_id"]
+    return page.until("ORDER_CREATED")["values"]["order_id"]
+
+
+def buy(page: Page, backend: Backend, drink: str = "cola") -> str:
+    """Tap, pick `drink`, pay it: the order id, once the machine shows DISPENSED."""
+    order_id = qr_for(page, drink)
     assert backend.pay(order_id) == 200
     page.until("DISPENSED", timeout_s=30)
     return order_id
@@ -158,10 +163,7 @@ def test_an_agent_killed_mid_vend_leaves_the_order_to_the_operator(backend, flee
     agent = fleet.machine("slow-1", DISPENSE_S="5")
     machine = backend.broker("slow-1")
     page = fleet.page(agent)
-    page.send("SHOW_MENU")
-    page.until("SHOW_MENU")
-    page.send("ORDER", id="cola", total=1)
-    order_id = page.until("ORDER_CREATED")["values"]["order_id"]
+    order_id = qr_for(page)
     assert backend.pay(order_id) == 200
     eventually(lambda: any(e["order_id"] == order_id for e in agent.journal()), timeout_s=20)
     agent.kill9()
@@ -194,10 +196,7 @@ def test_a_sale_in_flight_resumes_when_the_agents_link_comes_back(backend, fleet
     back the page is redrawn from the state and the sale ends as one vend, recorded once."""
     agent = fleet.machine("flight-1")
     page = fleet.page(agent)
-    page.send("SHOW_MENU")
-    page.until("SHOW_MENU")
-    page.send("ORDER", id="tea", total=1)
-    order_id = page.until("ORDER_CREATED")["values"]["order_id"]
+    order_id = qr_for(page, "tea")
     assert backend.kill_child("gateway") is not None
     assert backend.pay(order_id) == 200
     page.until("DISPENSED", timeout_s=30)
@@ -215,11 +214,7 @@ def test_an_agent_sending_another_machines_ids_changes_nothing_of_that_machine(b
     stock and sales are as they were, and A's vend hash records nothing."""
     token_a = backend.register("iso-a")
     victim = fleet.machine("iso-b")
-    page = fleet.page(victim)
-    page.send("SHOW_MENU")
-    page.until("SHOW_MENU")
-    page.send("ORDER", id="cola", total=1)
-    order_b = page.until("ORDER_CREATED")["values"]["order_id"]
+    order_b = qr_for(fleet.page(victim))
     b = backend.broker("iso-b")
 
     def of_b() -> dict:
@@ -272,10 +267,7 @@ def test_a_worker_killed_mid_payment_is_taken_over_and_the_sale_completes(own_ba
     try:
         agent = fleet.machine("take-1")
         page = fleet.page(agent)
-        page.send("SHOW_MENU")
-        page.until("SHOW_MENU")
-        page.send("ORDER", id="cola", total=1)
-        order_id = page.until("ORDER_CREATED")["values"]["order_id"]
+        order_id = qr_for(page)
         assert own_backend.kill_child("order_created-1") is not None
         assert own_backend.pay(order_id) == 200
         page.until("DISPENSED", timeout_s=30)
