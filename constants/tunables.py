@@ -174,3 +174,10 @@ NOTIFICATION_SENDERS_KEPT = 10_000
 #: Fleet mode's alert watcher (services/fleet_alerts.py) checks every machine once per
 #: ALERT_CHECK_S, a few at a time: it pauses at least this long between two batches.
 FLEET_ALERT_TICK_MIN_S = 0.1
+
+# --- Logs --------------------------------------------------------------------------------------
+
+#: A log file under VAR_DIR/logs is rotated past this size (name.log -> name.log.1 ...), keeping
+#: LOG_BACKUPS old files: at most (LOG_BACKUPS + 1) x LOG_MAX_BYTES a process.
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3

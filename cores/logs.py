@@ -1,5 +1,9 @@
 """Logging as key=value lines with the service and machine_id, set up by entry scripts only.
 
+Files under VAR_DIR/logs are size-capped (LOG_MAX_BYTES, LOG_BACKUPS rotated copies: the
+standard library's RotatingFileHandler). A process started by systemd (JOURNAL_STREAM set) also
+has its lines in the journal, through its stderr.
+
 A line's machine_id is, first found: the line's own `machine_id=` field; the machine a fleet
 process is working on in this thread (`for_machine`); the process's own machine (`setup`),
 which is `-` for fleet mode's shared processes.
@@ -10,9 +14,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import logging.handlers
+import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
+
+from constants.tunables import LOG_BACKUPS, LOG_MAX_BYTES
 
 #: The machine a shared process (fleet mode) is working on in this thread, if any.
 _machine: contextvars.ContextVar[str | None] = contextvars.ContextVar("machine_id", default=None)
@@ -76,9 +86,52 @@ def setup(service: str, machine_id: str, level: str = "INFO", log_dir: Path | No
     handler.setFormatter(formatter)
     root.addHandler(handler)
     if log_dir is not None:
-        log_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_dir / f"{service.lower()}.log", encoding="utf-8")
+        file_handler = rotating_file(log_dir / f"{service.lower()}.log")
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
     for noisy in ("urllib3", "websockets"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def rotating_file(
+    path: Path, max_bytes: int = LOG_MAX_BYTES, backups: int = LOG_BACKUPS
+) -> logging.handlers.RotatingFileHandler:
+    """A handler writing to `path`, rotated past `max_bytes` (`backups` copies kept)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return logging.handlers.RotatingFileHandler(
+        path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
+    )
+
+
+def under_journald() -> bool:
+    """Started by systemd with its output going to the journal."""
+    return bool(os.environ.get("JOURNAL_STREAM"))
+
+
+def follow_output(
+    stream: IO[bytes],
+    path: Path,
+    echo: IO[bytes] | None = None,
+    max_bytes: int = LOG_MAX_BYTES,
+    backups: int = LOG_BACKUPS,
+) -> threading.Thread:
+    """A daemon thread copying a child process's output, line by line, to the size-capped
+    file `path` (and to `echo`, e.g. the journal through our stderr), until the stream ends.
+    It always reads, so a child never blocks on a full pipe."""
+    handler = rotating_file(path, max_bytes, backups)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+
+    def copy() -> None:
+        with stream:
+            for raw in iter(stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                handler.emit(logging.makeLogRecord({"msg": line, "levelno": logging.INFO}))
+                if echo is not None:
+                    with contextlib.suppress(OSError, ValueError):
+                        echo.write(raw)
+                        echo.flush()
+        handler.close()
+
+    thread = threading.Thread(target=copy, name=f"log {path.name}", daemon=True)
+    thread.start()
+    return thread

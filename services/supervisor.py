@@ -28,6 +28,7 @@ import redis
 
 from constants.services import FLEET_WORKERS, WORKERS, Service
 from constants.tunables import HEALTHY_AFTER_S, RESTART_BACKOFF_S, WATCH_INTERVAL_S
+from cores import logs
 from cores.alert_store import mark_redis_restart
 from cores.broker import Broker
 from cores.config import Settings
@@ -142,18 +143,20 @@ class Supervisor:
             )
 
     def spawn(self, child: Child) -> None:
-        log_dir = self.settings.var_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        child.log_path = log_dir / f"{child.name.lower()}.log"
-        with child.log_path.open("ab") as out:
-            child.process = subprocess.Popen(
-                child.argv,
-                env=self.env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent,
-            )
+        """Start a child; its output (tracebacks of a crash included) goes to the size-capped
+        VAR_DIR/logs/<name>.log, and to the journal too when systemd started us."""
+        child.log_path = self.settings.var_dir / "logs" / f"{child.name.lower()}.log"
+        child.process = subprocess.Popen(
+            child.argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+        assert child.process.stdout is not None
+        echo = sys.stderr.buffer if logs.under_journald() else None
+        logs.follow_output(child.process.stdout, child.log_path, echo)
         child.started_at = time.monotonic()
         child.restart_at = None
         pid_dir = self.settings.var_dir / "pids"

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from cores.logs import KeyValueFormatter, for_machine, kv, setup
+from cores.logs import KeyValueFormatter, follow_output, for_machine, kv, setup
 
 
 def record(
@@ -148,3 +148,29 @@ def test_a_shared_process_names_the_machine_of_each_line_once():
         inside = shared.format(record("vend", machine_id="vm-7"))
     assert "machine_id=vm-7" in pairs(inside) and "machine_id=vm-9" not in inside
     assert "machine_id=-" in pairs(shared.format(record("after the step")))
+
+
+def test_a_childs_output_goes_to_a_size_capped_file_and_to_the_journal_when_asked(tmp_path):
+    """What the supervisor does with a child's output: every line to VAR_DIR/logs/<name>.log,
+    rotated past the cap (name.log.1 ... kept, the oldest dropped), and the same bytes to
+    `echo` (the journal, under systemd); the pipe is read to its end."""
+    import io
+    import subprocess
+
+    lines = [f"line {n:03d} " + "x" * 90 for n in range(60)]
+    child = subprocess.Popen(
+        [sys.executable, "-c", f"print({chr(10).join(lines)!r})"], stdout=subprocess.PIPE
+    )
+    assert child.stdout is not None
+    echo = io.BytesIO()
+    path = tmp_path / "logs" / "order.log"
+    thread = follow_output(child.stdout, path, echo, max_bytes=1000, backups=2)
+    assert child.wait(10) == 0
+    thread.join(10)
+    assert not thread.is_alive()
+    assert echo.getvalue().decode().splitlines() == lines
+    kept = [path, path.with_name("order.log.1"), path.with_name("order.log.2")]
+    assert all(p.exists() and p.stat().st_size <= 1000 for p in kept)
+    assert not path.with_name("order.log.3").exists()
+    newest = path.read_text().splitlines()
+    assert newest and newest[-1] == lines[-1]
