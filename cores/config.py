@@ -2,6 +2,11 @@
 
 Every variable of the configuration table in shared/DESIGN.md is here and in `.env.example`.
 An invalid value raises `ConfigError` naming the variable; entry scripts print it and exit.
+
+Redis is one server (`REDIS_URL=redis://...`, the default) or a Redis Cluster, named either by
+`REDIS_URL=redis+cluster://host:port[,host:port...]` (`rediss+cluster://` for TLS, credentials
+as in a redis:// URL) or by `REDIS_CLUSTER_NODES=host:port,...`: the nodes the client first
+asks for the cluster's map (services/runtime.py makes the client; any node of it will do).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from constants.console import CONSOLE_SECRET_MIN_CHARS
@@ -47,8 +52,89 @@ MACHINE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,20}$")
 MACHINE_ID_RULE = "1 to 20 letters, digits, '-', '_' or '.'"
 
 
+#: The schemes of a Redis Cluster URL (REDIS_URL, VAR_DIR/redis.url): plain TCP, and TLS.
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+CLUSTER_URL_RULE = "redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS)"
+
+
 class ConfigError(ValueError):
     """A configuration variable has an invalid value; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class ClusterAddress:
+    """Where a Redis Cluster is: its startup nodes (host, port), TLS, credentials."""
+
+    nodes: tuple[tuple[str, int], ...]
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """The `redis+cluster://` URL of these nodes (what VAR_DIR/redis.url holds)."""
+        scheme = CLUSTER_SCHEMES[1] if self.tls else CLUSTER_SCHEMES[0]
+        user = ""
+        if self.username is not None or self.password is not None:
+            user = quote(self.username or "", safe="")
+            if self.password is not None:
+                user += ":" + quote(self.password, safe="")
+            user += "@"
+        hosts = ",".join(_host_port(host, port) for host, port in self.nodes)
+        return f"{scheme}://{user}{hosts}"
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def parse_cluster_url(url: str) -> ClusterAddress:
+    """`redis+cluster://[user[:password]@]host:port[,host:port...][/]` -> its address.
+
+    Raises ValueError for anything else (a path other than `/` or `/0`: a cluster has one
+    database; a node without a port; no node)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+        raise ValueError(f"expected {CLUSTER_URL_RULE}")
+    rest, _, query = rest.partition("?")
+    if query or "#" in rest or any(c.isspace() for c in rest):
+        raise ValueError(f"expected {CLUSTER_URL_RULE}, without a query")
+    netloc, _, path = rest.partition("/")
+    if path not in ("", "0"):
+        raise ValueError("a Redis Cluster has one database: no path but / or /0")
+    username = password = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        name, colon, secret = userinfo.partition(":")
+        username = unquote(name) or None
+        password = unquote(secret) if colon else None
+    return ClusterAddress(
+        parse_cluster_nodes(netloc), scheme.lower() == CLUSTER_SCHEMES[1], username, password
+    )
+
+
+def parse_cluster_nodes(text: str) -> tuple[tuple[str, int], ...]:
+    """`host:port,host:port` ([v6]:port for IPv6) -> ((host, port), ...); ValueError if bad."""
+    nodes: list[tuple[str, int]] = []
+    for one in text.split(","):
+        one = one.strip()
+        if not one:
+            continue
+        host, colon, port = one.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+            raise ValueError(f"{one!r} is not host:port")
+        if any(c in host for c in "/@,[] ") or (":" in host and not one.startswith("[")):
+            raise ValueError(f"{one!r} is not host:port")
+        nodes.append((host, int(port)))
+    if not nodes:
+        raise ValueError("no host:port")
+    return tuple(nodes)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +142,8 @@ class Settings:
     """The machine's configuration. Tests build it directly: `Settings(payment_deadline_s=3)`."""
 
     redis_url: str | None = None
+    #: REDIS_CLUSTER_NODES: `host:port,...` of a Redis Cluster (or REDIS_URL=redis+cluster://).
+    redis_cluster_nodes: str | None = None
     machine_id: str = "vm-1"
     ws_host: str = "127.0.0.1"
     ws_port: int = 3333
@@ -159,13 +247,46 @@ class Settings:
             )
         _check(0 < self.vend_timeout_s <= 600, "VEND_TIMEOUT_S", "more than 0, at most 600 s")
         if self.redis_url is not None:
-            _check(
-                self.redis_url.startswith(("redis://", "rediss://", "unix://")),
-                "REDIS_URL",
-                "a redis://, rediss:// or unix:// URL",
-            )
+            if is_cluster_url(self.redis_url):
+                try:
+                    parse_cluster_url(self.redis_url)
+                except ValueError as exc:
+                    raise ConfigError(f"REDIS_URL is invalid: {exc}") from None
+            else:
+                _check(
+                    self.redis_url.startswith(("redis://", "rediss://", "unix://")),
+                    "REDIS_URL",
+                    f"a redis://, rediss:// or unix:// URL, or {CLUSTER_URL_RULE}",
+                )
+        if self.redis_cluster_nodes is not None:
+            if self.redis_url is not None:
+                raise ConfigError(
+                    "REDIS_URL and REDIS_CLUSTER_NODES are both set: set one of them "
+                    "(REDIS_CLUSTER_NODES=host:port,... or REDIS_URL=redis+cluster://...)"
+                )
+            try:
+                parse_cluster_nodes(self.redis_cluster_nodes)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"REDIS_CLUSTER_NODES is invalid: expected host:port,host:port,... ({exc})"
+                ) from None
         if self.midtrans_server_key is not None:
             _check(bool(self.midtrans_server_key.strip()), "MIDTRANS_SERVER_KEY", "a key")
+
+    @property
+    def redis_cluster(self) -> ClusterAddress | None:
+        """The Redis Cluster the settings name (REDIS_URL=redis+cluster://... or
+        REDIS_CLUSTER_NODES), or None: one Redis server (REDIS_URL, or VAR_DIR/redis.url)."""
+        if self.redis_cluster_nodes is not None:
+            return ClusterAddress(parse_cluster_nodes(self.redis_cluster_nodes))
+        if self.redis_url is not None and is_cluster_url(self.redis_url):
+            return parse_cluster_url(self.redis_url)
+        return None
+
+    @property
+    def uses_cluster(self) -> bool:
+        """The settings name a Redis Cluster (see `redis_cluster`)."""
+        return self.redis_cluster is not None
 
     @property
     def uses_local_sandbox(self) -> bool:
@@ -237,6 +358,7 @@ class Settings:
                 values[attr] = _parse(var, env[var], kind)
 
         take("REDIS_URL", "redis_url")
+        take("REDIS_CLUSTER_NODES", "redis_cluster_nodes")
         take("VENDING_MACHINE_ID", "machine_id")
         take("WS_HOST", "ws_host")
         take("WS_PORT", "ws_port", int)

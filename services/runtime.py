@@ -1,4 +1,22 @@
-"""How a process of the machine finds its Redis and starts a worker by name."""
+"""How a process of the machine finds its Redis and starts a worker by name.
+
+Redis is one server (redis.Redis) or a Redis Cluster (redis.cluster.RedisCluster), as the
+settings say (cores/config.py: REDIS_URL=redis+cluster://..., REDIS_CLUSTER_NODES). The rest of
+the code is written against redis.Redis and runs on both: every multi-key command, Lua script
+and MULTI stays in one hash slot (constants/keys.py), and the cluster client made here keeps
+redis.Redis's meaning of the two things where redis-py's cluster client differs:
+
+- `pipeline()` is a MULTI/EXEC transaction unless `transaction=False` is said (RedisCluster's
+  default is a plain pipeline, split over the nodes);
+- a connection lost, or a slot moved, while keys are WATCHed raises WatchError, as it does on
+  one server (redis-py's cluster transaction would send the next command, or MULTI/EXEC itself,
+  again on a new connection where the WATCH no longer holds: applied unguarded, or twice).
+  The caller reads what holds and judges again (cores/broker.py `_compare_and_set`).
+
+A command that meets a failover (connection refused, MOVED, ASK, TRYAGAIN, CLUSTERDOWN) is
+retried with exponential backoff and jitter while the cluster's map is refreshed, for about
+as long as a replica takes to be promoted (CLUSTER_RETRIES).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +25,18 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import redis
 import requests
+from redis.backoff import EqualJitterBackoff
+from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster, TransactionStrategy
+from redis.retry import Retry
 
 from constants.services import Service
 from constants.tunables import BLOCKING_SOCKET_TIMEOUT_S, COMMAND_SOCKET_TIMEOUT_S
 from cores.broker import Broker
-from cores.config import ConfigError, Settings
+from cores.config import ConfigError, Settings, is_cluster_url, parse_cluster_url
 from cores.logs import kv
 from cores.process import InstanceLock
 from cores.work import WorkHints
@@ -23,10 +45,22 @@ from services.worker import Worker
 log = logging.getLogger(__name__)
 
 
+#: A cluster command that meets a failover is retried this many times, after a pause of
+#: EqualJitterBackoff(base, cap) each: about 14 s in all, over a replica's promotion
+#: (cluster-node-timeout 2 s, then an election: cores/redis_cluster.py).
+CLUSTER_RETRIES = 20
+CLUSTER_RETRY_BASE_S = 0.1
+CLUSTER_RETRY_CAP_S = 1.0
+
+
 def redis_url(settings: Settings) -> str:
-    """REDIS_URL, else the URL that `main.py up` wrote to VAR_DIR/redis.url."""
+    """REDIS_URL; else REDIS_CLUSTER_NODES as a redis+cluster:// URL; else the URL that
+    `main.py up` (or `backend`) wrote to VAR_DIR/redis.url."""
     if settings.redis_url:
         return settings.redis_url
+    cluster = settings.redis_cluster
+    if cluster is not None:
+        return cluster.url
     file = settings.redis_url_file
     try:
         url = file.read_text(encoding="utf-8").strip()
@@ -37,8 +71,15 @@ def redis_url(settings: Settings) -> str:
         ) from None
     except OSError as exc:
         raise ConfigError(f"REDIS_URL is unset and {file} cannot be read: {exc}") from None
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"{file} is invalid: expected a redis://, rediss:// or unix:// URL")
+    if is_cluster_url(url):
+        try:
+            parse_cluster_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"{file} is invalid: {exc}") from None
+    elif not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(
+            f"{file} is invalid: expected a redis://, rediss://, unix:// or redis+cluster:// URL"
+        )
     return url
 
 
@@ -47,15 +88,106 @@ def redis_client(
 ) -> redis.Redis:
     """A client named after its process in CLIENT LIST (`bench/idle.py` counts commands by
     name). `blocking`: for long blocking reads, its socket timeout outlasts the longest BLOCK
-    (shared/TESTING.md); otherwise short, so that a Redis that hangs fails a command quickly."""
-    return redis.Redis.from_url(
-        redis_url(settings),
-        decode_responses=True,
-        socket_timeout=BLOCKING_SOCKET_TIMEOUT_S if blocking else COMMAND_SOCKET_TIMEOUT_S,
-        socket_connect_timeout=5,
-        health_check_interval=0 if blocking else 30,
-        client_name=name,
+    (shared/TESTING.md); otherwise short, so that a Redis that hangs fails a command quickly.
+
+    A `ClusterClient` when the settings (or VAR_DIR/redis.url) name a Redis Cluster. It is
+    typed as redis.Redis: it answers every command this code sends a redis.Redis (one slot
+    each), and the modules that take a client need not know which they were given."""
+    url = redis_url(settings)
+    options: dict = {
+        "decode_responses": True,
+        "socket_timeout": BLOCKING_SOCKET_TIMEOUT_S if blocking else COMMAND_SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": 5,
+        "health_check_interval": 0 if blocking else 30,
+        "client_name": name,
+    }
+    if is_cluster_url(url):
+        return cast(redis.Redis, cluster_client(url, **options))
+    return redis.Redis.from_url(url, **options)
+
+
+def cluster_client(url: str, **options: Any) -> ClusterClient:
+    """The cluster client of a redis+cluster:// URL: its nodes are the startup nodes (any
+    live one is enough), with the retry of CLUSTER_RETRIES."""
+    address = parse_cluster_url(url)
+    if address.tls:
+        options["ssl"] = True
+    if address.username is not None:
+        options["username"] = address.username
+    if address.password is not None:
+        options["password"] = address.password
+    return ClusterClient(
+        startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+        retry=Retry(
+            EqualJitterBackoff(cap=CLUSTER_RETRY_CAP_S, base=CLUSTER_RETRY_BASE_S),
+            CLUSTER_RETRIES,
+        ),
+        **options,
     )
+
+
+class ClusterClient(RedisCluster):
+    """redis-py's cluster client whose `pipeline()` and `keys()` mean what redis.Redis's do:
+    a MULTI/EXEC transaction by default, WatchError when a WATCH is lost (module docstring);
+    the keys of the whole database."""
+
+    def pipeline(self, transaction: bool | None = True, shard_hint: object = None) -> Any:
+        pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)
+        if transaction:
+            pipe._execution_strategy = _GuardedTransaction(pipe)
+        return pipe
+
+    def keys(self, pattern: Any = "*", **kwargs: Any) -> Any:
+        """Every key matching `pattern`, as on one server: asked of every master (redis-py's
+        cluster client asks one node). For tests and operators' tools, never a hot path."""
+        kwargs.setdefault("target_nodes", self.PRIMARIES)
+        return super().keys(pattern, **kwargs)
+
+
+class _GuardedTransaction(TransactionStrategy):
+    """redis-py's cluster transaction, except that an error on the connection that holds a
+    WATCH is not retried on another one: it raises WatchError, as redis.Redis does."""
+
+    def __init__(self, pipe: ClusterPipeline) -> None:
+        super().__init__(pipe)
+        self._watched = False  # a WATCH was answered on the transaction's connection
+
+    def _send_command_parse_response(self, conn, redis_node, command_name, *args, **options):
+        reply = super()._send_command_parse_response(
+            conn, redis_node, command_name, *args, **options
+        )
+        if command_name == "WATCH":
+            self._watched = True
+        elif command_name in self.UNWATCH_COMMANDS:
+            self._watched = False
+        return reply
+
+    def _reinitialize_on_error(self, error, failure_count):
+        watched = self._watched
+        super()._reinitialize_on_error(error, failure_count)  # may raise WatchError itself
+        if watched:
+            self._drop_connection()
+            raise redis.WatchError(
+                f"connection lost while watching keys ({type(error).__name__}: {error})"
+            ) from error
+
+    def _drop_connection(self) -> None:
+        """Forget the WATCH with its connection (closed: the server forgets it too), so that
+        the UNWATCH of a caller's clean-up is not sent to a node that may be gone."""
+        connection = self._transaction_connection
+        if connection is not None:
+            connection.disconnect()
+            node = self._nodes_manager.find_connection_owner(connection)
+            if node is not None and node.redis_connection is not None:
+                node.redis_connection.connection_pool.release(connection)
+            self._transaction_connection = None
+        self._watched = False
+        self._watching = False
+        self._executing = False
+
+    def reset(self) -> None:
+        super().reset()
+        self._watched = False
 
 
 def load_menu(path: Path) -> list[dict]:

@@ -1,7 +1,9 @@
 """Shared fixtures, and the markers each test gets.
 
 Fixtures: a fakeredis client, a private real Redis (one per session, flushed per test) and
-redis-servers a test may stop and start, fast settings, a clock moved by hand, a machine on
+redis-servers a test may stop and start, a private Redis Cluster of 3 masters + 3 replicas
+(one per session; its client flushed per test, any node a test killed started again), fast
+settings, a clock moved by hand, a machine on
 the real Redis (`broker`, with the `menu` a module may override), the local Midtrans sandbox,
 the notification receiver, a check that no server logged an error, Chromium for Playwright.
 
@@ -33,7 +35,8 @@ from segno import encoder as segno_encoder
 from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY, Settings
 from cores.midtrans import MidtransClient
-from cores.redis_process import RedisProcess
+from cores.redis_cluster import LocalCluster, find_cli
+from cores.redis_process import RedisProcess, find_binary
 from sandbox import Sandbox
 from services.notification_service import NotificationServer, RefusalBox
 from services.runtime import load_menu
@@ -49,7 +52,9 @@ CHROMIUM = next(
 
 #: Fixtures that start a real redis-server: a test that uses one, even through another
 #: fixture, is an integration test.
-INTEGRATION_FIXTURES = frozenset({"redis_server", "real_redis", "start_redis_server"})
+INTEGRATION_FIXTURES = frozenset(
+    {"redis_server", "real_redis", "start_redis_server", "redis_cluster", "cluster_client"}
+)
 #: pytest-playwright's fixtures: a test that uses one drives Chromium.
 BROWSER_FIXTURES = frozenset({"browser", "context", "new_context", "page"})
 
@@ -113,6 +118,33 @@ def start_redis_server(tmp_path: Path) -> Iterator[Callable[..., RedisProcess]]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One private Redis Cluster per test session (cores/redis_cluster.py): 3 masters and a
+    replica each, real redis-servers on free ports. A test may kill and restart nodes; the
+    `cluster_client` fixture makes it whole again for the next test."""
+    need_redis_server()
+    need(find_cli(find_binary()) is not None, "no redis-cli on PATH (apt-get install redis-tools)")
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: LocalCluster, settings: Settings) -> Iterator[redis.Redis]:
+    """The cluster client of services/runtime.py (a redis.cluster.RedisCluster) on the
+    private cluster, every master flushed before the test."""
+    from services.runtime import redis_client
+
+    for port in redis_cluster.dead():  # a node an earlier test killed
+        redis_cluster.restart(port)
+    redis_cluster.wait_ready(30)
+    client = redis_client(settings.replace(redis_url=redis_cluster.url), "tests")
+    client.flushall()
+    yield client
+    client.close()
 
 
 # --- the machine -------------------------------------------------------------------------------

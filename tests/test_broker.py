@@ -1,7 +1,8 @@
 """The machine's state in Redis (cores/broker.py), on fakeredis and on a private redis-server.
 
-Every test runs twice through the `client` fixture: fakes drift, so each behaviour is proved
-on the real server too (shared/STYLE.md, "Tests mirror the modules").
+Every test runs three times through the `client` fixture: fakes drift, so each behaviour is
+proved on the real server too (shared/STYLE.md, "Tests mirror the modules"), and on a Redis
+Cluster, where the same code must run unchanged (fleet mode).
 """
 
 from __future__ import annotations
@@ -30,8 +31,17 @@ DRINKS = [
 MIDTRANS_ORDER_ID = re.compile(r"^[A-Za-z0-9\-_~.]{1,50}$")
 
 
-@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.integration)])
+@pytest.fixture(
+    params=[
+        "fake",
+        pytest.param("real", marks=pytest.mark.integration),
+        pytest.param("cluster", marks=pytest.mark.integration),
+    ]
+)
 def client(request):
+    """fakeredis, one real Redis, and a real Redis Cluster (services/runtime.py's client)."""
+    if request.param == "cluster":
+        return request.getfixturevalue("cluster_client")
     return request.getfixturevalue(f"{request.param}_redis")
 
 

@@ -315,3 +315,62 @@ def test_env_example_values_are_valid_and_are_the_defaults():
     assert s.replace(menu_file=defaults.menu_file) == defaults
     assert s.menu_file.name == defaults.menu_file.name
     assert all(value == 0 for value in s.sandbox_faults.values())
+
+
+# --- Redis Cluster -----------------------------------------------------------------------------
+
+
+def test_a_redis_cluster_url_names_the_cluster_and_its_startup_nodes():
+    s = Settings.from_env({"REDIS_URL": "redis+cluster://10.0.0.1:7000,10.0.0.2:7001"})
+    assert s.uses_cluster
+    assert s.redis_cluster == config.ClusterAddress((("10.0.0.1", 7000), ("10.0.0.2", 7001)))
+    assert s.redis_cluster.url == "redis+cluster://10.0.0.1:7000,10.0.0.2:7001"
+
+
+def test_a_tls_cluster_url_keeps_its_credentials_out_of_the_repr():
+    s = Settings.from_env({"REDIS_URL": "rediss+cluster://app:s%40cret@[::1]:7000/0"})
+    cluster = s.redis_cluster
+    assert cluster is not None
+    assert cluster.tls and cluster.nodes == (("::1", 7000),)
+    assert (cluster.username, cluster.password) == ("app", "s@cret")
+    assert "s@cret" not in repr(cluster)
+    assert cluster.url == "rediss+cluster://app:s%40cret@[::1]:7000"
+
+
+def test_redis_cluster_nodes_name_a_cluster_without_a_url():
+    s = Settings.from_env({"REDIS_CLUSTER_NODES": " a:7000, b:7001 ,"})
+    assert s.uses_cluster
+    assert s.redis_cluster == config.ClusterAddress((("a", 7000), ("b", 7001)))
+
+
+def test_one_redis_server_is_not_a_cluster():
+    assert not Settings.from_env({"REDIS_URL": "redis://127.0.0.1:6379/0"}).uses_cluster
+    assert not Settings.from_env({}).uses_cluster
+
+
+def test_redis_url_and_redis_cluster_nodes_together_are_refused_naming_both():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"REDIS_URL": "redis://h:6379/0", "REDIS_CLUSTER_NODES": "h:7000"})
+    assert "REDIS_URL" in str(info.value) and "REDIS_CLUSTER_NODES" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("var", "raw"),
+    [
+        ("REDIS_URL", "redis+cluster://"),
+        ("REDIS_URL", "redis+cluster://host"),
+        ("REDIS_URL", "redis+cluster://host:0"),
+        ("REDIS_URL", "redis+cluster://host:7000/1"),
+        ("REDIS_URL", "redis+cluster://host:7000?db=1"),
+        ("REDIS_URL", "redis+cluster://::1:7000"),
+        ("REDIS_CLUSTER_NODES", "host"),
+        ("REDIS_CLUSTER_NODES", "host:port"),
+        ("REDIS_CLUSTER_NODES", "host:70000"),
+        ("REDIS_CLUSTER_NODES", "redis://host:7000"),
+        ("REDIS_CLUSTER_NODES", ","),
+    ],
+)
+def test_an_invalid_cluster_address_raises_config_error_naming_the_variable(var, raw):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({var: raw})
+    assert var in str(info.value)
