@@ -20,6 +20,7 @@ Usage::
     python main.py fleet add vm-7           # fleet mode: register a machine, print its token
                                             #   once; `fleet revoke ID`, `fleet list`
     python main.py health                   # exit 0 when every worker has a fresh heartbeat
+    python main.py doctor                   # what a deployment needs, checked in plain words
 
 Every operator command takes --json.
 """
@@ -66,6 +67,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     sub.add_parser("machine", help="fleet mode: this vending machine's agent (BACKEND_URL)")
     sub.add_parser("health", help="exit 0 when Redis answers and every worker is alive")
+    sub.add_parser(
+        "doctor", help="check what a deployment needs (Redis, ports, Midtrans, clock, ...)"
+    )
     # Operator commands: readable by default, JSON with --json (services/commands.py).
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON")

@@ -62,6 +62,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "health":
         return health(settings)
+    if args.command == "doctor":
+        from services import doctor
+
+        return doctor.main(settings)
     return operator_command(args, settings)
 
 
