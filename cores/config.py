@@ -30,7 +30,9 @@ SANDBOX_KEY_PREFIX = "SB-Mid-server-"
 LOCAL_SANDBOX_KEY = SANDBOX_KEY_PREFIX + "local-drink-machine"
 
 PAYMENT_TYPES = ("qris", "gopay")
-DISPENSERS = ("simulated",)
+DISPENSERS = ("simulated", "serial", "gpio")
+#: GPIO_RELAY_PINS: `slot:pin,...` (BCM pin numbers), e.g. `1:17,2:27`.
+RELAY_PINS_RULE = "slot:pin pairs such as 1:17,2:27 (slots 1 to 999, BCM pins 0 to 53, each once)"
 
 #: SANDBOX_FAULT_* names (shared/midtrans.md) and their types.
 SANDBOX_FAULTS: dict[str, type] = {
@@ -187,6 +189,17 @@ class Settings:
     #: A vend the dispenser does not confirm within this long is not waited for any more: its
     #: outcome goes to the operator (money rule 6).
     vend_timeout_s: float = 30.0
+    #: DISPENSER=serial: the vending board's port (/dev/ttyUSB0, or any pyserial URL).
+    dispenser_port: str | None = None
+    #: A slot that fails this many vends in a row is disabled (its drinks sold out).
+    slot_fail_limit: int = 3
+    #: DISPENSER=gpio: GPIO_RELAY_PINS `slot:pin,...` (see `relay_pins`), whether a relay
+    #: input is active high, the drop sensor's pin (one, shared by every slot; unset: none)
+    #: and how long a relay is held on for one vend.
+    gpio_relay_pins: str | None = None
+    gpio_active_high: bool = True
+    gpio_sensor_pin: int | None = None
+    vend_pulse_s: float = 1.0
 
     def __post_init__(self) -> None:
         _check(
@@ -246,6 +259,7 @@ class Settings:
                 "the token `main.py fleet add ID` printed (no spaces)",
             )
         _check(0 < self.vend_timeout_s <= 600, "VEND_TIMEOUT_S", "more than 0, at most 600 s")
+        self._check_dispenser_hardware()
         if self.redis_url is not None:
             if is_cluster_url(self.redis_url):
                 try:
@@ -287,6 +301,39 @@ class Settings:
     def uses_cluster(self) -> bool:
         """The settings name a Redis Cluster (see `redis_cluster`)."""
         return self.redis_cluster is not None
+
+    def _check_dispenser_hardware(self) -> None:
+        if self.dispenser == "serial" and not (self.dispenser_port or "").strip():
+            raise ConfigError(
+                "DISPENSER_PORT is required when DISPENSER=serial: the vending board's "
+                "serial port, e.g. /dev/ttyUSB0"
+            )
+        _check(1 <= self.slot_fail_limit <= 100, "SLOT_FAIL_LIMIT", "1 to 100 failures")
+        _check(0.05 <= self.vend_pulse_s <= 30, "VEND_PULSE_S", "0.05 to 30 seconds")
+        _check(self.vend_pulse_s <= self.vend_timeout_s, "VEND_PULSE_S", "at most VEND_TIMEOUT_S")
+        if self.gpio_sensor_pin is not None:
+            _check(0 <= self.gpio_sensor_pin <= 53, "GPIO_SENSOR_PIN", "a BCM pin 0 to 53")
+        if self.gpio_relay_pins is not None:
+            try:
+                pins = parse_relay_pins(self.gpio_relay_pins)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"GPIO_RELAY_PINS is invalid: expected {RELAY_PINS_RULE} ({exc})"
+                ) from None
+            _check(
+                self.gpio_sensor_pin not in pins.values(),
+                "GPIO_SENSOR_PIN",
+                "a pin that no relay of GPIO_RELAY_PINS uses",
+            )
+        if self.dispenser == "gpio" and self.gpio_relay_pins is None:
+            raise ConfigError(f"GPIO_RELAY_PINS is required when DISPENSER=gpio: {RELAY_PINS_RULE}")
+
+    @property
+    def relay_pins(self) -> dict[int, int]:
+        """GPIO_RELAY_PINS as {slot: BCM pin} ({} when unset)."""
+        if self.gpio_relay_pins is None:
+            return {}
+        return parse_relay_pins(self.gpio_relay_pins)
 
     @property
     def uses_local_sandbox(self) -> bool:
@@ -395,6 +442,12 @@ class Settings:
         take("BACKEND_URL", "backend_url")
         take("MACHINE_TOKEN", "machine_token")
         take("VEND_TIMEOUT_S", "vend_timeout_s", float)
+        take("DISPENSER_PORT", "dispenser_port")
+        take("SLOT_FAIL_LIMIT", "slot_fail_limit", int)
+        take("GPIO_RELAY_PINS", "gpio_relay_pins")
+        take("GPIO_ACTIVE_HIGH", "gpio_active_high", bool)
+        take("GPIO_SENSOR_PIN", "gpio_sensor_pin", int)
+        take("VEND_PULSE_S", "vend_pulse_s", float)
         faults: dict[str, float] = {}
         for name, kind in SANDBOX_FAULTS.items():
             var = "SANDBOX_FAULT_" + name
@@ -412,6 +465,26 @@ class Settings:
                 "DEBUG, INFO, WARNING or ERROR",
             )
         return cls(**values)
+
+
+def parse_relay_pins(text: str) -> dict[int, int]:
+    """`1:17,2:27` -> {1: 17, 2: 27}; ValueError unless every slot and pin is used once."""
+    pins: dict[int, int] = {}
+    for one in text.split(","):
+        one = one.strip()
+        if not one:
+            continue
+        slot, colon, pin = (part.strip() for part in one.partition(":"))
+        if not colon or not slot.isdigit() or not pin.isdigit():
+            raise ValueError(f"{one!r} is not slot:pin")
+        if not 1 <= int(slot) <= 999 or not 0 <= int(pin) <= 53:
+            raise ValueError(f"{one!r}: slot 1 to 999, pin 0 to 53")
+        if int(slot) in pins or int(pin) in pins.values():
+            raise ValueError(f"{one!r}: a slot or pin given twice")
+        pins[int(slot)] = int(pin)
+    if not pins:
+        raise ValueError("no slot:pin")
+    return pins
 
 
 def _parse(var: str, raw: str, kind: type) -> object:
