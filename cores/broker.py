@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -40,7 +41,7 @@ from cores import catalog, rules
 from cores.logs import kv
 from cores.machine import OUT_OF_SERVICE_FROM, Effects, Transition
 from cores.models import Drink, Order, Snapshot, text
-from cores.work import WorkHints, fleet_heartbeats
+from cores.work import Change, WorkHints, fleet_heartbeats
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ class Broker:
         self.redis = client
         self.blocking = blocking or client
         self.hints = hints
+        #: The change the last transition of this thread queued (tid, Change), for its hint.
+        self._queued = threading.local()
         self.machine_id = machine_id
         self.clock = clock
         self.state_key = self._key(keys.STATE)
@@ -248,7 +251,7 @@ class Broker:
 
         self._compare_and_set((self.state_key, self.stock_key, self.menu_key), judge, tid)
         assert order_id is not None  # judge either set it or raised
-        self._hint()
+        self._hint(tid=tid)
         log.info("order placed", extra=kv(order_id=order_id, drink=drink_id))
         return order_id
 
@@ -275,7 +278,7 @@ class Broker:
 
         self._compare_and_set((self.state_key,), judge, tid)
         asked = seen[-1].state in rules.CANCEL_REQUEST_FROM
-        self._hint(Command.CANCEL if asked else "", seen[-1].order_id or "")
+        self._hint(Command.CANCEL if asked else "", seen[-1].order_id or "", tid=tid)
         log.info("cancel", extra=kv(state=seen[-1].state, order_id=seen[-1].order_id or "-"))
 
     def wake(self, command: Command, order_id: str) -> None:
@@ -325,7 +328,7 @@ class Broker:
         snap = seen[-1] if seen else None
         if applied:
             recheck = move.effects.recheck_at is not None and move.order_id
-            self._hint(Command.RECHECK if recheck else "", move.order_id or "")
+            self._hint(Command.RECHECK if recheck else "", move.order_id or "", tid=tid)
             log.info(
                 "transition",
                 extra=kv(
@@ -432,16 +435,20 @@ class Broker:
             return lambda p: self._queue(p, snap, move, self.clock(), tid)
 
         self._compare_and_set((self.state_key,), plan, tid)
-        self._hint()
+        self._hint(tid=tid)
 
-    def _hint(self, command: str = "", order_id: str = "") -> None:
+    def _hint(self, command: str = "", order_id: str = "", tid: str | None = None) -> None:
         """Fleet mode: wake the shared workers and the gateway after a change (cores/work.py).
-        A hint lost here (Redis gone between the change and the hint) is re-derived by the
-        shard's sweep."""
+        `tid`: the transition just applied, whose state, version and frame the hint carries
+        (one its call queued in this thread; none when it queued no transition). A hint lost
+        here (Redis gone between the change and the hint) is re-derived by the shard's sweep."""
+        queued = getattr(self._queued, "change", None)
+        self._queued.change = None
+        change = queued[1] if queued is not None and tid is not None and queued[0] == tid else None
         if self.hints is None:
             return
         try:
-            self.hints.hint(self.machine_id, str(command), order_id)
+            self.hints.hint(self.machine_id, str(command), order_id, change)
         except redis.RedisError as exc:
             log.warning("work hint lost", extra=kv(error=exc, command=command or "-"))
 
@@ -507,6 +514,7 @@ class Broker:
         )
         version = snap.version + 1
         next_order = move.next_order_id or ""
+        self._queued.change = (tid, Change(str(move.to), version, frame_text))
         pipe.hset(
             self.state_key,
             mapping={

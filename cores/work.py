@@ -11,12 +11,25 @@ is only a wake-up: the truth stays in the machine's keys, and a shard's owner re
 work from the machines' states when it takes the shard and every SWEEP_EVERY_S, so a hint lost
 to a crash between the machine's MULTI and the XADD (two slots: they cannot share a MULTI on a
 Cluster) delays a step, never loses it.
+
+A transition's hint also says what it wrote: the new state (`s`), its version (`v`) and its
+screen's frame (`f`), as the events stream's entry has them. So a worker whose service does
+not act on that state skips the hint without reading the machine (services/shard_runner.py),
+and the gateway sends the frame to the agent without reading the events stream when the
+version follows the last one it sent (services/gateway_service.py). A hint without a state
+(a kiosk cancel, a recheck, a vend result) still wakes every worker: only the machine's keys
+say what changed.
+
+    hint fields   m  machine id                 always
+                  command, order_id             a command for the workers (CANCEL, CHECK, RECHECK)
+                  s, v, f                       a transition: state, version, frame
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
@@ -42,6 +55,26 @@ def lease_key(shard: int, service: str) -> str:
     return keys.WORK_LEASE.format(shard=shard, service=service)
 
 
+@dataclass(frozen=True)
+class Change:
+    """What a transition wrote: the machine's new state, its version and its screen's frame."""
+
+    state: str
+    version: int
+    frame: str
+
+
+def hint_change(fields: Mapping[str, Any]) -> Change | None:
+    """The transition a hint tells of (None: a hint without a state, or a malformed one)."""
+    state, version, frame = fields.get("s"), fields.get("v"), fields.get("f")
+    if not state or not isinstance(frame, str):
+        return None
+    try:
+        return Change(str(state), int(version or ""), frame)
+    except ValueError:
+        return None
+
+
 class WorkHints:
     """Appends hints to the machines' shard streams (a Broker in fleet mode holds one)."""
 
@@ -49,12 +82,21 @@ class WorkHints:
         self.redis = client
         self.shards = shards
 
-    def hint(self, machine_id: str, command: str = "", order_id: str = "") -> None:
-        """Wake the workers of `machine_id` (and the gateway that serves its agent)."""
+    def hint(
+        self,
+        machine_id: str,
+        command: str = "",
+        order_id: str = "",
+        change: Change | None = None,
+    ) -> None:
+        """Wake the workers of `machine_id` (and the gateway that serves its agent); `change`:
+        what the transition that asks for the hint wrote."""
         fields: dict[Any, Any] = {"m": machine_id}
         if command:
             fields["command"] = command
             fields["order_id"] = order_id
+        if change is not None:
+            fields.update({"s": change.state, "v": change.version, "f": change.frame})
         self.redis.xadd(
             work_key(shard_of(machine_id, self.shards)),
             fields,

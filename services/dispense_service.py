@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 class DispenseWorker(Worker):
     service = "DISPENSE"
+    states = frozenset({State.PAYMENT_SUCCESS, State.DISPENSING})
 
     def __init__(
         self,

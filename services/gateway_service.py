@@ -36,8 +36,13 @@ another machine's keys.
 Gateway -> agent. No blocking read per machine: one thread per work shard follows the shard's
 hints (XREAD BLOCK, no consumer group: the gateway wants every hint, not a share of them). A
 hint for a connected machine schedules that machine's pump, one at a time per machine (a hint
-that arrives during a pump runs it again after). A pump reads the machine's events stream
-after the last entry sent (XRANGE) and sends each entry's frame as `frame`; when the machine
+that arrives during a pump runs it again after). A transition's hint carries its state,
+version and frame (cores/work.py): when the hints' versions follow the last one sent on the
+link without a gap, the pump sends their frames as they are, reading nothing (`direct_frames`);
+a gap (a hint lost, or hints out of order), a hint without a state, a DISPENSING state (the
+`vend` below needs the order), a first pump or a resync reads Redis instead. A pump that
+reads gets the machine's events stream after the last entry read (XRANGE) and sends each
+entry's frame not sent yet (by version) as `frame`; when the machine
 is DISPENSING an order whose result the VEND hash does not hold, it sends `vend` once per
 connection (the link is ordered and lossless while it lasts; each new connection is told
 again, and the agent answers a repeat from its journal). A connection's first pump reads the
@@ -110,7 +115,7 @@ from cores.logs import kv
 from cores.models import Snapshot
 from cores.protocol import ProtocolError, TokenBucket, error_frame, parse_client_frame
 from cores.protocol import encode as encode_frame
-from cores.work import WorkHints, shard_of, work_key
+from cores.work import Change, WorkHints, hint_change, shard_of, work_key
 from services import kiosk_commands
 from services.kiosk_commands import UNAVAILABLE_MESSAGE
 from services.relay import peer_name
@@ -212,6 +217,8 @@ class Catch:
     cursor: str
     vend_order: str | None
     more: bool = False
+    #: The version of the newest frame sent or skipped as sent already (None: none read).
+    version: int | None = None
 
 
 @dataclass(eq=False)
@@ -229,6 +236,12 @@ class Link:
     cursor: str | None = None
     #: The order `vend` was sent for on this connection.
     vend_sent: str | None = None
+    #: The state version of the newest frame sent (None until the snapshot was sent).
+    sent_version: int | None = None
+    #: Transitions told by hints since the last pump, to send without reading Redis.
+    hinted: list[Change] = field(default_factory=list)
+    #: The next pump reads Redis (a first pump, a hint without a state, a resync).
+    read: bool = True
     version: str | None = None
     #: False until the registry check after registration passed, and once closed.
     open: bool = False
@@ -552,8 +565,11 @@ class Gateway(Stoppable):
 
     # --- gateway -> agent -------------------------------------------------------------------
 
-    def _schedule_pump(self, link: Link) -> None:
-        """Pump `link` now, or again right after the pump in flight."""
+    def _schedule_pump(self, link: Link, read: bool = True) -> None:
+        """Pump `link` now, or again right after the pump in flight; `read`: reading Redis
+        (False: only for the frames handed over by hints, unless they leave a gap)."""
+        if read:
+            link.read = True
         if not link.open:
             return
         if link.pumping:
@@ -566,18 +582,31 @@ class Gateway(Stoppable):
         try:
             while link.open:
                 link.again = False
+                hinted, link.hinted = link.hinted, []
+                direct = None if link.read else direct_frames(link.sent_version, hinted)
+                if direct is not None:
+                    for version, text in direct:
+                        await self._send(link, text)
+                        link.sent_version = version
+                    if link.again:
+                        continue
+                    return
+                link.read = False
                 try:
                     catch = await self._in_thread(
-                        read_for_agent, link.broker, link.cursor, link.vend_sent
+                        read_for_agent, link.broker, link.cursor, link.vend_sent, link.sent_version
                     )
                 except redis.RedisError as exc:
-                    # The next hint, or the resync, pumps again.
+                    # The next hint, or the resync, pumps again (and reads).
+                    link.read = True
                     log.warning("pump: redis unreachable", extra=kv(machine_id=link.machine_id))
                     log.debug("pump error", extra=kv(error=exc))
                     return
                 for text in catch.texts:
                     await self._send(link, text)
                 link.cursor = catch.cursor
+                if catch.version is not None:
+                    link.sent_version = max(catch.version, link.sent_version or 0)
                 if catch.vend_order is not None:
                     link.vend_sent = catch.vend_order
                     log.info(
@@ -589,6 +618,7 @@ class Gateway(Stoppable):
         except ConnectionClosed:
             pass
         except Exception:
+            link.read = True
             log.exception("pump failed", extra=kv(machine_id=link.machine_id))
         finally:
             link.pumping = False
@@ -640,16 +670,26 @@ class Gateway(Stoppable):
         audit.start("gateway-audit")
 
     def _on_hints(self, shard: int, entries: list[tuple[str, dict]] | None) -> None:
-        """Hints of a shard (None: the reader resumed after an outage: pump the whole shard)."""
-        machines: set[Any]
+        """Hints of a shard (None: the reader resumed after an outage: pump the whole shard,
+        reading). A transition's hint hands its frame to the pump; any other makes it read."""
         if entries is None:
-            machines = {m for m in self.links if shard_of(m, self.shards) == shard}
-        else:
-            machines = {fields.get("m") for _, fields in entries}
-        for machine_id in machines:
-            link = self.links.get(machine_id) if isinstance(machine_id, str) else None
-            if link is not None:
-                self._schedule_pump(link)
+            for machine_id, link in list(self.links.items()):
+                if shard_of(machine_id, self.shards) == shard:
+                    self._schedule_pump(link)
+            return
+        pumped: dict[str, Link] = {}
+        for _, fields in entries:
+            hinted = self.links.get(str(fields.get("m")))
+            if hinted is None:
+                continue
+            change = hint_change(fields)
+            if change is None:
+                hinted.read = True
+            else:
+                hinted.hinted.append(change)
+            pumped[hinted.machine_id] = hinted
+        for link in pumped.values():
+            self._schedule_pump(link, read=False)
 
     def _on_audit(self, entries: list[tuple[str, dict]] | None) -> None:
         """Registry changes: close a revoked machine's connection (None: after an outage,
@@ -670,13 +710,38 @@ class Gateway(Stoppable):
 # --- the synchronous Redis work (in the pool's threads) ----------------------------------------
 
 
-def read_for_agent(broker: Broker, cursor: str | None, vend_sent: str | None) -> Catch:
+def direct_frames(sent: int | None, hinted: list[Change]) -> list[tuple[int, str]] | None:
+    """The frames of hinted transitions to send as they are, as (version, agent frame): those
+    newer than `sent`, when their versions follow it without a gap; None when Redis must be
+    read instead (nothing sent yet, a gap, DISPENSING: its `vend` needs the order, a frame too
+    large to relay)."""
+    if sent is None:
+        return None
+    out: list[tuple[int, str]] = []
+    for change in sorted({c.version: c for c in hinted if c.version > sent}.values(), key=_v):
+        if change.version != sent + len(out) + 1 or change.state == State.DISPENSING:
+            return None
+        if len(change.frame.encode()) > AGENT_FRAME_MAX_BYTES - 64:
+            return None
+        out.append((change.version, _frame(change.frame)))
+    return out
+
+
+def _v(change: Change) -> int:
+    return change.version
+
+
+def read_for_agent(
+    broker: Broker, cursor: str | None, vend_sent: str | None, sent_version: int | None = None
+) -> Catch:
     """What to send a machine's agent: the snapshot (first pump, `cursor` None) or the events
-    after `cursor`; and `vend` for the DISPENSING order when no result is recorded for it and
-    it was not asked on this connection yet (`vend_sent`)."""
+    after `cursor` whose version is above `sent_version` (sent from hints already); and `vend`
+    for the DISPENSING order when no result is recorded for it and it was not asked on this
+    connection yet (`vend_sent`)."""
     client = broker.redis
     texts: list[str] = []
     more = False
+    version: int | None = None
     if cursor is None:
         # The screen and the stream's newest id together (one slot): no event falls between.
         with client.pipeline(transaction=True) as pipe:
@@ -686,6 +751,7 @@ def read_for_agent(broker: Broker, cursor: str | None, vend_sent: str | None) ->
         snap = Snapshot.parse(raw)
         cursor = newest[0][0] if newest else "0-0"
         texts.append(_frame(encode_frame(snap.frame)))
+        version = snap.version
     else:
         entries = cast(
             list[tuple[str, dict[str, str]]],
@@ -694,6 +760,11 @@ def read_for_agent(broker: Broker, cursor: str | None, vend_sent: str | None) ->
         more = len(entries) == PUMP_BATCH
         for entry_id, fields in entries:
             cursor = entry_id
+            entry_version = _int(fields.get("version"))
+            if entry_version is not None:
+                version = max(entry_version, version or 0)
+                if sent_version is not None and entry_version <= sent_version:
+                    continue  # sent from its hint
             text = fields.get("frame")
             if not isinstance(text, str) or len(text.encode()) > AGENT_FRAME_MAX_BYTES - 64:
                 log.warning(
@@ -717,7 +788,7 @@ def read_for_agent(broker: Broker, cursor: str | None, vend_sent: str | None) ->
             message = Message(Kind.VEND, order_id=order_id, drink_id=order.drink.id)
             texts.append(agent_protocol.encode(message))
             vend_order = order_id
-    return Catch(texts, cursor, vend_order, more)
+    return Catch(texts, cursor, vend_order, more, version)
 
 
 def record_vend_result(
@@ -841,6 +912,13 @@ def _entries(answer: Any) -> list[tuple[str, dict]]:
     return [entry for _, entries in answer for entry in entries]
 
 
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def _frame(text: str) -> str:
     return agent_protocol.encode(Message(Kind.FRAME, frame=text))
 
@@ -882,4 +960,4 @@ def run(settings: Settings) -> int:
     return 0
 
 
-__all__ = ["Gateway", "VendVerdict", "judge_vend_result", "read_for_agent", "run"]
+__all__ = ["Gateway", "VendVerdict", "direct_frames", "judge_vend_result", "read_for_agent", "run"]

@@ -19,7 +19,7 @@ from enum import StrEnum
 
 from constants.orders import Command, LateRefund, OperatorKind, OrderField
 from constants.services import Service
-from constants.states import ORDER_STATES, RefundOutcome, Sale
+from constants.states import ORDER_STATES, RefundOutcome, Sale, State
 from constants.tunables import RECHECK_EVERY_S
 from cores import rules
 from cores.broker import Broker, Snapshot
@@ -143,6 +143,9 @@ class Desk(Worker):
     """
 
     service = Service.NOTIFICATION
+    #: The RECHECK set is its queue, not the state: woken by RECHECK/CHECK commands (and
+    #: hints without a state), its timers and the sweep.
+    states = frozenset[State]()
 
     def __init__(self, late: LatePayments, clock: Callable[[], float] = time.time) -> None:
         super().__init__(late.broker, clock)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 class OrderCreatedWorker(PaymentWorker):
     service = "ORDER_CREATED"
+    states = frozenset({State.ORDER_CREATED})
     #: The read schedule of the order on screen (in memory; a new process starts afresh).
     watch: Watch | None = None
 

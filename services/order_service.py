@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 class OrderWorker(PaymentWorker):
     service = "ORDER"
+    states = frozenset({State.MENU_CLICKED})
 
     def step(self, snap: Snapshot, entries: list) -> float | None:
         if snap.state != State.MENU_CLICKED:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from constants.states import State
+from constants.states import RESULT_STATES, State
 from cores import rules
 from cores.broker import Broker, Snapshot
 from cores.config import Settings
@@ -19,6 +19,7 @@ from services.worker import Worker
 
 class ScreenWorker(Worker):
     service = "SCREEN"
+    states = frozenset({State.SHOW_MENU, *RESULT_STATES})  # the screens with a timer
 
     def __init__(
         self, broker: Broker, settings: Settings, clock: Callable[[], float] = time.time

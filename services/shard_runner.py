@@ -12,14 +12,25 @@ holds (shared/DESIGN.md, "Fleet mode"; cores/work.py for the shards).
                  timers ZRANGE                            fleet:{shard-N}:due:S
                  sweep: step every machine of the shard   (registry: fleet:{fleet}:machines)
       loop       XREADGROUP BLOCK (up to the next timer), group the hints by machine, step
-                 each machine once, XACK; ZADD/ZREM the timer each step returns; step the
-                 machines whose timer fell due; sweep every SWEEP_EVERY_S
+                 each machine once, XACK the batch at once; ZADD/ZREM the timer each step
+                 returns; step the machines whose timer fell due; sweep every SWEEP_EVERY_S
 
 A step is the service's existing one-machine `Worker.step(snapshot, entries)`, of one worker
 object per machine (built lazily on a Broker that carries hints, dropped with the shard). The
 hints are only wake-ups; the truth stays in the machine's keys, so a lost hint, a step that
 failed or a shard taken over mid-step costs a delay, never an order: the sweep re-derives
-the work from the machines' states. Each machine belongs to one shard and each shard's lease
+the work from the machines' states.
+
+A hint of a transition names the new state (cores/work.py). A service declares the states it
+acts on (`Worker.states`); the machines whose hints in a batch all name other states and carry
+no command are not stepped: their snapshot is not even read (`must_step`). The step it saves
+would have done nothing but return no timer, and the workers stay level-triggered: a hint
+without a state, a command, a failed step's retry, a timer and the sweep still step the
+machine, whatever its state. A timer of the machine is left as it is (it fires, and its step
+reads the state then): hints may arrive out of order (each is written after its own MULTI), so
+a skipped hint may be older than the step that set the timer.
+
+Each machine belongs to one shard and each shard's lease
 to one process, so a machine is stepped by one process at a time; a process that cannot
 renew a lease stops working that shard at once (after the step in hand), and a released
 lease is deleted only once its thread has ended. A killed process's leases expire after
@@ -32,7 +43,7 @@ written (a thousand machines, a thousand writes per period): the workers' zset s
 processes of a service are alive (`cores.work.fleet_heartbeats`).
 
 The share-out rules are pure functions at the top (`fair_share`, `shards_to_release`,
-`shards_to_try`, `hinted_machines`).
+`shards_to_try`, `hinted_machines`, `must_step`).
 """
 
 from __future__ import annotations
@@ -45,7 +56,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, cast
 
 import redis
@@ -112,6 +123,21 @@ def hinted_machines(
             continue
         out.setdefault(machine, []).append((fields.get("command", ""), fields.get("order_id", "")))
     return out
+
+
+def must_step(
+    states: Collection[str] | None, hints: Iterable[Mapping[str, str]], carried: bool = False
+) -> bool:
+    """Whether a worker acting on `states` (None: any) steps a machine for its `hints` of one
+    batch: unless every one is a transition's hint naming another state, with no command
+    (`carried`: a failed step's hints wait for their retry: always step)."""
+    if states is None or carried:
+        return True
+    for fields in hints:
+        state = fields.get("s")
+        if fields.get("command") or not state or state in states:
+            return True
+    return False
 
 
 def default_consumer() -> str:
@@ -190,6 +216,11 @@ class ShardRunner:
         self.held: dict[int, ShardWork] = {}
         #: Lease loop rounds done (tests wait on it).
         self.ticks = 0
+        #: Machines' hints not stepped: every one named a state the service does not act on.
+        self.skipped = 0
+        #: The states the service acts on (None: any), from its worker class once built.
+        self.states: frozenset[str] | None = None
+        self._states_known = False
         self._start_at = zlib.crc32(self.consumer.encode()) % shards
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -344,6 +375,17 @@ class ShardRunner:
                 active.add(shard)
                 work.start()
                 log.info("shard taken", extra=kv(worker=self.service, shard=shard, share=share))
+
+    def must_step(self, hints: list[dict[str, str]], carried: bool) -> bool:
+        """`must_step` with the service's states (known once one worker was built: its
+        class says; until then every hint steps)."""
+        return must_step(self.states, hints, carried) if self._states_known else True
+
+    def learn_states(self, worker: Worker) -> None:
+        if not self._states_known:
+            states = type(worker).states
+            self.states = None if states is None else frozenset(str(s) for s in states)
+            self._states_known = True
 
     def _drop(self, shard: int) -> None:
         with self._lock:
@@ -516,10 +558,16 @@ class ShardWork:
             return
         done: Entries = []
         hinted = hinted_machines(entries, self.shard, self.runner.shards)
+        by_machine: dict[str, Entries] = {}
+        for entry in entries:
+            by_machine.setdefault(entry[1].get("m", ""), []).append(entry)
         for machine, commands in hinted.items():
-            if not self.step(machine, commands):
+            mine = by_machine[machine]
+            if not self.runner.must_step([f for _, f in mine], machine in self.carry):
+                self.runner.skipped += 1
+            elif not self.step(machine, commands):
                 break  # stopping: the rest stays pending for the next owner
-            done.extend(e for e in entries if e[1].get("m") == machine)
+            done.extend(mine)
         if self.holds():
             done = entries  # hints of other shards' machines are dropped as worked
         self.ack(done)
@@ -541,6 +589,7 @@ class ShardWork:
                 self.runner.redis, machine, blocking=self.runner.blocking, hints=self.runner.hints
             )
             worker = self.workers[machine] = self.runner.make_worker(broker)
+            self.runner.learn_states(worker)
         hints = self.carry.pop(machine, []) + commands
         entries = [
             (worker.broker.commands_key, {"command": c, "order_id": o}) for c, o in hints if c

@@ -18,9 +18,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import redis
 
+from constants.states import State
 from constants.tunables import ERROR_BACKOFF_S, HEARTBEAT_EVERY_S, HEARTBEAT_TTL_S
 from cores.broker import Broker, Snapshot
 from cores.logs import kv
@@ -36,6 +38,10 @@ class Worker:
     """Subclasses set `service` and implement `step`."""
 
     service = "WORKER"
+    #: Fleet mode: the states this service acts on (None: any). The shard runner skips a hint
+    #: of a transition to another state that carries no command, without reading the
+    #: machine: the step would do nothing for it (services/shard_runner.py).
+    states: ClassVar[frozenset[State] | None] = None
     #: The longest sleep on Redis; tests that stop a worker from another thread shorten it.
     max_block_s: float = HEARTBEAT_EVERY_S
 
