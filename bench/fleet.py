@@ -16,6 +16,13 @@ simulator's pay answered until PAYMENT_SUCCESS: the notification, the late-payme
 status call); Redis commands per purchase (INFO total_commands_processed); and the CPU share
 of every process (one core = 100 %). The baseline, in the same run on the same backend, is one
 machine buying alone; each step's p50 is also given as a ratio to it.
+
+`--profile DIR` also samples every Python process of the backend (and this one) with py-spy
+(requirements-dev.txt) while the fleet buys, after a warm-up: DIR/<process>.txt holds its
+collapsed stacks (py-spy's raw format: flamegraph.pl or speedscope read it) and
+DIR/summary.txt each process's functions that take the most samples, by own time (the
+function on top of the stack) and by total time (anywhere on it). Redis's INFO commandstats,
+taken before and after the load, gives the commands per purchase by command.
 """
 
 from __future__ import annotations
@@ -27,10 +34,12 @@ import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,6 +225,114 @@ def commands_processed(backend: Backend) -> int:
     return int(backend.redis.info("stats")["total_commands_processed"])
 
 
+def command_counts(backend: Backend) -> Counter[str]:
+    """Calls of each Redis command so far (INFO commandstats)."""
+    stats = backend.redis.info("commandstats")
+    return Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
+
+
+#: Functions listed per process in the profile's summary.
+TOP = 15
+PY_SPY = Path(sys.executable).parent / "py-spy"
+
+
+class Profiler:
+    """py-spy on every Python process of `pids`, from `warm_s` after `start()` for `seconds`."""
+
+    def __init__(self, folder: Path, pids: dict[str, int], warm_s: float, seconds: float) -> None:
+        self.folder = folder
+        self.pids = {n: p for n, p in pids.items() if n != "redis-server"}
+        self.warm_s = warm_s
+        self.seconds = seconds
+        self.thread = threading.Thread(target=self._record, daemon=True)
+        self.samplers: dict[str, subprocess.Popen] = {}
+        self.stopping = threading.Event()
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.thread.start()
+
+    def _record(self) -> None:
+        if self.stopping.wait(self.warm_s):
+            return
+        for name, pid in self.pids.items():
+            out = self.folder / f"{safe_name(name)}.txt"
+            self.samplers[name] = subprocess.Popen(
+                [
+                    str(PY_SPY),
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--duration",
+                    str(int(self.seconds)),
+                    "--format",
+                    "raw",
+                    "--nolineno",
+                    "--nonblocking",
+                    "--rate",
+                    "50",
+                    "--output",
+                    str(out),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+
+    def finish(self) -> str:
+        """Wait for the samplers; the summary (also written to DIR/summary.txt)."""
+        self.stopping.set()
+        self.thread.join()
+        for sampler in self.samplers.values():
+            try:
+                sampler.wait(self.seconds + 30)
+            except subprocess.TimeoutExpired:
+                sampler.kill()
+        lines = []
+        for name in sorted(self.samplers):
+            path = self.folder / f"{safe_name(name)}.txt"
+            stacks = path.read_text() if path.exists() else ""
+            lines.extend(summarize(name, stacks))
+        text = "\n".join(lines) + "\n"
+        (self.folder / "summary.txt").write_text(text)
+        return text
+
+
+def safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name).strip("_")
+
+
+def summarize(name: str, stacks: str, top: int = TOP) -> list[str]:
+    """The functions of collapsed stacks ("a;b;c count" lines) with the most samples: own
+    (on top of the stack) and total (anywhere on it, once per stack)."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in stacks.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        samples += n
+        own[frames[-1]] += n
+        for frame in set(frames):
+            total[frame] += n
+    out = [f"== {name}: {samples} samples (threads busy, 50 per second each)"]
+    if not samples:
+        return out
+    out.append("  own time:")
+    out += [f"    {n * 100 / samples:5.1f} %  {f}" for f, n in own.most_common(top)]
+    out.append("  total time (project code):")
+    project = [(f, n) for f, n in total.most_common() if is_project(f)][:top]
+    out += [f"    {n * 100 / samples:5.1f} %  {f}" for f, n in project]
+    return out
+
+
+def is_project(frame: str) -> bool:
+    """A frame of this repository's code (not the standard library or a package)."""
+    return any(f"({d}/" in frame or f"({d}\\" in frame for d in ("cores", "services", "bench"))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--machines", type=int, default=100)
@@ -223,6 +340,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--baseline-seconds", type=float, default=15.0)
     parser.add_argument("--dispense-s", type=float, default=0.3)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample every backend process with py-spy while the fleet buys; stacks and a "
+        "summary go to DIR",
+    )
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="drink-fleet-bench-"))
     # Result screens wait for the customer's tap (RESULT_SCREEN_S far off), so that no timer
@@ -250,17 +374,30 @@ def main() -> int:
         pids = processes(backend)
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         commands_before = commands_processed(backend)
+        by_command_before = command_counts(backend)
+        profiler = None
+        if args.profile is not None:
+            warm_s = min(10.0, args.seconds / 4)
+            profiler = Profiler(args.profile, pids, warm_s, min(30.0, args.seconds - 2 * warm_s))
+            profiler.start()
         started = time.monotonic()
         figures = asyncio.run(drive(machines, args.seconds, payer))
         wall = time.monotonic() - started
         commands = commands_processed(backend) - commands_before
+        by_command = command_counts(backend)
+        by_command.subtract(by_command_before)
         report(f"{args.machines} machines, {args.workers} worker process(es)", figures, wall, base)
         if figures.purchases:
-            print(f"  Redis commands per purchase: {commands / figures.purchases:.0f}")
+            print(f"  Redis commands per purchase: {commands / figures.purchases:.0f}, the most:")
+            for name, calls in by_command.most_common(10):
+                print(f"    {name:<28} {calls / figures.purchases:6.1f}")
         print("  CPU share (one core = 100 %):")
         for name, pid in sorted(pids.items()):
             share = (cpu_seconds(pid) - cpu_before[name]) / wall * 100
             print(f"    {name:<28} {share:6.1f} %")
+        if profiler is not None:
+            print(f"  profile ({args.profile}):")
+            print(profiler.finish())
     finally:
         with contextlib.suppress(Exception):
             backend.stop()
