@@ -1,11 +1,14 @@
 """Signed HTTP notifications: POSTed to each of a transaction's notification URLs whenever its
 transaction_status changes (shared/midtrans.md, "HTTP notifications").
 
-Threads: a scheduler that sleeps on a condition until the next delivery is due, and one lane
-per receiving URL. A due delivery joins its URL's lane; a lane's thread POSTs its deliveries
-one after the other (so one receiver gets a transaction's notifications in order) and ends
-when its lane is empty. Lanes run side by side: a receiver that hangs holds up its own lane
-for at most `timeout_s`, never another receiver's.
+Threads: a scheduler that sleeps on a condition until the next delivery is due, and
+NOTIFY_LANES lanes per receiving URL, a transaction always in the same one (CRC-32 of its
+id). A due delivery joins its lane; a lane's thread POSTs its deliveries one after the other
+(so one receiver gets a transaction's notifications in order) and ends when its lane is
+empty. Lanes run side by side, as Midtrans's senders do: a receiver that hangs holds up its
+own lanes for at most `timeout_s`, never another receiver's, and a busy receiver (a fleet's
+backend) is sent the notifications of several transactions at once rather than queued
+behind one connection.
 
 A failed attempt (no 2xx in `timeout_s`) is tried again after each delay of `retry_delays_s`
 (Midtrans retries about 5 times over hours; locally the same number of attempts, over
@@ -24,6 +27,7 @@ import logging
 import socket
 import threading
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from http.client import HTTPConnection, HTTPSConnection
@@ -37,6 +41,8 @@ log = logging.getLogger(__name__)
 #: Timeout of one POST; the delays between attempts when a receiver fails.
 NOTIFY_TIMEOUT_S = 5.0
 NOTIFY_RETRY_DELAYS_S = (0.2, 1.0, 3.0, 10.0)
+#: Deliveries made at once to one receiving URL (each transaction's in order, in one lane).
+NOTIFY_LANES = 8
 #: A duplicate notification (NOTIFY_DUPLICATE_RATE) follows the original this much later.
 NOTIFY_DUPLICATE_GAP_S = 0.05
 HEADERS = {
@@ -54,6 +60,8 @@ class Delivery:
     body: bytes = field(compare=False)
     attempt: int = field(default=0, compare=False)
     label: str = field(default="", compare=False)
+    #: The URL's lane of its transaction.
+    lane: int = field(default=0, compare=False)
 
 
 class Notifier:
@@ -70,8 +78,8 @@ class Notifier:
         self._seq = itertools.count()
         #: Notifications held back by NOTIFY_REORDER, per transaction_id: (url, body).
         self._held: dict[str, list[tuple[str, bytes]]] = {}
-        self._lanes: dict[str, deque[Delivery]] = {}
-        self._lane_threads: dict[str, threading.Thread] = {}
+        self._lanes: dict[tuple[str, int], deque[Delivery]] = {}
+        self._lane_threads: dict[tuple[str, int], threading.Thread] = {}
         self._open: set[HTTPConnection] = set()
         self._scheduler: threading.Thread | None = None
         self._stopping = False
@@ -106,6 +114,7 @@ class Notifier:
             return
         fresh = [(url, body) for url in urls]
         label = f"{order_id} {status}"
+        lane = zlib.crc32(transaction_id.encode()) % NOTIFY_LANES
         with self._lock:
             if self.faults["NOTIFY_REORDER"] and status == "pending":
                 # Held back until the transaction's next change, then sent after it.
@@ -114,10 +123,10 @@ class Notifier:
             batch = fresh + self._held.pop(transaction_id, [])[::-1]
             due = time.monotonic() + self.faults["NOTIFY_DELAY_S"]
             for url, payload in batch:
-                self._queue(Delivery(due, next(self._seq), url, payload, 0, label))
+                self._queue(Delivery(due, next(self._seq), url, payload, 0, label, lane))
                 if self.faults.roll("NOTIFY_DUPLICATE_RATE"):
                     gap = due + NOTIFY_DUPLICATE_GAP_S
-                    self._queue(Delivery(gap, next(self._seq), url, payload, 0, label))
+                    self._queue(Delivery(gap, next(self._seq), url, payload, 0, label, lane))
             self._due.notify_all()
 
     def _queue(self, delivery: Delivery) -> None:
@@ -135,24 +144,26 @@ class Notifier:
                     self._due.wait(wait)
                     continue
                 delivery = heapq.heappop(self._outbox)
-                self._lanes.setdefault(delivery.url, deque()).append(delivery)
-                if delivery.url not in self._lane_threads:
+                key = (delivery.url, delivery.lane)
+                self._lanes.setdefault(key, deque()).append(delivery)
+                if key not in self._lane_threads:
                     thread = threading.Thread(
                         target=self._run_lane,
-                        args=(delivery.url,),
+                        args=(key,),
                         name="sandbox-notify-lane",
                         daemon=True,
                     )
-                    self._lane_threads[delivery.url] = thread
+                    self._lane_threads[key] = thread
                     thread.start()
 
-    def _run_lane(self, url: str) -> None:
+    def _run_lane(self, key: tuple[str, int]) -> None:
+        url = key[0]
         while True:
             with self._lock:
-                lane = self._lanes.get(url)
+                lane = self._lanes.get(key)
                 if self._stopping or not lane:
-                    self._lanes.pop(url, None)
-                    self._lane_threads.pop(url, None)
+                    self._lanes.pop(key, None)
+                    self._lane_threads.pop(key, None)
                     return
                 delivery = lane.popleft()
             error = self._post(delivery)

@@ -9,9 +9,11 @@ import contextlib
 import socket
 import threading
 import time
+import zlib
 
 import pytest
 
+from sandbox.notifier import NOTIFY_LANES
 from tests import sandbox_helpers
 from tests.sandbox_helpers import WAIT_S, Receiver, free_port, of, signed
 
@@ -148,6 +150,24 @@ def test_a_receiver_that_hangs_delays_no_other_receiver(api, sandbox):
     finally:
         hung.close()
         good.close()
+
+
+def test_one_receiver_gets_several_transactions_at_once_each_in_its_own_lane(api, sandbox):
+    """A receiver is sent the notifications of several transactions at once (one connection
+    per lane in use), not one after the other: a busy backend is not held behind one POST;
+    each transaction keeps to one lane, so its own notifications stay in order."""
+    sandbox.notify_timeout_s = 60
+    hung = HangingReceiver()
+    try:
+        lanes = set()
+        for n in range(12):
+            reply = api.charge(f"vm-1-lanes-{n}", headers={"X-Override-Notification": hung.url})
+            lanes.add(zlib.crc32(reply.json()["transaction_id"].encode()) % NOTIFY_LANES)
+        assert len(lanes) > 1
+        hung.wait_connections(len(lanes))  # one pending notification stuck in each lane
+        assert len(hung.connections) == len(lanes)
+    finally:
+        hung.close()
 
 
 def test_stop_cuts_off_a_delivery_to_a_receiver_that_hangs(api, sandbox):
