@@ -374,3 +374,73 @@ def test_an_invalid_cluster_address_raises_config_error_naming_the_variable(var,
     with pytest.raises(ConfigError) as info:
         Settings.from_env({var: raw})
     assert var in str(info.value)
+
+
+# --- dispenser drivers -------------------------------------------------------------------------
+
+
+def test_dispenser_hardware_settings_have_the_design_defaults():
+    s = Settings.from_env({})
+    assert (s.dispenser, s.dispenser_port, s.slot_fail_limit) == ("simulated", None, 3)
+    assert (s.gpio_relay_pins, s.gpio_active_high, s.gpio_sensor_pin) == (None, True, None)
+    assert s.relay_pins == {}
+    assert s.vend_pulse_s == 1.0
+
+
+def test_serial_and_gpio_dispensers_read_their_settings():
+    serial = Settings.from_env(
+        {"DISPENSER": "serial", "DISPENSER_PORT": "/dev/ttyUSB0", "SLOT_FAIL_LIMIT": "5"}
+    )
+    assert (serial.dispenser, serial.dispenser_port, serial.slot_fail_limit) == (
+        "serial",
+        "/dev/ttyUSB0",
+        5,
+    )
+    gpio = Settings.from_env(
+        {
+            "DISPENSER": "gpio",
+            "GPIO_RELAY_PINS": " 1:17, 2:27 ,3:22",
+            "GPIO_ACTIVE_HIGH": "false",
+            "GPIO_SENSOR_PIN": "23",
+            "VEND_PULSE_S": "0.5",
+        }
+    )
+    assert gpio.relay_pins == {1: 17, 2: 27, 3: 22}
+    assert (gpio.gpio_active_high, gpio.gpio_sensor_pin, gpio.vend_pulse_s) == (False, 23, 0.5)
+
+
+def test_serial_without_a_port_is_refused_naming_dispenser_port():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"DISPENSER": "serial"})
+    assert "DISPENSER_PORT" in str(info.value)
+
+
+def test_gpio_without_relay_pins_is_refused_naming_gpio_relay_pins():
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"DISPENSER": "gpio"})
+    assert "GPIO_RELAY_PINS" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "var"),
+    [
+        ({"DISPENSER": "stepper"}, "DISPENSER"),
+        ({"SLOT_FAIL_LIMIT": "0"}, "SLOT_FAIL_LIMIT"),
+        ({"SLOT_FAIL_LIMIT": "three"}, "SLOT_FAIL_LIMIT"),
+        ({"GPIO_RELAY_PINS": "17"}, "GPIO_RELAY_PINS"),
+        ({"GPIO_RELAY_PINS": "1:17,1:27"}, "GPIO_RELAY_PINS"),
+        ({"GPIO_RELAY_PINS": "1:17,2:17"}, "GPIO_RELAY_PINS"),
+        ({"GPIO_RELAY_PINS": "0:17"}, "GPIO_RELAY_PINS"),
+        ({"GPIO_RELAY_PINS": "1:99"}, "GPIO_RELAY_PINS"),
+        ({"GPIO_RELAY_PINS": ","}, "GPIO_RELAY_PINS"),
+        ({"GPIO_RELAY_PINS": "1:17", "GPIO_SENSOR_PIN": "17"}, "GPIO_SENSOR_PIN"),
+        ({"GPIO_SENSOR_PIN": "-1"}, "GPIO_SENSOR_PIN"),
+        ({"GPIO_ACTIVE_HIGH": "maybe"}, "GPIO_ACTIVE_HIGH"),
+        ({"VEND_PULSE_S": "0"}, "VEND_PULSE_S"),
+        ({"VEND_PULSE_S": "20", "VEND_TIMEOUT_S": "10"}, "VEND_PULSE_S"),
+    ],
+)
+def test_invalid_dispenser_settings_raise_config_error_naming_the_variable(env, var):
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert var in str(info.value)

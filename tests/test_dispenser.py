@@ -8,7 +8,7 @@ import random
 import pytest
 
 from cores.config import Settings
-from cores.dispenser import JOURNAL_NAME, SimulatedDispenser, from_settings
+from cores.dispenser import JOURNAL_NAME, STARTED, SimulatedDispenser, VendJournal, from_settings
 from cores.rules import Vend
 
 AT = 1_764_150_000.0
@@ -137,3 +137,53 @@ def test_from_settings_uses_var_dir_duration_and_failure_rate(tmp_path):
     assert dispenser.journal == tmp_path / JOURNAL_NAME
     assert dispenser.duration_s == 0.25
     assert dispenser.failure_rate == 1.0
+
+
+# --- the journal every driver shares (VendJournal) --------------------------------------------
+
+
+def test_the_journal_class_keeps_the_file_format_and_adds_only_given_fields(tmp_path):
+    """record(): the four fields of the design, plus slot/reason when given (None: left out)."""
+    journal = VendJournal(tmp_path, clock=lambda: AT)
+    journal.record("o1", "cola", STARTED, slot=3, reason=None)
+    journal.record("o1", "cola", "failed", slot=3, reason="JAM")
+    assert [json.loads(line) for line in lines(tmp_path)] == [
+        {"order_id": "o1", "drink": "cola", "result": "started", "at": AT, "slot": 3},
+        {
+            "order_id": "o1",
+            "drink": "cola",
+            "result": "failed",
+            "at": AT,
+            "slot": 3,
+            "reason": "JAM",
+        },
+    ]
+    assert journal.outcome("o1") is Vend.FAILED
+
+
+def test_the_simulated_driver_reads_what_another_driver_journaled(tmp_path, sleeps):
+    """Same file, same reading: a line with extra fields written by a hardware driver is read
+    by the simulated driver (and the other way round)."""
+    VendJournal(tmp_path).record("o1", "cola", "vended", slot=2, source="RESULT")
+    VendJournal(tmp_path).record("o2", "cola", STARTED, slot=2)
+    reader = make(tmp_path, sleeps)
+    assert reader.outcome("o1") is Vend.VENDED
+    assert reader.outcome("o2") is Vend.UNKNOWN
+    assert VendJournal(tmp_path).started("o2")["slot"] == 2
+    assert VendJournal(tmp_path).started("o1") is None
+
+
+def test_a_simulated_vend_given_a_slot_journals_it(tmp_path, sleeps):
+    """vend(order_id, drink_id, slot): the slot is on the line; without one, nothing changes."""
+    dispenser = make(tmp_path, sleeps)
+    dispenser.vend("o1", "cola", 4)
+    dispenser.vend("o2", "cola")
+    first, second = (json.loads(line) for line in lines(tmp_path))
+    assert first["slot"] == 4
+    assert "slot" not in second
+
+
+def test_from_settings_builds_the_simulated_driver_by_default(tmp_path):
+    """DISPENSER unset: the simulated driver, whatever hardware settings are present."""
+    settings = Settings(var_dir=tmp_path, gpio_relay_pins="1:17")
+    assert isinstance(from_settings(settings), SimulatedDispenser)

@@ -1,0 +1,299 @@
+"""DISPENSER=serial against a simulated board on a pseudo-terminal (tests/board_sim.py).
+
+The board speaks the protocol of cores/board_protocol.py as firmware/main.py does; each test
+sets what it does with the next VEND and reads what it received and which motors ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cores import board_protocol as bp
+from cores.config import Settings
+from cores.dispenser import JOURNAL_NAME, STARTED, VendJournal, from_settings
+from cores.rules import Vend
+from cores.serial_dispenser import SerialDispenser
+from tests.board_sim import BoardSim
+from tests.machine_helpers import ROOT, eventually
+
+#: Shorter than the protocol's 2 s of silence, to keep the tests quick; one test keeps 2 s.
+SILENT_S = 0.4
+
+
+@pytest.fixture
+def board() -> Iterator[BoardSim]:
+    sim = BoardSim()
+    yield sim
+    sim.close()
+
+
+@pytest.fixture
+def driver(board: BoardSim, tmp_path: Path) -> Iterator[SerialDispenser]:
+    d = SerialDispenser(board.path, tmp_path, vend_timeout_s=1.0, silent_after_s=SILENT_S)
+    yield d
+    d.close()
+
+
+def journal(tmp_path: Path, order_id: str) -> list[dict]:
+    return [e for e in VendJournal(tmp_path).entries() if e["order_id"] == order_id]
+
+
+# --- a good vend, and each failure ----------------------------------------------------------
+
+
+def test_a_good_vend_is_vended_and_journaled_started_then_vended(board, driver, tmp_path):
+    """VEND -> ACK -> DONE OK: VENDED; the journal has "started" then "vended", with the slot."""
+    assert driver.vend("vm-1-o1", "cola", 3) is Vend.VENDED
+    assert board.vends_received() == ["VEND vm-1-o1 3"]
+    assert board.moved == [("vm-1-o1", 3)]
+    assert [(e["result"], e["slot"], e["drink"]) for e in journal(tmp_path, "vm-1-o1")] == [
+        (STARTED, 3, "cola"),
+        ("vended", 3, "cola"),
+    ]
+    assert driver.outcome("vm-1-o1") is Vend.VENDED
+
+
+@pytest.mark.parametrize("reason", [r.value for r in bp.Reason])
+def test_each_fail_reason_is_failed_with_the_reason_journaled(board, driver, tmp_path, reason):
+    """DONE FAIL JAM/EMPTY/NO_DROP/TIMEOUT: FAILED (a refund), the reason in the journal."""
+    board.mode, board.fail_reason = "fail", reason
+    assert driver.vend("o1", "cola", 2) is Vend.FAILED
+    last = journal(tmp_path, "o1")[-1]
+    assert (last["result"], last["reason"], last["slot"]) == ("failed", reason, 2)
+    assert driver.outcome("o1") is Vend.FAILED
+
+
+@pytest.mark.parametrize(("mode", "reason"), [("busy", "BUSY"), ("err", "ERR")])
+def test_busy_or_err_is_a_refusal_failed_and_nothing_moved(board, driver, tmp_path, mode, reason):
+    """BUSY / ERR instead of ACK: the board refused, no motor ran: FAILED with the reason."""
+    board.mode = mode
+    assert driver.vend("o1", "cola", 1) is Vend.FAILED
+    assert board.moved == []
+    assert journal(tmp_path, "o1")[-1]["reason"] == reason
+
+
+def test_a_board_that_never_acks_is_unknown_after_two_seconds(board, tmp_path):
+    """Silence for the protocol's 2 s after VEND: UNKNOWN (operator), only "started" journaled."""
+    board.mode = "no_ack"
+    d = SerialDispenser(board.path, tmp_path, vend_timeout_s=30)
+    try:
+        began = time.monotonic()
+        assert d.vend("o1", "cola", 1) is Vend.UNKNOWN
+        waited = time.monotonic() - began
+    finally:
+        d.close()
+    assert bp.SILENT_AFTER_S <= waited < bp.SILENT_AFTER_S + 1
+    assert [e["result"] for e in journal(tmp_path, "o1")] == [STARTED]
+
+
+def test_ack_without_done_asks_result_and_takes_the_boards_memory(board, driver, tmp_path):
+    """ACK, then no DONE within VEND_TIMEOUT_S: RESULT asked; the board remembers OK: VENDED."""
+    board.mode, board.result_after = "ack_only", "OK"
+    assert driver.vend("o1", "cola", 1) is Vend.VENDED
+    assert board.received[-1] == "RESULT o1"
+    assert journal(tmp_path, "o1")[-1]["result"] == "vended"
+
+
+def test_ack_without_done_and_a_forgetful_board_is_unknown(board, driver, tmp_path):
+    """ACK, no DONE, RESULT answers UNKNOWN: the vend's outcome is UNKNOWN, nothing more journaled."""
+    board.mode, board.result_after = "ack_only", None
+    assert driver.vend("o1", "cola", 1) is Vend.UNKNOWN
+    assert board.received[-1] == "RESULT o1"
+    assert [e["result"] for e in journal(tmp_path, "o1")] == [STARTED]
+
+
+def test_ack_without_done_and_silent_to_result_is_unknown(board, driver, tmp_path):
+    """ACK, no DONE, no answer to RESULT either: UNKNOWN."""
+    board.mode, board.answer_result = "ack_only", False
+    assert driver.vend("o1", "cola", 1) is Vend.UNKNOWN
+    assert driver.outcome("o1") is Vend.UNKNOWN
+    assert [e["result"] for e in journal(tmp_path, "o1")] == [STARTED]
+
+
+def test_garbage_lines_are_ignored_and_the_vend_still_reads_right(board, driver, tmp_path):
+    """Junk lines before every answer (binary, half messages, unknown words) change nothing."""
+    board.garbage = True
+    assert driver.ping() == board.firmware
+    assert driver.vend("o1", "cola", 1) is Vend.VENDED
+    board.mode, board.fail_reason = "fail", "JAM"
+    assert driver.vend("o2", "cola", 1) is Vend.FAILED
+    assert len(board.vends_received()) == 2
+
+
+def test_a_stale_busy_left_on_the_line_is_not_taken_for_the_answer(board, driver):
+    """A BUSY the board sent while nobody asked is drained before VEND, not read as a refusal."""
+    assert driver.ping()  # the port is open
+    board.send("BUSY")
+    board.send("DONE some-old-order OK")
+    eventually(lambda: driver._port.in_waiting >= len("BUSY\nDONE some-old-order OK\n"))
+    assert driver.vend("o1", "cola", 1) is Vend.VENDED
+
+
+# --- the port unplugged, the host restarted -------------------------------------------------
+
+
+def test_unplugged_mid_vend_is_unknown_and_never_vended_again(board, driver, tmp_path):
+    """The cable is pulled after ACK: UNKNOWN; the order's outcome stays UNKNOWN, so no
+    worker vends it again (both callers read `outcome` first), and the board saw one VEND."""
+    board.unplug_after_ack = True
+    assert driver.vend("o1", "cola", 1) is Vend.UNKNOWN
+    assert [e["result"] for e in journal(tmp_path, "o1")] == [STARTED]
+    assert driver.outcome("o1") is Vend.UNKNOWN  # the port is gone: still nobody can tell
+    restarted = SerialDispenser(board.path, tmp_path, silent_after_s=SILENT_S)
+    assert restarted.outcome("o1") is Vend.UNKNOWN
+    assert board.vends_received() == ["VEND o1 1"]
+
+
+def test_a_port_that_cannot_be_opened_fails_the_vend_before_anything_is_sent(tmp_path):
+    """No such device: nothing was sent, so nothing moved: FAILED, reason PORT."""
+    d = SerialDispenser(str(tmp_path / "no-such-tty"), tmp_path, silent_after_s=SILENT_S)
+    assert d.vend("o1", "cola", 1) is Vend.FAILED
+    assert journal(tmp_path, "o1")[-1]["reason"] == "PORT"
+
+
+@pytest.mark.parametrize(
+    ("remembered", "expected", "journaled"),
+    [
+        ("OK", Vend.VENDED, "vended"),
+        ("FAIL JAM", Vend.FAILED, "failed"),
+        (None, Vend.UNKNOWN, None),  # the board answers RESULT o1 UNKNOWN
+    ],
+)
+def test_after_a_restart_a_started_only_order_is_asked_of_the_board(
+    board, tmp_path, remembered, expected, journaled
+):
+    """Journal "started" and no result (the host died mid-vend): `outcome` asks RESULT and
+    journals a definite answer; UNKNOWN stays for the operator."""
+    VendJournal(tmp_path).record("o1", "cola", STARTED, slot=2)
+    if remembered is not None:
+        board.results["o1"] = remembered
+    d = SerialDispenser(board.path, tmp_path, silent_after_s=SILENT_S)
+    assert d.outcome("o1") is expected
+    assert board.received == ["RESULT o1"]
+    results = [e["result"] for e in journal(tmp_path, "o1")]
+    assert results == [STARTED] + ([journaled] if journaled else [])
+    if journaled:
+        assert journal(tmp_path, "o1")[-1]["slot"] == 2
+        assert d.outcome("o1") is expected  # now from the journal: no second question
+        assert board.received == ["RESULT o1"]
+
+
+def test_after_a_restart_a_board_still_vending_or_silent_is_unknown(board, tmp_path):
+    """RESULT BUSY (that order still vends) or no answer: UNKNOWN, nothing journaled."""
+    VendJournal(tmp_path).record("o1", "cola", STARTED, slot=2)
+    d = SerialDispenser(board.path, tmp_path, silent_after_s=SILENT_S)
+    board.current = "o1"
+    assert d.outcome("o1") is Vend.UNKNOWN
+    board.current, board.answer_result = None, False
+    assert d.outcome("o1") is Vend.UNKNOWN
+    assert [e["result"] for e in journal(tmp_path, "o1")] == [STARTED]
+
+
+HOST = """
+import sys
+from cores.serial_dispenser import SerialDispenser
+d = SerialDispenser(sys.argv[1], sys.argv[2], vend_timeout_s=60)
+d.vend("o1", "cola", 4)
+"""
+
+
+def test_host_killed_mid_vend_is_answered_by_result_after_the_restart(board, tmp_path):
+    """A host process is killed -9 between ACK and DONE; the board finishes the vend (its DONE
+    goes to nobody). The restarted host reads "started", asks RESULT: VENDED, journaled; the
+    board received one VEND only."""
+    board.mode = "hold"
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST, board.path, str(tmp_path)], cwd=ROOT, env=os.environ
+    )
+    try:
+        eventually(lambda: board.moved, timeout_s=20, what="the board ran the motor")
+    finally:
+        host.send_signal(signal.SIGKILL)
+        host.wait(timeout=10)
+    board.release.set()
+    eventually(lambda: board.results.get("o1") == "OK", what="the board finished the vend")
+    assert [e["result"] for e in journal(tmp_path, "o1")] == [STARTED]
+    restarted = SerialDispenser(board.path, tmp_path, silent_after_s=SILENT_S)
+    assert restarted.outcome("o1") is Vend.VENDED
+    assert board.vends_received() == ["VEND o1 4"]
+    assert journal(tmp_path, "o1")[-1]["result"] == "vended"
+
+
+# --- PING, settings, callers without a slot ---------------------------------------------------
+
+
+def test_ping_keeps_the_firmware_version_and_a_silent_board_is_reported(board, driver):
+    """PONG <firmware>: kept on the driver for status; a silent board: None, alive False."""
+    assert driver.ping() == "drinkboard-sim 1.2.0"
+    assert driver.status()["firmware"] == "drinkboard-sim 1.2.0"
+    assert driver.status()["alive"] is True
+    board.answer_ping = False
+    assert driver.ping() is None
+    assert driver.status()["alive"] is False
+    assert driver.firmware == "drinkboard-sim 1.2.0"  # the last version known stays shown
+
+
+def test_start_pings_now_and_then_every_interval(board, tmp_path):
+    """start(): a PING at once, then one per interval (a minute in production)."""
+    d = SerialDispenser(board.path, tmp_path, silent_after_s=SILENT_S, ping_every_s=0.1)
+    try:
+        d.start()
+        assert board.received[0] == "PING"
+        eventually(lambda: board.received.count("PING") >= 3, what="periodic pings")
+    finally:
+        d.close()
+
+
+def test_start_with_a_silent_board_is_not_fatal(board, tmp_path):
+    """A board that does not answer PING at start: reported (alive False), no exception."""
+    board.answer_ping = False
+    d = SerialDispenser(board.path, tmp_path, silent_after_s=SILENT_S, ping_every_s=60)
+    try:
+        d.start()
+        assert d.alive is False and d.firmware is None
+    finally:
+        d.close()
+
+
+def test_a_vend_without_a_slot_is_refused_failed_and_nothing_is_sent(board, driver, tmp_path):
+    """Callers that pass no slot yet: FAILED, reason NO_SLOT journaled, no VEND on the wire."""
+    assert driver.vend("o1", "cola") is Vend.FAILED
+    assert board.received == []
+    assert journal(tmp_path, "o1")[-1]["reason"] == "NO_SLOT"
+
+
+def test_begin_then_vend_journals_started_once(board, driver, tmp_path):
+    """Fleet mode's agent journals the start itself (`begin`); the vend does not repeat it."""
+    driver.begin("o1", "cola")
+    assert driver.vend("o1", "cola", 1) is Vend.VENDED
+    assert [e["result"] for e in journal(tmp_path, "o1")] == [STARTED, "vended"]
+
+
+def test_from_settings_builds_a_started_serial_driver(board, tmp_path):
+    """DISPENSER=serial with DISPENSER_PORT: a SerialDispenser on that port, pinged at start."""
+    settings = Settings(dispenser="serial", dispenser_port=board.path, var_dir=tmp_path)
+    d = from_settings(settings)
+    try:
+        assert isinstance(d, SerialDispenser)
+        assert d.journal == tmp_path / JOURNAL_NAME
+        assert d.firmware == board.firmware
+    finally:
+        d.close()
+
+
+def test_the_journal_lines_stay_json_lines_a_reader_of_the_old_format_reads(board, driver):
+    """Extra fields (slot, reason) do not change the four the design names."""
+    board.mode, board.fail_reason = "fail", "EMPTY"
+    driver.vend("o1", "cola", 1)
+    for line in driver.journal.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        assert {"order_id", "drink", "result", "at"} <= set(entry)
