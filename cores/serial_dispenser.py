@@ -353,7 +353,7 @@ class SerialDispenser:
     def _drop_port(self) -> None:
         port, self._port, self._buffer = self._port, None, b""
         if port is not None:
-            with contextlib.suppress(PORT_ERRORS):
+            with contextlib.suppress(*PORT_ERRORS):
                 port.close()
 
     def _drain(self, port: Any) -> None:

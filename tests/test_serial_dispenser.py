@@ -6,12 +6,16 @@ sets what it does with the next VEND and reads what it received and which motors
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
+import threading
 import time
+import tty
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -297,3 +301,157 @@ def test_the_journal_lines_stay_json_lines_a_reader_of_the_old_format_reads(boar
     for line in driver.journal.read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
         assert {"order_id", "drink", "result", "at"} <= set(entry)
+
+
+# --- the protocol module ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (b"PONG drinkboard 1.0\r\n", bp.Pong("drinkboard 1.0")),
+        (b"ACK vm-1-o1\n", bp.Ack("vm-1-o1")),
+        (b"DONE o1 OK", bp.Done("o1", True)),
+        (b"DONE o1 FAIL NO_DROP", bp.Done("o1", False, bp.Reason.NO_DROP)),
+        (b"RESULT o1 FAIL EMPTY", bp.Result("o1", False, bp.Reason.EMPTY)),
+        (b"RESULT o1 OK", bp.Result("o1", True)),
+        (b"RESULT o1 UNKNOWN", bp.Result("o1", memory=bp.Memory.UNKNOWN)),
+        (b"RESULT o1 BUSY", bp.Result("o1", memory=bp.Memory.BUSY)),
+        (b"BUSY", bp.Busy()),
+        (b"ERR motor fault", bp.Err("motor fault")),
+    ],
+)
+def test_board_lines_parse_to_their_messages(line, message):
+    assert bp.parse(line) == message
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b"",
+        b"ACK",
+        b"ACK o1 extra",
+        b"DONE o1",
+        b"DONE o1 FAIL",
+        b"DONE o1 FAIL SMOKE",
+        b"DONE o1 ok",
+        b"RESULT o1",
+        b"BUSY now",
+        b"ERR",
+        b"PONG",
+        b"\xff\xfe",
+        b"ACK o\x001",
+        b"HELLO",
+        b"A" * 300,
+    ],
+)
+def test_anything_else_is_a_line_the_host_does_not_understand(line):
+    assert isinstance(bp.parse(line), bp.Unknown)
+
+
+def test_host_lines_are_encoded_and_order_ids_with_spaces_refused():
+    assert bp.ping() == b"PING\n"
+    assert bp.vend("vm-1-o1", 3) == b"VEND vm-1-o1 3\n"
+    assert bp.result("vm-1-o1") == b"RESULT vm-1-o1\n"
+    for bad in ("has space", "", "x" * 65):
+        with pytest.raises(ValueError):
+            bp.vend(bad, 1)
+    with pytest.raises(ValueError):
+        bp.vend("o1", 0)
+
+
+# --- the reference firmware, run on the host with fake pins -----------------------------------
+
+
+def load_firmware():
+    spec = importlib.util.spec_from_file_location("drinkboard_firmware", ROOT / "firmware/main.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class FakePin:
+    def __init__(self, level: int = 1) -> None:
+        self.level = level
+
+    def value(self, v: int | None = None) -> int:
+        if v is not None:
+            self.level = v
+        return self.level
+
+
+class FirmwareOnPty:
+    """firmware/main.py's Board on one end of a pty, its pins faked: a running motor makes
+    its slot's beam break when `drop` is True."""
+
+    def __init__(self, firmware, slots: dict) -> None:
+        self.firmware = firmware
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.pins: dict[int, FakePin] = {}
+        self.drop = True
+        self.motor_ran: list[int] = []
+
+        def pin(number: int, output: bool) -> FakePin:
+            return self.pins.setdefault(number, FakePin())
+
+        self.board = firmware.Board(
+            pin, lambda text: os.write(self.master, text.encode() + b"\n"), slots
+        )
+        self.slots = slots
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            ready, _, _ = select.select([self.master], [], [], 0.005)
+            if ready:
+                self.board.feed(os.read(self.master, 1024))
+            for number, cfg in self.slots.items():
+                running = self.pins[cfg["motor"]].level == 0  # relays active low
+                if running and number not in self.motor_ran:
+                    self.motor_ran.append(number)
+                self.pins[cfg["sensor"]].level = 0 if running and self.drop else 1
+            self.board.poll()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=2)
+        os.close(self.master)
+        os.close(self.slave)
+
+
+def test_the_reference_firmware_speaks_the_protocol_the_driver_expects(tmp_path):
+    """PING, a good vend, EMPTY (nothing moves), TIMEOUT, RESULT from its memory: the host
+    driver and firmware/main.py agree on every line."""
+    firmware = load_firmware()
+    firmware.VEND_TIMEOUT_MS = 300
+    slots = {
+        1: {"motor": 2, "sensor": 10, "empty": None, "jam": None, "cycle": None},
+        2: {"motor": 3, "sensor": 11, "empty": 20, "jam": None, "cycle": None},
+    }
+    board = FirmwareOnPty(firmware, slots)
+    d = SerialDispenser(board.path, tmp_path, vend_timeout_s=2, silent_after_s=SILENT_S)
+    try:
+        assert d.ping() == firmware.FIRMWARE
+        assert d.vend("o1", "cola", 1) is Vend.VENDED
+        assert board.pins[2].level == 1  # motor off again
+        board.pins[20].level = 0  # slot 2 reports empty
+        assert d.vend("o2", "cola", 2) is Vend.FAILED
+        assert board.motor_ran == [1]
+        board.drop = False
+        assert d.vend("o3", "cola", 1) is Vend.FAILED
+        assert journal(tmp_path, "o2")[-1]["reason"] == "EMPTY"
+        assert journal(tmp_path, "o3")[-1]["reason"] == "TIMEOUT"
+        assert d.vend("o9", "cola", 7) is Vend.FAILED  # ERR bad slot: refused
+        VendJournal(tmp_path).record("o4", "cola", STARTED, slot=1)
+        assert d.outcome("o4") is Vend.UNKNOWN  # never vended by this board
+        board.board.memory.append(("o5", "OK"))
+        VendJournal(tmp_path).record("o5", "cola", STARTED, slot=1)
+        assert d.outcome("o5") is Vend.VENDED
+    finally:
+        d.close()
+        board.close()
