@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import requests
 
-from constants.orders import OperatorKind, OrderField, Outcome
+from constants.orders import Command, OperatorKind, OrderField, Outcome
 from constants.states import RefundOutcome, Sale, State
 from cores import rules
 from cores.broker import Broker, Order, Snapshot
@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 class DispenseWorker(Worker):
     service = "DISPENSE"
     states = frozenset({State.PAYMENT_SUCCESS, State.DISPENSING})
+    commands = frozenset[Command]()
 
     def __init__(
         self,

@@ -143,9 +143,10 @@ class Desk(Worker):
     """
 
     service = Service.NOTIFICATION
-    #: The RECHECK set is its queue, not the state: woken by RECHECK/CHECK commands (and
-    #: hints without a state), its timers and the sweep.
+    #: The RECHECK set is its queue, not the state: woken by RECHECK commands (and hints
+    #: with neither a state nor a command), its timers and the sweep.
     states = frozenset[State]()
+    commands = frozenset({Command.RECHECK})
 
     def __init__(self, late: LatePayments, clock: Callable[[], float] = time.time) -> None:
         super().__init__(late.broker, clock)

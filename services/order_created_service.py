@@ -12,7 +12,7 @@ import logging
 
 import requests
 
-from constants.orders import OrderField
+from constants.orders import Command, OrderField
 from constants.states import FailReason, State
 from cores import rules
 from cores.broker import Broker, Order, Snapshot
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class OrderCreatedWorker(PaymentWorker):
     service = "ORDER_CREATED"
     states = frozenset({State.ORDER_CREATED})
+    commands = frozenset({Command.CANCEL, Command.CHECK})  # rules.watch_schedule
     #: The read schedule of the order on screen (in memory; a new process starts afresh).
     watch: Watch | None = None
 

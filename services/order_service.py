@@ -10,7 +10,7 @@ import logging
 
 import requests
 
-from constants.orders import OrderField
+from constants.orders import Command, OrderField
 from constants.states import FailReason, Sale, State
 from cores import rules
 from cores.broker import Broker, Order, Snapshot
@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 class OrderWorker(PaymentWorker):
     service = "ORDER"
     states = frozenset({State.MENU_CLICKED})
+    commands = frozenset({Command.CANCEL})
 
     def step(self, snap: Snapshot, entries: list) -> float | None:
         if snap.state != State.MENU_CLICKED:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from constants.orders import Command
 from constants.states import RESULT_STATES, State
 from cores import rules
 from cores.broker import Broker, Snapshot
@@ -20,6 +21,7 @@ from services.worker import Worker
 class ScreenWorker(Worker):
     service = "SCREEN"
     states = frozenset({State.SHOW_MENU, *RESULT_STATES})  # the screens with a timer
+    commands = frozenset[Command]()
 
     def __init__(
         self, broker: Broker, settings: Settings, clock: Callable[[], float] = time.time

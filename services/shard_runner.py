@@ -21,12 +21,12 @@ hints are only wake-ups; the truth stays in the machine's keys, so a lost hint, 
 failed or a shard taken over mid-step costs a delay, never an order: the sweep re-derives
 the work from the machines' states.
 
-A hint of a transition names the new state (cores/work.py). A service declares the states it
-acts on (`Worker.states`); the machines whose hints in a batch all name other states and carry
-no command are not stepped: their snapshot is not even read (`must_step`). The step it saves
-would have done nothing but return no timer, and the workers stay level-triggered: a hint
-without a state, a command, a failed step's retry, a timer and the sweep still step the
-machine, whatever its state. A timer of the machine is left as it is (it fires, and its step
+A hint of a transition names the new state (cores/work.py). A service declares the states and
+the commands it acts on (`Worker.states`, `Worker.commands`); a machine whose hints in a batch
+all name other states and other commands (or none) is not stepped: its snapshot is not even
+read (`must_step`). The step it saves would have done nothing but return no timer, and the
+workers stay level-triggered: a hint with neither a state nor a command (a vend result), a
+failed step's retry, a timer and the sweep still step the machine, whatever its state. A timer of the machine is left as it is (it fires, and its step
 reads the state then): hints may arrive out of order (each is written after its own MULTI), so
 a skipped hint may be older than the step that set the timer.
 
@@ -126,16 +126,24 @@ def hinted_machines(
 
 
 def must_step(
-    states: Collection[str] | None, hints: Iterable[Mapping[str, str]], carried: bool = False
+    states: Collection[str] | None,
+    hints: Iterable[Mapping[str, str]],
+    carried: bool = False,
+    commands: Collection[str] | None = None,
 ) -> bool:
-    """Whether a worker acting on `states` (None: any) steps a machine for its `hints` of one
-    batch: unless every one is a transition's hint naming another state, with no command
-    (`carried`: a failed step's hints wait for their retry: always step)."""
-    if states is None or carried:
+    """Whether a worker acting on `states` and `commands` (None: any) steps a machine for its
+    `hints` of one batch: yes for a hint naming one of them, or neither a state nor a command
+    (only the machine's keys say what changed); no when every hint names only others.
+    `carried`: a failed step's hints wait for their retry: always step."""
+    if carried:
         return True
     for fields in hints:
-        state = fields.get("s")
-        if fields.get("command") or not state or state in states:
+        state, command = fields.get("s"), fields.get("command")
+        if command and (commands is None or command in commands):
+            return True
+        if state and (states is None or state in states):
+            return True
+        if not state and not command:
             return True
     return False
 
@@ -218,8 +226,9 @@ class ShardRunner:
         self.ticks = 0
         #: Machines' hints not stepped: every one named a state the service does not act on.
         self.skipped = 0
-        #: The states the service acts on (None: any), from its worker class once built.
+        #: The states and commands the service acts on (None: any), from its worker class.
         self.states: frozenset[str] | None = None
+        self.commands: frozenset[str] | None = None
         self._states_known = False
         self._start_at = zlib.crc32(self.consumer.encode()) % shards
         self._thread: threading.Thread | None = None
@@ -377,14 +386,17 @@ class ShardRunner:
                 log.info("shard taken", extra=kv(worker=self.service, shard=shard, share=share))
 
     def must_step(self, hints: list[dict[str, str]], carried: bool) -> bool:
-        """`must_step` with the service's states (known once one worker was built: its
-        class says; until then every hint steps)."""
-        return must_step(self.states, hints, carried) if self._states_known else True
+        """`must_step` with the service's states and commands (known once one worker was
+        built: its class says; until then every hint steps)."""
+        if not self._states_known:
+            return True
+        return must_step(self.states, hints, carried, self.commands)
 
     def learn_states(self, worker: Worker) -> None:
         if not self._states_known:
-            states = type(worker).states
+            states, commands = type(worker).states, type(worker).commands
             self.states = None if states is None else frozenset(str(s) for s in states)
+            self.commands = None if commands is None else frozenset(str(c) for c in commands)
             self._states_known = True
 
     def _drop(self, shard: int) -> None:

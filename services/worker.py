@@ -22,6 +22,7 @@ from typing import ClassVar
 
 import redis
 
+from constants.orders import Command
 from constants.states import State
 from constants.tunables import ERROR_BACKOFF_S, HEARTBEAT_EVERY_S, HEARTBEAT_TTL_S
 from cores.broker import Broker, Snapshot
@@ -38,10 +39,12 @@ class Worker:
     """Subclasses set `service` and implement `step`."""
 
     service = "WORKER"
-    #: Fleet mode: the states this service acts on (None: any). The shard runner skips a hint
-    #: of a transition to another state that carries no command, without reading the
-    #: machine: the step would do nothing for it (services/shard_runner.py).
+    #: Fleet mode: the states and the commands this service acts on (None: any). The shard
+    #: runner skips, without reading the machine, a hint of a transition to another state
+    #: and a hint of another command: the step would do nothing for it
+    #: (services/shard_runner.py, `must_step`).
     states: ClassVar[frozenset[State] | None] = None
+    commands: ClassVar[frozenset[Command] | None] = None
     #: The longest sleep on Redis; tests that stop a worker from another thread shorten it.
     max_block_s: float = HEARTBEAT_EVERY_S
 

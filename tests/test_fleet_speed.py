@@ -30,21 +30,27 @@ from tests.test_shard_runner import BLOCK_S, SERVICE, register
 # --- the rules (pure) --------------------------------------------------------------------------
 
 MENU_ONLY = frozenset({"SHOW_MENU"})
+CANCEL_ONLY = frozenset({"CANCEL"})
 
 
-def test_a_hint_of_another_state_without_a_command_is_not_stepped():
-    """Only a batch whose every hint names a state the service does not act on, and carries
-    no command, is skipped; a hint without a state, a command, a state of the service, a
-    service acting on any state, or a failed step's retry always step."""
+def test_only_hints_of_other_states_and_other_commands_are_not_stepped():
+    """A batch whose every hint names only states and commands the service does not act on
+    is skipped; a hint naming one of its states or commands, one with neither a state nor a
+    command, a service acting on any, or a failed step's retry always step."""
     other = {"m": "vm-1", "s": "MENU_CLICKED", "v": "3", "f": "{}"}
-    assert not must_step(MENU_ONLY, [other])
-    assert not must_step(MENU_ONLY, [other, {**other, "s": "IDLE"}])
-    assert not must_step(frozenset(), [other])
-    assert must_step(MENU_ONLY, [other, {**other, "s": "SHOW_MENU"}])
-    assert must_step(MENU_ONLY, [other, {"m": "vm-1"}])  # no state: only Redis says what changed
-    assert must_step(MENU_ONLY, [{**other, "command": "CANCEL", "order_id": "o"}])
-    assert must_step(None, [other])
-    assert must_step(MENU_ONLY, [other], carried=True)
+    cancel = {"m": "vm-1", "command": "CANCEL", "order_id": "o"}
+    assert not must_step(MENU_ONLY, [other], commands=CANCEL_ONLY)
+    assert not must_step(MENU_ONLY, [other, {**other, "s": "IDLE"}], commands=CANCEL_ONLY)
+    assert not must_step(frozenset(), [other], commands=frozenset())
+    assert not must_step(MENU_ONLY, [{**cancel, "command": "RECHECK"}], commands=CANCEL_ONLY)
+    assert not must_step(MENU_ONLY, [{**other, "command": "RECHECK"}], commands=CANCEL_ONLY)
+    assert must_step(MENU_ONLY, [other, {**other, "s": "SHOW_MENU"}], commands=CANCEL_ONLY)
+    assert must_step(MENU_ONLY, [other, {"m": "vm-1"}], commands=CANCEL_ONLY)  # neither
+    assert must_step(MENU_ONLY, [other, cancel], commands=CANCEL_ONLY)
+    assert must_step(MENU_ONLY, [{**other, "command": "CANCEL"}], commands=CANCEL_ONLY)
+    assert must_step(MENU_ONLY, [cancel])  # any command
+    assert must_step(None, [other], commands=frozenset())
+    assert must_step(MENU_ONLY, [other], carried=True, commands=frozenset())
 
 
 def test_hinted_frames_are_sent_as_they_are_only_when_their_versions_follow_the_last_sent():
@@ -102,10 +108,11 @@ def test_a_transition_s_hint_carries_the_state_version_and_frame_of_its_events_e
 
 
 class MenuScreen(Worker):
-    """A worker that acts on SHOW_MENU only, counting its steps and snapshot reads."""
+    """A worker that acts on SHOW_MENU and CHECK only, recording its steps."""
 
     service = SERVICE
     states: ClassVar[frozenset[State] | None] = frozenset({State.SHOW_MENU})
+    commands: ClassVar[frozenset[Command] | None] = frozenset({Command.CHECK})
     seen: ClassVar[list[tuple[str, str]]] = []
 
     def step(self, snap: Snapshot, entries: list) -> float | None:
@@ -114,9 +121,9 @@ class MenuScreen(Worker):
 
 
 def test_a_worker_is_not_stepped_for_a_state_it_does_not_act_on_but_is_for_the_rest(real_redis):
-    """With the runner working: MENU_CLICKED's hint is skipped without a step (or a read of
-    the machine); SHOW_MENU's is stepped; a hint without a state and a command are stepped
-    whatever the state."""
+    """With the runner working: MENU_CLICKED's hint and a RECHECK are skipped without a step
+    (or a read of the machine); SHOW_MENU's is stepped; a hint with neither a state nor a
+    command, and a CHECK, are stepped whatever the state."""
     register(real_redis, "vm-1")
     broker = Broker(real_redis, "vm-1", hints=WorkHints(real_redis))
     broker.ensure_ready(MENU)
@@ -144,9 +151,11 @@ def test_a_worker_is_not_stepped_for_a_state_it_does_not_act_on_but_is_for_the_r
         WorkHints(real_redis).hint("vm-1")  # no state: stepped
         eventually(lambda: ("vm-1", "MENU_CLICKED") in MenuScreen.seen)
         stepped = len(MenuScreen.seen)
-        broker.wake(Command.CHECK, order_id)  # a command: stepped
+        broker.wake(Command.RECHECK, order_id)  # not its command: skipped
+        eventually(lambda: runner.skipped == skipped + 2, what="the RECHECK skipped")
+        broker.wake(Command.CHECK, order_id)  # its command: stepped
         eventually(lambda: len(MenuScreen.seen) == stepped + 1)
-        assert runner.skipped == skipped + 1
+        assert runner.skipped == skipped + 2
     finally:
         runner.stop()
 
