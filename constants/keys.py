@@ -52,6 +52,9 @@ AUDIT = PREFIX + ":audit"
 #: machine's agent reported of a vend, from its journal (money rule 6). Written by the gateway
 #: for the authenticated machine only; read by the DISPENSE worker.
 VEND = PREFIX + ":vend"
+#: string (short TTL): the mark a money-moving step writes on the master of the machine's slot
+#: just before WAIT, only if that node holds the step (cores/broker.py, "Durability").
+DURABLE = PREFIX + ":durable"
 
 #: Fleet-wide (no machine tag): hash of the console's operators, name -> argon2id hash.
 OPERATORS = "console:operators"

@@ -32,6 +32,9 @@ class OrderField(StrEnum):
     PAID_AT = "paid_at"
     CLOSED_AT = "closed_at"
     VEND_STARTED_AT = "vend_started_at"
+    #: Fleet mode: DISPENSING known to be held by a replica at (unix s); the gateway asks the
+    #: agent to vend only once it is set, and the vend's deadline runs from it.
+    VEND_DURABLE_AT = "vend_durable_at"
     DISPENSE_FAILED_RECORDED = "dispense_failed_recorded"  # "1": the sale entry is written
     LATE = "late"  # see LateRefund
     #: The refund key of an operator's refund through Midtrans once its sales entry is written:

@@ -174,6 +174,11 @@ NOTIFICATION_SENDERS_KEPT = 10_000
 #: Fleet mode's alert watcher (services/fleet_alerts.py) checks every machine once per
 #: ALERT_CHECK_S, a few at a time: it pauses at least this long between two batches.
 FLEET_ALERT_TICK_MIN_S = 0.1
+#: Money-moving steps on a Redis with replicas (cores/broker.py, "Durability"): how long a step
+#: waits for a replica to acknowledge it (WAIT) before it is "not known to be durable", and
+#: how soon the DISPENSE worker asks again after that.
+DURABLE_WAIT_MS = 500
+DURABLE_RETRY_S = 1.0
 
 # --- Logs --------------------------------------------------------------------------------------
 

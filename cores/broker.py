@@ -10,10 +10,38 @@ state the machine is no longer in is refused, never applied.
 Every write that depends on what it read goes through one helper, `_compare_and_set`: read
 under WATCH, judge, write in MULTI; on a race, read and judge again. So a kiosk command that
 loses a race is judged against the state that now holds, never refused for a stale one.
+
+Durability (fleet mode on a Redis Cluster). A master acknowledges a write before its replica
+has it, so a master that fails over may lose a step it acknowledged. The steps that move money
+(cores.machine.must_be_durable: paid, DISPENSING, DISPENSED, a refund made or owed, a late
+payment, a failed vend recorded before its refund; and the gateway's record of an agent's vend
+result) are therefore acknowledged only once `Durability.replicas` replicas hold them:
+
+    transition (WATCH/MULTI/EXEC, pooled connection)          master of {machine_id}'s slot
+    then, on one connection to that master, one pipeline:
+      EVALSHA mark: if this node holds the step (the state's tid, the sales entry, the vend
+            record) SET vm:{id}:durable (short TTL), else 0
+      WAIT replicas timeout_ms
+
+WAIT waits for the writes of the connection that sends it, and a master replicates its writes
+in order, so a replica that acknowledges the mark holds the step written before it. The mark
+is written only where the step is found (a Lua script, one slot): after a failover between
+the step and the mark, the new master does not hold the step and the mark says so, rather than
+a replica vouching for a write it never had. Fewer acknowledgements than asked, a node that
+does not hold the step, or a node that cannot be asked: `NotDurable` (a RedisError). The step
+may stand or be lost; the caller re-checks from the state (workers are level-triggered: the
+shard runner and Worker retry a failing step with backoff) and never acts as if it were
+durable: the DISPENSE worker marks an order VEND_DURABLE_AT only after its DISPENSING is
+known durable, and the gateway asks the agent to vend only once that mark is set.
+
+`Durability.replicas` is 0 on one Redis (`main.py up`, every single-Redis test): no mark, no
+WAIT, nothing changes. A cluster client (redis.cluster.RedisCluster) gets 1 by default: a
+cluster for fleet mode has a replica per master.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -22,9 +50,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
+import redis.cluster
 from redis.client import Pipeline
 from redis.typing import (
     EncodableT,
@@ -36,10 +66,10 @@ from redis.typing import (
 from constants import keys
 from constants.orders import Command, OrderField
 from constants.states import ClientEvent, ErrorCode, Sale, State
-from constants.tunables import COMMANDS_MAXLEN, EVENTS_MAXLEN, ORDER_KEEP_S
+from constants.tunables import COMMANDS_MAXLEN, DURABLE_WAIT_MS, EVENTS_MAXLEN, ORDER_KEEP_S
 from cores import catalog, rules
 from cores.logs import kv
-from cores.machine import OUT_OF_SERVICE_FROM, Effects, Transition
+from cores.machine import DURABLE_SALES, OUT_OF_SERVICE_FROM, Effects, Transition
 from cores.models import Drink, Order, Snapshot, text
 from cores.work import Change, WorkHints, fleet_heartbeats
 
@@ -60,6 +90,50 @@ class CommandRefused(Exception):
         self.message = message
 
 
+class NotDurable(redis.RedisError):
+    """A money-moving step applied on the master but not known to be held by a replica: it may
+    stand, or be lost in a failover. Re-check from the state; never act as if it were durable."""
+
+
+@dataclass(frozen=True)
+class Durability:
+    """How many replicas must hold a money-moving step before it is acknowledged (0: none,
+    no WAIT sent), and how long to wait for them."""
+
+    replicas: int = 0
+    timeout_ms: int = DURABLE_WAIT_MS
+
+    @classmethod
+    def for_client(cls, client: Any) -> Durability:
+        """1 replica on a Redis Cluster (fleet mode), none on one Redis."""
+        return cls(1 if isinstance(client, redis.cluster.RedisCluster) else 0)
+
+
+#: KEYS: the key the step wrote, the machine's DURABLE mark. ARGV: "hash" or "stream", the
+#: mark's TTL (ms), then the fields and values the hash must hold, or the stream entry's id.
+#: Writes the mark (and returns 1) only where the step is held.
+_MARK_SCRIPT = """
+local held = true
+if ARGV[1] == 'stream' then
+  held = #redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3]) == 1
+else
+  for i = 3, #ARGV, 2 do
+    if redis.call('HGET', KEYS[1], ARGV[i]) ~= ARGV[i + 1] then
+      held = false
+      break
+    end
+  end
+end
+if not held then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[2])
+return 1
+"""
+_MARK_SHA = hashlib.sha1(_MARK_SCRIPT.encode()).hexdigest()
+_MARK_TTL_MS = 60_000
+
+
 class Broker:
     """The machine's state in Redis. Clients are passed in: fakeredis, or a real server."""
 
@@ -70,14 +144,19 @@ class Broker:
         clock: Callable[[], float] = time.time,
         blocking: redis.Redis | None = None,
         hints: WorkHints | None = None,
+        durability: Durability | None = None,
     ) -> None:
         """`blocking`: the client of the long blocking reads (`wait`, `read_events`), whose
         socket timeout outlasts their BLOCK; `client`'s stays short, so that a Redis that
         hangs fails a command quickly. Both may be the same client (tests).
 
         `hints`: fleet mode only: every change the workers may act on is followed by a hint on
-        the machine's work shard (cores/work.py); one machine's workers read its own streams."""
+        the machine's work shard (cores/work.py); one machine's workers read its own streams.
+
+        `durability`: replicas a money-moving step waits for (see the module's docstring);
+        None: `Durability.for_client(client)`."""
         self.redis = client
+        self.durability = durability or Durability.for_client(client)
         self.blocking = blocking or client
         self.hints = hints
         #: The change the last transition of this thread queued (tid, Change), for its hint.
@@ -93,6 +172,7 @@ class Broker:
         self.operator_key = self._key(keys.OPERATOR)
         self.seq_key = self._key(keys.ORDER_SEQ)
         self.recheck_key = self._key(keys.RECHECK)
+        self.durable_key = self._key(keys.DURABLE)
 
     def _key(self, template: str, **parts: str) -> str:
         return keys.key(template, self.machine_id, **parts)
@@ -337,6 +417,8 @@ class Broker:
                     order_id=move.next_order_id or move.order_id or "-",
                 ),
             )
+            if move.durable:
+                self.confirm_durable(self.state_key, {"tid": tid})
         else:
             log.info(
                 "transition refused",
@@ -350,8 +432,94 @@ class Broker:
         return applied
 
     def record_sale(self, order_id: str, kind: Sale, **fields: Any) -> None:
-        """Append to the sales stream outside a transition (e.g. a late payment)."""
-        self.redis.xadd(self.sales_key, _sale_fields(order_id, kind, fields, self.clock()))
+        """Append to the sales stream outside a transition (e.g. a late payment). A record of
+        money moving (DURABLE_SALES) raises NotDurable when no replica is known to hold it."""
+        self.record_sale_with_order(order_id, kind, None, **fields)
+
+    def record_sale_with_order(
+        self, order_id: str, kind: Sale, order_fields: Mapping[str, Any] | None, **fields: Any
+    ) -> None:
+        """`record_sale` with `order_fields` written to the order's hash in the same MULTI, so
+        that the order says what is recorded: a retry finds it there and never records twice,
+        and confirms a record not known durable with `confirm_order`."""
+        sale = _sale_fields(order_id, kind, fields, self.clock())
+        if order_fields:
+            with self.redis.pipeline() as pipe:  # MULTI: the order's keys share one slot
+                pipe.hset(
+                    self.order_key(order_id),
+                    mapping={k: text(v) for k, v in order_fields.items()},
+                )
+                pipe.xadd(self.sales_key, sale)
+                entry = pipe.execute()[-1]
+        else:
+            entry = self.redis.xadd(self.sales_key, sale)
+        if kind in DURABLE_SALES:
+            self.confirm_durable(self.sales_key, str(entry))
+
+    def confirm_order(self, order_id: str, fields: Mapping[str, str]) -> None:
+        """A retry of a money-moving record: return once a replica holds the order's `fields`
+        (written with the record, in its MULTI: so it holds the record); else NotDurable."""
+        self.confirm_durable(self.order_key(order_id), fields)
+
+    def confirm_state(self, snap: Snapshot) -> None:
+        """Return once a replica holds the state `snap` read (state, order and version);
+        else NotDurable (the DISPENSE worker re-asks for a DISPENSING not known durable)."""
+        self.confirm_durable(
+            self.state_key,
+            {
+                "state": str(snap.state),
+                "order_id": snap.order_id or "",
+                "version": str(snap.version),
+            },
+        )
+
+    def mark_vend_durable(self, order_id: str, at: float) -> None:
+        """Fleet mode: the order's DISPENSING is known durable (VEND_DURABLE_AT): from now on
+        the gateway may ask the agent to vend it; the hint makes it look."""
+        self.redis.hset(self.order_key(order_id), OrderField.VEND_DURABLE_AT, at)
+        self._hint()
+
+    def confirm_durable(self, key: str, held: Mapping[str, str] | str) -> None:
+        """Return once `durability.replicas` replicas hold a step that wrote `key` (a hash
+        holding the fields `held`, or a stream holding the entry id `held`); raise NotDurable
+        otherwise. Nothing is sent when no replica is asked for."""
+        want = self.durability
+        if want.replicas <= 0:
+            return
+        if isinstance(held, str):
+            args: list[str] = ["stream", str(_MARK_TTL_MS), held]
+        else:
+            args = ["hash", str(_MARK_TTL_MS), *(x for pair in held.items() for x in pair)]
+        try:
+            found, acked = self._mark_and_wait(key, args, want)
+        except NotDurable:
+            raise
+        except (redis.RedisError, redis.exceptions.RedisClusterException) as exc:
+            raise NotDurable(f"{key}: the master could not be asked: {exc}") from exc
+        if not found:
+            raise NotDurable(f"{key}: the master of its slot does not hold the step")
+        if acked < want.replicas:
+            raise NotDurable(
+                f"{key}: {acked} of {want.replicas} replicas after {want.timeout_ms} ms"
+            )
+
+    def _mark_and_wait(self, key: str, args: list[str], want: Durability) -> tuple[int, int]:
+        """The mark and WAIT in one pipeline, on one connection to the master of the
+        machine's slot (a plain client's pipeline holds one connection)."""
+        client: Any = self.redis
+        if isinstance(client, redis.cluster.RedisCluster):
+            client = client.get_redis_connection(client.get_node_from_key(key))
+        for _ in range(2):
+            with client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(_MARK_SHA, 2, key, self.durable_key, *args)
+                pipe.wait(want.replicas, want.timeout_ms)
+                try:
+                    found, acked = pipe.execute()
+                except redis.exceptions.NoScriptError:
+                    client.script_load(_MARK_SCRIPT)  # a new node, or a restarted one
+                    continue
+            return int(found), int(acked)
+        raise NotDurable(f"{key}: the mark's script could not be loaded")
 
     def flag_for_operator(self, order_id: str, kind: str, **fields: Any) -> None:
         self.redis.hset(
@@ -611,4 +779,4 @@ def _streams(answer: XReadResponse | None) -> list[tuple[str, Entries]]:
     return [(stream, entries) for stream, entries in cast(list[tuple[str, Entries]], answer)]
 
 
-__all__ = ["Broker", "CommandRefused", "Drink", "Order", "Snapshot"]
+__all__ = ["Broker", "CommandRefused", "Drink", "Durability", "NotDurable", "Order", "Snapshot"]

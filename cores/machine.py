@@ -13,6 +13,12 @@ the same MULTI as the new state:
 for a move or an effect it does not list: that is a bug in the caller, never a customer's
 doing. A move that is legal but no longer applies (the machine moved on) is refused quietly
 by the compare-and-set instead. The README's state diagram is `diagram()` (tests compare).
+
+Money-moving steps (`must_be_durable`): on a Redis with replicas (fleet mode on a cluster)
+these are acknowledged only once a replica holds them (cores/broker.py, "Durability"): a
+transition to PAYMENT_SUCCESS (paid), DISPENSING (a vend may start on it) or DISPENSED, and
+any step whose sales entry is a refund, a refund owed, a late payment or the failed vend
+recorded before its refund is sent (DURABLE_SALES).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from constants.states import RESULT_STATES, State
+from constants.states import RESULT_STATES, Sale, State
 
 
 class Effect(StrEnum):
@@ -70,6 +76,23 @@ TRANSITIONS: Final[Mapping[tuple[State, State], frozenset[Effect]]] = {
 OUT_OF_SERVICE_FROM: Final = tuple(frm for frm, to in TRANSITIONS if to is S.OUT_OF_SERVICE)
 
 
+#: A transition to one of these is acknowledged only once a replica holds it: PAYMENT_SUCCESS
+#: (the customer paid: lost, the DISPENSE worker could not vend), DISPENSING (the agent may vend
+#: on it: lost, the order would be vended again), DISPENSED (stock and the sales record).
+DURABLE_STATES: Final = frozenset({S.PAYMENT_SUCCESS, S.DISPENSING, S.DISPENSED})
+#: A step (a transition, or Broker.record_sale) whose sales entry is one of these waits too: a
+#: refund made or owed, a late payment found, and a failed vend recorded before its refund.
+DURABLE_SALES: Final = frozenset(
+    {Sale.REFUNDED, Sale.REFUND_OWED, Sale.LATE_PAYMENT, Sale.DISPENSE_FAILED}
+)
+
+
+def must_be_durable(to: State | None, sale_kind: str | None) -> bool:
+    """Whether a step moving to `to` (None: no transition) with a sales entry of `sale_kind`
+    (None: none) moves money, and so waits for a replica (Broker durability)."""
+    return to in DURABLE_STATES or (sale_kind is not None and sale_kind in DURABLE_SALES)
+
+
 class _Keep:
     def __repr__(self) -> str:
         return "KEEP"
@@ -112,6 +135,12 @@ class Transition:
     effects: Effects = field(default_factory=Effects)
     new_order_id: str | None | _Keep = KEEP
     expect_version: int | None = None
+
+    @property
+    def durable(self) -> bool:
+        """A money-moving move: acknowledged only once a replica holds it."""
+        kind = self.effects.sale.get("kind") if self.effects.sale else None
+        return must_be_durable(self.to, None if kind is None else str(kind))
 
     @property
     def next_order_id(self) -> str | None:

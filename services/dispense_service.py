@@ -11,6 +11,18 @@ gateway asks the agent to vend; the agent's result, written to the machine's VEN
 hint, wakes the worker, which finishes as above. No result by the deadline: vend outcome
 unknown, for the operator. The one-machine path (a local driver, a synchronous vend) is the
 same as before.
+
+Durability (fleet mode on a Redis Cluster, cores/broker.py): the agent is asked to vend only
+once the DISPENSING is known to be held by a replica (else a failover could bring the order
+back to PAYMENT_SUCCESS after the vend, and it would be vended again). The worker marks the
+order VEND_DURABLE_AT once its WAIT succeeded (in the transition itself when no replica is
+asked for), and the gateway sends `vend` only for a marked order. A step that is not known
+durable (NotDurable) is looked at again after DURABLE_RETRY_S, from the state: DISPENSING
+without the mark and without a result is confirmed again (never vended meanwhile), and the
+vend's deadline runs from the mark. A refund is sent only once the failed vend's record is
+known durable (with a retry of its record confirmed first). The local driver's path never has
+replicas (`main.py up`); should it meet NotDurable, its DISPENSING goes to the operator on the
+next step as an interrupted vend would: never vended on a guess.
 """
 
 from __future__ import annotations
@@ -23,8 +35,9 @@ import requests
 
 from constants.orders import Command, OperatorKind, OrderField, Outcome
 from constants.states import RefundOutcome, Sale, State
+from constants.tunables import DURABLE_RETRY_S
 from cores import rules
-from cores.broker import Broker, Order, Snapshot
+from cores.broker import Broker, NotDurable, Order, Snapshot
 from cores.config import Settings
 from cores.dispenser import Dispenser
 from cores.dispenser import from_settings as dispenser_from_settings
@@ -58,6 +71,17 @@ class DispenseWorker(Worker):
         self.refunder = Refunder(client, sleep or self.stopping.wait)
 
     def step(self, snap: Snapshot, entries: list) -> float | None:
+        try:
+            return self.dispense(snap)
+        except NotDurable as exc:
+            retry = self.clock() + DURABLE_RETRY_S
+            log.warning(
+                "step not known durable, looking again",
+                extra=kv(order_id=snap.order_id or "-", error=exc, retry_s=DURABLE_RETRY_S),
+            )
+            return retry
+
+    def dispense(self, snap: Snapshot) -> float | None:
         if snap.state not in (State.PAYMENT_SUCCESS, State.DISPENSING) or not snap.order_id:
             return None
         order = self.broker.order(snap.order_id)
@@ -121,8 +145,16 @@ class DispenseWorker(Worker):
         """Fleet mode: start the vend the agent does, then wait for its result (or its
         deadline); cores/remote_dispenser.remote_step decides."""
         now = self.clock()
-        started = order.number(OrderField.VEND_STARTED_AT)
         reported = remote.outcome(order.order_id)
+        durable_at = order.number(OrderField.VEND_DURABLE_AT)
+        if snap.state == State.DISPENSING and reported is None and durable_at is None:
+            # Its WAIT fell short (or it predates the mark): the agent was never asked to vend
+            # it. Ask the master again whether a replica holds this DISPENSING.
+            self.broker.confirm_state(snap)
+            self.broker.mark_vend_durable(order.order_id, now)
+            log.info("vend asked of the machine", extra=kv(order_id=order.order_id))
+            return now + remote.timeout_s
+        started = durable_at if durable_at is not None else order.number(OrderField.VEND_STARTED_AT)
         decision = remote_step(
             snap.state,
             reported,
@@ -131,14 +163,20 @@ class DispenseWorker(Worker):
             remote.timeout_s,
         )
         if decision.move is RemoteMove.START:
+            waits = self.broker.durability.replicas > 0
+            fields: dict[str, float] = {OrderField.VEND_STARTED_AT: now}
+            if not waits:  # nothing to wait for: the move itself lets the gateway ask
+                fields[OrderField.VEND_DURABLE_AT] = now
             started_move = Transition(
                 State.DISPENSING,
                 (State.PAYMENT_SUCCESS,),
                 order.order_id,
                 order.values(),
-                Effects(order_fields={OrderField.VEND_STARTED_AT: now}),
+                Effects(order_fields=fields),
             )
-            if self.broker.transition(started_move):
+            if self.broker.transition(started_move):  # NotDurable: looked at again
+                if waits:
+                    self.broker.mark_vend_durable(order.order_id, now)
                 log.info("vend asked of the machine", extra=kv(order_id=order.order_id))
                 return now + remote.timeout_s
             return None
@@ -192,9 +230,14 @@ class DispenseWorker(Worker):
             return
         detail = None
         if refund:
-            if not order.flag(OrderField.DISPENSE_FAILED_RECORDED):
-                self.broker.record_sale(order.order_id, Sale.DISPENSE_FAILED, amount=order.amount)
-                self.broker.update_order(order.order_id, **{OrderField.DISPENSE_FAILED_RECORDED: 1})
+            # The failed vend is recorded, and known durable, before its refund is sent.
+            recorded: dict[str, str] = {OrderField.DISPENSE_FAILED_RECORDED: "1"}
+            if order.flag(OrderField.DISPENSE_FAILED_RECORDED):
+                self.broker.confirm_order(order.order_id, recorded)
+            else:
+                self.broker.record_sale_with_order(
+                    order.order_id, Sale.DISPENSE_FAILED, recorded, amount=order.amount
+                )
             result = self.refunder.refund(order.order_id, order.amount, "dispense failed")
             if result is None:  # stopping: stay DISPENSING; the next start refunds again
                 return

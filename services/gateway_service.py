@@ -85,7 +85,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from constants import keys
-from constants.orders import OperatorKind
+from constants.orders import OperatorKind, OrderField
 from constants.states import ErrorCode, State
 from constants.tunables import (
     AGENT_FRAME_MAX_BYTES,
@@ -784,6 +784,10 @@ def read_for_agent(
         order = broker.order(order_id)
         if order is None:
             log.warning("dispensing order missing", extra=kv(order_id=order_id))
+        elif order.get(OrderField.VEND_DURABLE_AT) is None:
+            # Not known durable yet (cores/broker.py, "Durability"): the DISPENSE worker marks
+            # it once a replica holds it, and its hint pumps again.
+            log.debug("dispensing not known durable yet", extra=kv(order_id=order_id))
         else:
             message = Message(Kind.VEND, order_id=order_id, drink_id=order.drink.id)
             texts.append(agent_protocol.encode(message))
@@ -797,7 +801,11 @@ def record_vend_result(
     """Record an agent's vend result in its machine's VEND hash, if `judge_vend_result` says
     so (read and written under WATCH: the state, the hash and the operator's queue share the
     machine's slot), then wake the machine's workers. A LATE result is recorded too, and noted
-    on the order's entry of the operator's queue (`journal`, and in its detail)."""
+    on the order's entry of the operator's queue (`journal`, and in its detail).
+
+    A recorded result is money-moving (it decides a vend or a refund): NotDurable (a
+    RedisError) when no replica is known to hold it; the caller asks the agent again should
+    the record be gone (cores/broker.py, "Durability")."""
     client = broker.redis
     key = vend_key(broker.machine_id)
     with client.pipeline() as pipe:
@@ -814,8 +822,9 @@ def record_vend_result(
                     pipe.unwatch()
                     return verdict
                 at = time.time() if now is None else now
+                record = json.dumps({"result": result, "at": at})
                 pipe.multi()
-                pipe.hset(key, order_id, json.dumps({"result": result, "at": at}))
+                pipe.hset(key, order_id, record)
                 if verdict is VendVerdict.LATE:
                     said = f"the machine's journal says {result} (reported after the deadline)"
                     entry["journal"] = result
@@ -826,6 +835,7 @@ def record_vend_result(
             except redis.WatchError:
                 continue
     hints.hint(broker.machine_id)
+    broker.confirm_durable(key, {order_id: record})
     return verdict
 
 

@@ -7,6 +7,13 @@ behind NAT). It never trusts a notification's body: for the order on screen it w
 ORDER_CREATED worker, which re-reads the status itself; for an order already closed it
 re-reads the status from Midtrans, and a settlement there is recorded and refunded, or
 recorded as owed (services/refunds.py, the one refund policy).
+
+Each record goes with the order's LATE field in one MULTI, and is money-moving (cores/broker.py,
+"Durability"): the late payment is known to be held by a replica before its refund is sent (a
+retry that finds LATE pending confirms it first), and the refund or the refund owed is
+acknowledged only once a replica holds it. A record not known durable (NotDurable) fails the
+desk's step: the order stays in the RECHECK set and is looked at again from what Redis holds.
+The operator's entry of a refund owed is written before its record, so a record held implies it.
 """
 
 from __future__ import annotations
@@ -94,22 +101,23 @@ class LatePayments:
         if verdict is LateStatus.UNPAID:
             return Result.UNPAID
         # Settled after the order was closed: the customer paid and got nothing.
+        pending: dict[str, str] = {OrderField.LATE: LateRefund.PENDING}
         if late != LateRefund.PENDING:
-            self.broker.update_order(order_id, **{OrderField.LATE: LateRefund.PENDING})
-            self.broker.record_sale(
+            self.broker.record_sale_with_order(
                 order_id,
                 Sale.LATE_PAYMENT,
+                pending,
                 amount=txn.amount_idr,
                 transaction_status=txn.transaction_status,
                 transaction_id=txn.transaction_id,
             )
+        else:  # recorded by an earlier try: known durable before the refund is sent
+            self.broker.confirm_order(order_id, pending)
         result = self.refunder.refund(order_id, txn.amount_idr, "paid after the order was closed")
         if result is None:  # stopping: the next run reads the status again
             return self._again(order_id, "stopped during the refund")
         if result.outcome is RefundOutcome.REFUNDED:
             return self._refunded(order_id, txn.amount_idr)
-        self.broker.update_order(order_id, **{OrderField.LATE: LateRefund.OWED})
-        self.broker.record_sale(order_id, Sale.REFUND_OWED, amount=txn.amount_idr, code=result.code)
         self.broker.flag_for_operator(
             order_id,
             OperatorKind.REFUND_OWED,
@@ -117,13 +125,23 @@ class LatePayments:
             drink=order.drink.id,
             detail=f"late payment, {result.detail}" + (f" ({result.code})" if result.code else ""),
         )
+        self.broker.record_sale_with_order(
+            order_id,
+            Sale.REFUND_OWED,
+            {OrderField.LATE: LateRefund.OWED},
+            amount=txn.amount_idr,
+            code=result.code,
+        )
         log.warning("late payment: refund owed", extra=kv(order_id=order_id))
         return Result.REFUND_OWED
 
     def _refunded(self, order_id: str, amount: int) -> str:
-        self.broker.update_order(order_id, **{OrderField.LATE: LateRefund.REFUNDED})
-        self.broker.record_sale(
-            order_id, Sale.REFUNDED, amount=amount, refund_key=rules.refund_key(order_id)
+        self.broker.record_sale_with_order(
+            order_id,
+            Sale.REFUNDED,
+            {OrderField.LATE: LateRefund.REFUNDED},
+            amount=amount,
+            refund_key=rules.refund_key(order_id),
         )
         log.info("late payment refunded", extra=kv(order_id=order_id))
         return Result.REFUNDED

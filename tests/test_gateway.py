@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from constants import keys
-from constants.orders import OperatorKind
+from constants.orders import OperatorKind, OrderField
 from constants.states import State
 from cores import agent_protocol
 from cores.agent_protocol import FROM_GATEWAY, Kind, Message
@@ -169,11 +169,15 @@ def error_code(message: Message) -> str:
 
 
 def dispensing(broker: Broker) -> str:
-    """Drive the machine to DISPENSING an order of cola, as the workers would."""
+    """Drive the machine to DISPENSING an order of cola, as the workers would (known durable:
+    on one Redis the DISPENSE worker marks it in the move itself)."""
     broker.show_menu()
     order_id = broker.place_order("cola")
     assert broker.transition(Transition(State.PAYMENT_SUCCESS, (State.MENU_CLICKED,), order_id, {}))
-    assert broker.transition(Transition(State.DISPENSING, (State.PAYMENT_SUCCESS,), order_id, {}))
+    durable = Effects(order_fields={OrderField.VEND_DURABLE_AT: time.time()})
+    assert broker.transition(
+        Transition(State.DISPENSING, (State.PAYMENT_SUCCESS,), order_id, {}, durable)
+    )
     return order_id
 
 
