@@ -602,13 +602,16 @@ class Gateway(Stoppable):
                     log.warning("pump: redis unreachable", extra=kv(machine_id=link.machine_id))
                     log.debug("pump error", extra=kv(error=exc))
                     return
+                # Marked before the send: the agent may answer at once, and a result that
+                # cannot be recorded clears the mark (to ask again) before this line is reached.
+                if catch.vend_order is not None:
+                    link.vend_sent = catch.vend_order
                 for text in catch.texts:
                     await self._send(link, text)
                 link.cursor = catch.cursor
                 if catch.version is not None:
                     link.sent_version = max(catch.version, link.sent_version or 0)
                 if catch.vend_order is not None:
-                    link.vend_sent = catch.vend_order
                     log.info(
                         "vend asked",
                         extra=kv(machine_id=link.machine_id, order_id=catch.vend_order),
