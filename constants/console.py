@@ -3,10 +3,12 @@
 The console serves many machines, so its keys are not under one machine's hash tag.
 """
 
-#: hash with TTL: failed log-ins from one client address {failures, last} (unix s).
-LOGIN_FAILS_CLIENT = "console:login_fails:client:{client}"
+#: hash with TTL: failed log-ins from one client address {failures, last} (unix s). Both
+#: share the hash tag `{login}` (`{{login}}` in the template): a log-in WATCHes both and
+#: counts a failure on both in one MULTI, which a Redis Cluster allows in one slot only.
+LOGIN_FAILS_CLIENT = "console:{{login}}:fails:client:{client}"
 #: hash with TTL: failed log-ins for one user name, existing or not {failures, last}.
-LOGIN_FAILS_ACCOUNT = "console:login_fails:account:{account}"
+LOGIN_FAILS_ACCOUNT = "console:{{login}}:fails:account:{account}"
 
 #: After the n-th failed log-in in a row, the next try waits LOGIN_BACKOFF_FIRST_S * 2**(n-1)
 #: seconds, at most LOGIN_BACKOFF_MAX_S.

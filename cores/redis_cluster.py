@@ -200,7 +200,7 @@ class LocalCluster:
             port: ClusterNodeProcess(
                 self.data_dir / str(port), port, self.binary, host, node_timeout_ms
             )
-            for port in ports
+            for port in sorted(ports)  # sorted: the same URL on every run
         }
 
     # --- where -------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "backend":
         from services import supervisor
 
-        return supervisor.run_backend(settings, args.workers)
+        return supervisor.run_backend(settings, args.workers, args.cluster)
     if args.command == "machine":
         from services import agent_service
 
@@ -129,6 +130,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, client: Any) -> Any:
             return commands.stock(ops, args.drink, args.units, actor)
         case "refill":
             return commands.refill(ops, None if args.all else args.drink, actor)
+        case "slot" if args.slot_command == "enable":
+            return commands.slot_enable(ops, args.slot, actor)
+        case "slot":
+            return commands.slots(ops, settings)
         case "sales":
             return commands.sales_report(ops, settings, args.date_from, args.date_to, args.csv)
         case "queue":
@@ -142,6 +147,17 @@ def _dispatch(args: argparse.Namespace, settings: Settings, client: Any) -> Any:
 
 def _shown(url: str) -> str:
     """A Redis URL without its password, for a message."""
+    from cores.config import is_cluster_url, parse_cluster_url
+
+    if is_cluster_url(url):
+        try:
+            cluster = parse_cluster_url(url)
+        except ValueError:
+            return url.split("://", 1)[0] + "://?"
+        if cluster.password is None:
+            return cluster.url
+        scheme, _, rest = replace(cluster, username=None, password=None).url.partition("://")
+        return f"{scheme}://{cluster.username or ''}:***@{rest}"
     parts = urlsplit(url)
     if parts.password is None:
         return url

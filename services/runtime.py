@@ -7,7 +7,7 @@ and MULTI stays in one hash slot (constants/keys.py), and the cluster client mad
 redis.Redis's meaning of the two things where redis-py's cluster client differs:
 
 - `pipeline()` is a MULTI/EXEC transaction unless `transaction=False` is said (RedisCluster's
-  default is a plain pipeline, split over the nodes);
+  default is a plain pipeline, split over the nodes), and takes an MGET of one slot's keys;
 - a connection lost, or a slot moved, while keys are WATCHed raises WatchError, as it does on
   one server (redis-py's cluster transaction would send the next command, or MULTI/EXEC itself,
   again on a new connection where the WATCH no longer holds: applied unguarded, or twice).
@@ -31,6 +31,7 @@ import redis
 import requests
 from redis.backoff import EqualJitterBackoff
 from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster, TransactionStrategy
+from redis.commands.helpers import list_or_args
 from redis.retry import Retry
 
 from constants.services import Service
@@ -133,6 +134,7 @@ class ClusterClient(RedisCluster):
 
     def pipeline(self, transaction: bool | None = True, shard_hint: object = None) -> Any:
         pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)
+        pipe.__class__ = _ClusterPipeline  # the same object, with MGET back (below)
         if transaction:
             pipe._execution_strategy = _GuardedTransaction(pipe)
         return pipe
@@ -142,6 +144,15 @@ class ClusterClient(RedisCluster):
         cluster client asks one node). For tests and operators' tools, never a hot path."""
         kwargs.setdefault("target_nodes", self.PRIMARIES)
         return super().keys(pattern, **kwargs)
+
+
+class _ClusterPipeline(ClusterPipeline):
+    """redis-py's cluster pipeline, which refuses MGET (keys of several slots would be split);
+    here an MGET of one slot's keys is queued as it is on one server (one of several slots
+    is refused when the pipeline runs)."""
+
+    def mget(self, keys: Any, *args: Any) -> Any:
+        return self.execute_command("MGET", *list_or_args(keys, args))
 
 
 class _GuardedTransaction(TransactionStrategy):

@@ -10,6 +10,10 @@ The backend runs the same way with other children: the agents' gateway instead o
 websocket server, `--workers N` processes of each shared worker service, the notification
 receiver and the console, each a `main.py --service NAME --fleet` process, so that `ps`
 shows what runs and any of them can be run on another host against the same Redis.
+`backend --cluster` without REDIS_URL or REDIS_CLUSTER_NODES runs a local Redis Cluster of
+3 masters + 3 replicas under VAR_DIR/cluster (cores/redis_cluster.py) instead of one
+redis-server, writes its redis+cluster:// URL to VAR_DIR/redis.url, and starts again any node
+that dies, as `up` does its redis-server.
 """
 
 from __future__ import annotations
@@ -31,9 +35,10 @@ from constants.tunables import HEALTHY_AFTER_S, RESTART_BACKOFF_S, WATCH_INTERVA
 from cores import logs
 from cores.alert_store import mark_redis_restart
 from cores.broker import Broker
-from cores.config import Settings
+from cores.config import Settings, is_cluster_url
 from cores.logs import kv
 from cores.process import InstanceLock, die_with_parent
+from cores.redis_cluster import LocalCluster
 from cores.redis_process import RedisProcess, free_port
 from services.runtime import broker_for
 
@@ -56,16 +61,25 @@ class Child:
 
 
 class Supervisor:
-    """`up` (one machine); with `fleet_workers`, `backend` (N processes per shared worker)."""
+    """`up` (one machine); with `fleet_workers`, `backend` (N processes per shared worker);
+    with `cluster` too, the backend on a local Redis Cluster."""
 
     def __init__(
-        self, settings: Settings, python: str = sys.executable, fleet_workers: int | None = None
+        self,
+        settings: Settings,
+        python: str = sys.executable,
+        fleet_workers: int | None = None,
+        cluster: bool = False,
     ) -> None:
         self.settings = settings
         self.python = python
         self.fleet_workers = fleet_workers
+        self.use_cluster = cluster
         self.stopping = threading.Event()
         self.redis: RedisProcess | None = None
+        self.cluster: LocalCluster | None = None
+        #: Port of a dead cluster node -> (restarts failed in a row, next try at).
+        self.node_retry: dict[int, tuple[int, float]] = {}
         self.children: list[Child] = []
         self.env: dict[str, str] = {}
         self.redis_failures = 0
@@ -77,7 +91,8 @@ class Supervisor:
     def start_redis(self) -> str:
         if self.settings.redis_url:
             return self.settings.redis_url
-        data_dir = self.settings.var_dir / "redis"
+        if self.settings.redis_cluster is not None:  # REDIS_CLUSTER_NODES
+            return self.settings.redis_cluster.url
         # Never a port promised to the machine's own servers, which bind it a moment later.
         taken = frozenset(
             {
@@ -87,6 +102,9 @@ class Supervisor:
                 self.settings.operator_port,
             }
         )
+        if self.use_cluster:
+            return self.start_cluster(taken)
+        data_dir = self.settings.var_dir / "redis"
         port = _previous_port(self.settings.redis_url_file)
         if port is None or port in taken:
             port = free_port(exclude=taken)
@@ -104,6 +122,19 @@ class Supervisor:
         )
         return self.redis.url
 
+    def start_cluster(self, taken: frozenset[int]) -> str:
+        """The local cluster under VAR_DIR/cluster: its nodes of the last run on their ports,
+        or a new one on free ports."""
+        data_dir = self.settings.var_dir / "cluster"
+        self.cluster = LocalCluster(data_dir, exclude=taken).start()
+        self.settings.redis_url_file.parent.mkdir(parents=True, exist_ok=True)
+        self.settings.redis_url_file.write_text(self.cluster.url + "\n", encoding="utf-8")
+        log.info(
+            "redis cluster started",
+            extra=kv(url=self.cluster.url, masters=self.cluster.masters(), data=data_dir),
+        )
+        return self.cluster.url
+
     def prepare(self, redis_url: str) -> None:
         """Load the menu and put a new machine in IDLE before any page can connect (in fleet
         mode, `fleet add` prepares each machine)."""
@@ -118,6 +149,7 @@ class Supervisor:
     def plan(self, redis_url: str) -> None:
         env = dict(os.environ)
         env["REDIS_URL"] = redis_url
+        env.pop("REDIS_CLUSTER_NODES", None)  # named by REDIS_URL now (one of the two only)
         env["VAR_DIR"] = str(self.settings.var_dir)
         env["PYTHONUNBUFFERED"] = "1"
         if not self.settings.sandbox_notification_url:
@@ -225,6 +257,8 @@ class Supervisor:
                 self.redis_failures += 1
                 self.redis_retry_at = time.monotonic() + pause
                 log.exception("redis restart failed", extra=kv(retry_in_s=pause))
+        if self.cluster is not None:
+            self.tend_cluster(now)
         for child in self.children:
             if child.process is None or child.process.poll() is None:
                 continue
@@ -238,6 +272,23 @@ class Supervisor:
             elif now >= child.restart_at:
                 child.restarts += 1
                 self.spawn(child)
+
+    def tend_cluster(self, now: float) -> None:
+        """Start again any node of the local cluster that died. Its replica has taken over
+        its slots meanwhile (or will); it comes back as that replica's replica."""
+        assert self.cluster is not None
+        for port in self.cluster.dead():
+            failures, retry_at = self.node_retry.get(port, (0, 0.0))
+            if now < retry_at:
+                continue
+            log.warning("redis cluster node died, restarting", extra=kv(port=port))
+            try:
+                self.cluster.restart(port)
+                self.node_retry.pop(port, None)
+            except Exception:
+                pause = RESTART_BACKOFF_S[min(failures, len(RESTART_BACKOFF_S) - 1)]
+                self.node_retry[port] = (failures + 1, time.monotonic() + pause)
+                log.exception("redis cluster node restart failed", extra=kv(port=port))
 
     def mark_redis_restart(self) -> None:
         """Leave the marker the alert watcher raises `redis_restarted` on (cores/alerts.py)."""
@@ -272,12 +323,16 @@ class Supervisor:
                 child.process.wait()
         if self.redis is not None:
             self.redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         log.info("stopped")
 
 
 def _previous_port(url_file: Path) -> int | None:
     """Reuse the port of the last run so a URL written earlier stays right."""
     try:
+        if is_cluster_url(url_file.read_text(encoding="utf-8")):
+            return None  # the last run's was a cluster's (`backend --cluster`)
         return int(url_file.read_text(encoding="utf-8").strip().rsplit(":", 1)[1].split("/")[0])
     except (OSError, ValueError, IndexError):
         return None
@@ -319,10 +374,11 @@ def _shown(url: str) -> str:
     return shown(url)
 
 
-def run_backend(settings: Settings, workers: int = 1) -> int:
-    """`python main.py backend [--workers N]`: fleet mode's shared services, supervised as `up`
-    supervises one machine's."""
-    supervisor = Supervisor(settings, fleet_workers=workers)
+def run_backend(settings: Settings, workers: int = 1, cluster: bool = False) -> int:
+    """`python main.py backend [--workers N] [--cluster]`: fleet mode's shared services,
+    supervised as `up` supervises one machine's; `cluster`: on a local Redis Cluster when
+    REDIS_URL and REDIS_CLUSTER_NODES are unset."""
+    supervisor = Supervisor(settings, fleet_workers=workers, cluster=cluster)
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     return supervisor.run()

@@ -69,7 +69,7 @@ def reset(up: Launched) -> None:
         up.broker.show_menu()  # a result screen: dismiss it
     wait_state(up.broker, State.IDLE)
     up.redis.delete(up.broker.operator_key)
-    for key in up.redis.scan_iter("console:login_fails:*"):  # a test's failed log-ins
+    for key in up.redis.scan_iter("console:{login}:fails:*"):  # a test's failed log-ins
         up.redis.delete(key)
     up.redis.delete(up.broker.menu_key)
     up.redis.delete(up.broker.stock_key)

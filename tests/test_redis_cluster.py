@@ -20,14 +20,21 @@ from constants.states import Sale, State
 from cores.broker import Broker
 from cores.config import Settings
 from cores.machine import Effects, Transition
-from cores.redis_cluster import LocalCluster, keyslot, parse_nodes
+from cores.redis_cluster import LocalCluster, find_cli, keyslot, parse_nodes
+from cores.redis_process import find_binary
 from services import runtime
-from tests.machine_helpers import eventually
+from services.supervisor import Supervisor
+from tests.machine_helpers import eventually, need, need_redis_server
 
 DRINKS = [
     {"id": "cola", "name": "Cola", "icon": "assets/cola.svg", "price": 7000, "stock": 5},
     {"id": "water", "name": "Water", "icon": "assets/water.svg", "price": 4000, "stock": 3},
 ]
+
+
+def need_cluster_binaries() -> None:
+    need_redis_server()
+    need(find_cli(find_binary()) is not None, "no redis-cli on PATH (apt-get install redis-tools)")
 
 
 def machines_on_each_master(cluster: LocalCluster) -> dict[int, str]:
@@ -88,6 +95,7 @@ def test_the_local_cluster_runs_three_masters_with_a_replica_each_on_free_ports(
 def test_a_local_cluster_started_again_reuses_its_nodes_ports_and_data(tmp_path: Path):
     """`main.py backend --cluster` started twice on one VAR_DIR: the same nodes on the same
     ports, not a new cluster, and what was written is still there."""
+    need_cluster_binaries()
     first = LocalCluster(tmp_path / "cluster")
     ports = first.ports
     try:
@@ -282,3 +290,48 @@ def test_cluster_key_slots_follow_the_machine_hash_tag():
         for key in (broker.state_key, broker.stock_key, broker.events_key, broker.order_key("x"))
     }
     assert slots == {keyslot("vm-7")}
+
+
+# --- `main.py backend --cluster` -----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_backend_supervisor_runs_a_local_cluster_and_restarts_a_dead_node(tmp_path: Path):
+    """`backend --cluster` without REDIS_URL: a cluster under VAR_DIR/cluster whose URL goes
+    to VAR_DIR/redis.url (what every child and `main.py` command reads); a node that dies is
+    started again by the supervisor's round; a second run reuses the nodes and their ports."""
+    need_cluster_binaries()
+    settings = Settings(var_dir=tmp_path / "var")
+    supervisor = Supervisor(settings, fleet_workers=1, cluster=True)
+    try:
+        url = supervisor.start_redis()
+        cluster = supervisor.cluster
+        assert cluster is not None and cluster.data_dir == settings.var_dir / "cluster"
+        assert url == cluster.url and url.startswith("redis+cluster://")
+        assert settings.redis_url_file.read_text(encoding="utf-8").strip() == url
+        assert isinstance(runtime.redis_client(settings), RedisCluster)  # from redis.url
+        victim = cluster.masters()[0]
+        cluster.kill9(victim)
+        supervisor.tend()
+        assert cluster.alive(victim)
+        supervisor.plan(url)
+        assert supervisor.env["REDIS_URL"] == url and "REDIS_CLUSTER_NODES" not in supervisor.env
+    finally:
+        supervisor.shutdown()
+    assert not any(cluster.alive(port) for port in cluster.ports)
+    again = Supervisor(settings, fleet_workers=1, cluster=True)
+    try:
+        assert again.start_redis() == url
+    finally:
+        again.shutdown()
+
+
+def test_the_backend_uses_the_cluster_the_settings_name_and_starts_none(tmp_path: Path):
+    """REDIS_CLUSTER_NODES (or REDIS_URL) set: `backend --cluster` starts no local cluster
+    and its children get REDIS_URL=redis+cluster://... alone."""
+    settings = Settings(var_dir=tmp_path / "var", redis_cluster_nodes="10.0.0.1:7000,10.0.0.2:7000")
+    supervisor = Supervisor(settings, fleet_workers=1, cluster=True)
+    url = supervisor.start_redis()
+    assert url == "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"
+    assert supervisor.cluster is None and supervisor.redis is None
+    assert not (tmp_path / "var" / "cluster").exists()
