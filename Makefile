@@ -35,6 +35,10 @@ test: $(VENV)/.dev
 		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && \
 		  apt-get install -y -qq chromium zbar-tools >/dev/null; } || \
 		echo "Chromium or zbarimg missing: browser tests skip (they fail when CI=true)"
+	@{ command -v redis-server >/dev/null && command -v redis-cli >/dev/null; } || \
+		{ [ "$$(id -u)" = 0 ] && apt-get update -qq && \
+		  apt-get install -y -qq redis-server redis-tools >/dev/null; } || \
+		echo "redis-server or redis-cli missing: Redis (Cluster) tests skip (they fail when CI=true)"
 	$(PY) -m pytest
 
 # The unit tests only: no redis-server, no process of the machine, no browser (under a minute).
