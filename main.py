@@ -13,6 +13,7 @@ Usage::
     python main.py menu                     # the drinks; `menu import FILE [--yes]` applies a file
     python main.py price cola 7500          # a drink's price, from the next order
     python main.py stock cola 12            # a drink's units; `refill cola` / `refill --all`
+    python main.py slot enable 3            # a disabled or empty dispenser slot back in use
     python main.py sales --from 2027-01-01 --to 2027-01-31 [--csv]
     python main.py queue                    # refunds owed, vend outcomes unknown
     python main.py resolve ORDER_ID ACTION  # retry_refund, mark_refunded, mark_vended, refund
@@ -101,6 +102,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     refill = command("refill", help="a drink's slot (or --all) is full: stock = capacity")
     refill.add_argument("drink", nargs="?")
     refill.add_argument("--all", action="store_true", help="every drink")
+    slot = command("slot", help="the dispenser slots and their state; `slot enable N`")
+    slot_sub = slot.add_subparsers(dest="slot_command")
+    slot_enable = slot_sub.add_parser(
+        "enable", help="a disabled or empty slot back in use", parents=[common]
+    )
+    slot_enable.add_argument("slot")
     sales = command("sales", help="sales report of a date range (default: today)")
     sales.add_argument("--from", dest="date_from", metavar="DATE", help="YYYY-MM-DD")
     sales.add_argument("--to", dest="date_to", metavar="DATE", help="YYYY-MM-DD (included)")

@@ -48,7 +48,17 @@ METRICS_SALES = PREFIX + ":metrics:sales"
 #: (JSON), at (unix s)}; never capped (shared/DESIGN.md, "Operator console").
 AUDIT = PREFIX + ":audit"
 
-#: hash, fleet mode: order_id -> JSON {result (vended|failed|unknown), at (unix s)}: what the
+#: hash: slot number -> JSON {fails_in_a_row, disabled, empty, last_reason, at} of each
+#: dispenser slot that ever failed (cores/slots.py; no entry: healthy). Written by the DISPENSE
+#: worker after a vend and by the operator (re-enable; a refill clears `empty`).
+SLOTS = PREFIX + ":slots"
+#: hash: the dispenser as last seen: driver, port, firmware (from the board's PONG), alive
+#: ("1"/"0"), checked_at (unix s of the last PING). Written by the DISPENSE worker (one
+#: machine) or by the gateway from the agent's hello (fleet mode).
+DISPENSER = PREFIX + ":dispenser"
+
+#: hash, fleet mode: order_id -> JSON {result (vended|failed|unknown), at (unix s), [reason]
+#: (why a failed vend failed: JAM, EMPTY...)}: what the
 #: machine's agent reported of a vend, from its journal (money rule 6). Written by the gateway
 #: for the authenticated machine only; read by the DISPENSE worker.
 VEND = PREFIX + ":vend"

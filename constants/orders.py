@@ -32,6 +32,9 @@ class OrderField(StrEnum):
     PAID_AT = "paid_at"
     CLOSED_AT = "closed_at"
     VEND_STARTED_AT = "vend_started_at"
+    #: The dispenser slot chosen for the vend at PAYMENT_SUCCESS -> DISPENSING (rules.choose_slot);
+    #: "0": none of the drink's slots could vend: failed and refunded, never vended.
+    SLOT = "slot"
     #: Fleet mode: DISPENSING known to be held by a replica at (unix s); the gateway asks the
     #: agent to vend only once it is set, and the vend's deadline runs from it.
     VEND_DURABLE_AT = "vend_durable_at"

@@ -32,6 +32,7 @@ from constants.tunables import ALERTS_MAXLEN
 from cores import catalog
 from cores.alerts import Alert, AlertKind, AlertState, Changes, Facts, Gateway
 from cores.broker import Broker
+from cores.models import slot_states
 from cores.work import fleet_heartbeats
 
 #: The `machine_id` of fleet-wide alerts (no machine id has `*`: cores/config.py MACHINE_ID).
@@ -94,7 +95,7 @@ class AlertStore(AlertReads):
     # --- the watcher ------------------------------------------------------------------------
 
     def observe(self, now: float, watching_since: float) -> tuple[Facts, dict[str, Alert]]:
-        """The facts the rules judge, and the open alerts: one round trip of seven reads (and,
+        """The facts the rules judge, and the open alerts: one round trip of eight reads (and,
         outside fleet mode, one read a service whose heartbeat is missing)."""
         b = self.broker
         with self.redis.pipeline(transaction=False) as pipe:
@@ -105,7 +106,8 @@ class AlertStore(AlertReads):
             pipe.hgetall(self.gateway_key)
             pipe.hgetall(self.restart_key)
             pipe.hgetall(self.open_key)
-            stock, menu, beats, queue, gateway, restart, open_ = pipe.execute()
+            pipe.hgetall(b.slots_key)
+            stock, menu, beats, queue, gateway, restart, open_, slots = pipe.execute()
         thresholds = {d.id: d.low_stock for d in catalog.menu_from_hash(menu) if d.enabled}
         heartbeats: dict[str, float | None] = {
             s: None if at is None else float(at) for s, at in zip(self.services, beats, strict=True)
@@ -125,6 +127,7 @@ class AlertStore(AlertReads):
             gateway=gateway_health(gateway),
             redis_restarted_at=_number(restart.get("at")),
             redis_restarts=int(restart.get("count") or 0),
+            slots=slot_states(slots),
         )
         return facts, {k: Alert.parse(json.loads(v)) for k, v in open_.items()}
 

@@ -13,6 +13,8 @@ no longer does (shared/DESIGN.md, "Operator console", alerts).
     refund_owed       order id   the operator's queue holds a refund owed for the order
     vend_unknown      order id   the operator's queue holds a vend of unknown outcome
     gateway_down      midtrans   the gateway's calls have failed for over GATEWAY_DOWN_ALERT_S
+    slot_disabled     slot N     the dispenser slot failed SLOT_FAIL_LIMIT vends in a row and is
+                                 disabled (cores/slots.py), until the operator re-enables it
     redis_restarted   redis      `up` restarted redis-server less than REDIS_RESTART_ALERT_S ago
                                  (and the operator has not acknowledged it); a later restart
                                  raises it again
@@ -28,6 +30,7 @@ from typing import Any
 
 from constants.orders import OperatorKind
 from constants.tunables import GATEWAY_DOWN_ALERT_S, HEARTBEAT_TTL_S, REDIS_RESTART_ALERT_S
+from cores.models import SlotState
 
 
 class AlertKind(StrEnum):
@@ -38,6 +41,7 @@ class AlertKind(StrEnum):
     VEND_UNKNOWN = "vend_unknown"
     GATEWAY_DOWN = "gateway_down"
     REDIS_RESTARTED = "redis_restarted"
+    SLOT_DISABLED = "slot_disabled"
 
 
 class AlertState(StrEnum):
@@ -131,6 +135,8 @@ class Facts:
     #: acknowledged).
     redis_restarted_at: float | None = None
     redis_restarts: int = 0
+    #: The dispenser slots' health, slot -> state (a slot not listed is healthy).
+    slots: Mapping[int, SlotState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,6 +181,11 @@ def wanted(facts: Facts) -> dict[str, Alert]:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(restarted))
         detail = f"redis-server restarted by `up` at {stamp} ({facts.redis_restarts} in all)"
         found.append(Alert(AlertKind.REDIS_RESTARTED, REDIS_SUBJECT, detail, restarted))
+    for slot, st in sorted(facts.slots.items()):
+        if st.disabled:
+            detail = f"{st.fails_in_a_row} failed vends in a row"
+            detail += f", last {st.last_reason}" if st.last_reason else ""
+            found.append(Alert(AlertKind.SLOT_DISABLED, str(slot), detail, st.at or now))
     return {alert.id: alert for alert in found}
 
 
@@ -205,6 +216,7 @@ def _cleared_detail(alert: Alert) -> str:
         AlertKind.VEND_UNKNOWN: "resolved",
         AlertKind.GATEWAY_DOWN: "gateway reachable again",
         AlertKind.REDIS_RESTARTED: "seen",
+        AlertKind.SLOT_DISABLED: "re-enabled",
     }[alert.kind]
 
 

@@ -70,7 +70,7 @@ from constants.tunables import COMMANDS_MAXLEN, DURABLE_WAIT_MS, EVENTS_MAXLEN, 
 from cores import catalog, rules
 from cores.logs import kv
 from cores.machine import DURABLE_SALES, OUT_OF_SERVICE_FROM, Effects, Transition
-from cores.models import Drink, Order, Snapshot, text
+from cores.models import Drink, Order, SlotState, Snapshot, slot_states, text
 from cores.work import Change, WorkHints, fleet_heartbeats
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,7 @@ class Broker:
         self.seq_key = self._key(keys.ORDER_SEQ)
         self.recheck_key = self._key(keys.RECHECK)
         self.durable_key = self._key(keys.DURABLE)
+        self.slots_key = self._key(keys.SLOTS)
 
     def _key(self, template: str, **parts: str) -> str:
         return keys.key(template, self.machine_id, **parts)
@@ -195,9 +196,14 @@ class Broker:
     def stock(self) -> dict[str, int]:
         return {k: int(v) for k, v in _texts(self.redis.hgetall(self.stock_key)).items()}
 
+    def slot_states(self) -> dict[int, SlotState]:
+        """The dispenser slots' health (cores/slots.py); a slot not listed is healthy."""
+        return slot_states(_texts(self.redis.hgetall(self.slots_key)))
+
     def menu_values(self) -> list[dict]:
-        """The SHOW_MENU frame's values: the enabled drinks with their stock."""
-        return catalog.kiosk_menu(self.menu(), self.stock())
+        """The SHOW_MENU frame's values: the enabled drinks with their stock (0 for a drink
+        none of whose slots can vend)."""
+        return catalog.kiosk_menu(self.menu(), self.stock(), self.slot_states())
 
     def order(self, order_id: str | None) -> Order | None:
         if not order_id:
@@ -297,6 +303,10 @@ class Broker:
             raw = pipe.hget(self.menu_key, drink_id)
             stock = int(pipe.hget(self.stock_key, drink_id) or 0)
             drink = Drink.parse(json.loads(raw)) if raw is not None else None
+            if drink is not None and drink.slots and stock > 0:
+                states = slot_states(_texts(pipe.hgetall(self.slots_key)))
+                if not rules.sellable(drink.slots, states):
+                    stock = 0  # every slot of it disabled or empty: sold out
             # A disabled drink is not on the kiosk's menu: refused as unknown.
             known = drink is not None and drink.enabled
             refusal = rules.check_order(snap.state, known, stock, quantity)
@@ -329,7 +339,9 @@ class Broker:
 
             return write
 
-        self._compare_and_set((self.state_key, self.stock_key, self.menu_key), judge, tid)
+        self._compare_and_set(
+            (self.state_key, self.stock_key, self.menu_key, self.slots_key), judge, tid
+        )
         assert order_id is not None  # judge either set it or raised
         self._hint(tid=tid)
         log.info("order placed", extra=kv(order_id=order_id, drink=drink_id))

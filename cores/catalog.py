@@ -23,8 +23,9 @@ from constants.tunables import (
     PRICE_MAX_IDR,
     SLOTS_MAX,
 )
+from cores import rules
 from cores.console_errors import InvalidInput
-from cores.models import Drink
+from cores.models import Drink, SlotState
 
 DRINK_ID = re.compile(r"^[a-z0-9_-]{1,32}$")
 #: An icon is a file under web/assets (the kiosk serves web/), or nothing.
@@ -35,7 +36,7 @@ ICON = re.compile(
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 #: The fields of a drink in the order `menu_changes` reports them.
-FIELDS = ("name", "name_en", "icon", "price", "slot", "enabled", "capacity", "low_stock")
+FIELDS = ("name", "name_en", "icon", "price", "slots", "enabled", "capacity", "low_stock")
 
 
 def whole_number(field: str, value: Any, low: int, high: int, what: str) -> int:
@@ -117,13 +118,15 @@ def parse_drink(fields: Mapping[str, Any], menu: Sequence[Drink] = ()) -> Drink:
         raise InvalidInput(
             "icon", "an icon is a picture under web/assets (assets/NAME.svg), or none"
         )
-    others = {d.slot: d.id for d in menu if d.id != drink_id and d.slot}
-    if given("slot") and str(fields["slot"]).strip():
-        slot = whole_number("slot", fields["slot"], 1, SLOTS_MAX, "a slot")
+    others = {n: d.id for d in menu if d.id != drink_id for n in d.slots}
+    named = "slots" if given("slots") else "slot"
+    if given(named) and str(fields[named]).strip() not in ("", "[]"):
+        slots = parse_slots(named, fields[named])
     else:
-        slot = old("slot", 0) or free_slot(others)
-    if slot in others:
-        raise InvalidInput("slot", f"slot {slot} holds {others[slot]} already")
+        slots = old("slots", ()) or (free_slot(others),)
+    for slot in slots:
+        if slot in others:
+            raise InvalidInput(named, f"slot {slot} holds {others[slot]} already")
     enabled = parse_flag("enabled", fields["enabled"]) if given("enabled") else old("enabled", True)
     capacity = (
         whole_number("capacity", fields["capacity"], 1, CAPACITY_MAX_UNITS, "a capacity")
@@ -135,7 +138,26 @@ def parse_drink(fields: Mapping[str, Any], menu: Sequence[Drink] = ()) -> Drink:
         if given("low_stock")
         else min(old("low_stock", LOW_STOCK_DEFAULT_UNITS), capacity)
     )
-    return Drink(drink_id, name, icon, price, name_en, slot, enabled, capacity, low_stock)
+    return Drink(drink_id, name, icon, price, name_en, slots, enabled, capacity, low_stock)
+
+
+def parse_slots(field: str, value: Any) -> tuple[int, ...]:
+    """A drink's slots, in order of preference: a list of slot numbers (`[1, 4]`), one number,
+    or their text (`"1, 4"`, `"1 4"`: the console's field). Each 1..SLOTS_MAX, none twice."""
+    if isinstance(value, list | tuple):
+        items: list[Any] = list(value)
+    elif isinstance(value, str):
+        items = [part for part in re.split(r"[\s,]+", value.strip()) if part]
+    else:
+        items = [value]
+    if not items:
+        raise InvalidInput(field, "a drink needs at least one slot")
+    if len(items) > SLOTS_MAX:
+        raise InvalidInput(field, f"at most {SLOTS_MAX} slots")
+    slots = tuple(whole_number(field, n, 1, SLOTS_MAX, "a slot") for n in items)
+    if len(set(slots)) != len(slots):
+        raise InvalidInput(field, "a slot is listed twice")
+    return slots
 
 
 def free_slot(taken: Iterable[int]) -> int:
@@ -148,14 +170,14 @@ def free_slot(taken: Iterable[int]) -> int:
 
 
 def assign_slots(drinks: Sequence[Drink]) -> list[Drink]:
-    """Drinks of a menu written before slots (slot 0) get the lowest free slots, in order."""
-    taken = {d.slot for d in drinks if d.slot}
+    """Drinks of a menu written before slots (none) get the lowest free slot each, in order."""
+    taken = {n for d in drinks for n in d.slots}
     out = []
     for d in drinks:
-        if not d.slot:
+        if not d.slots:
             slot = free_slot(taken)
             taken.add(slot)
-            d = Drink(**{**d.__dict__, "slot": slot})
+            d = Drink(**{**d.__dict__, "slots": (slot,)})
         out.append(d)
     return out
 
@@ -188,15 +210,27 @@ def menu_changes(old: Sequence[Drink], new: Sequence[Drink]) -> list[str]:
     for d in new:
         was = before.get(d.id)
         if was is None:
-            changes.append(f"add {d.id}: {d.name}, {rupiah(d.price)}, slot {d.slot}")
+            changes.append(f"add {d.id}: {d.name}, {rupiah(d.price)}, {slots_text(d.slots)}")
             continue
         for name in FIELDS:
             a, b = getattr(was, name), getattr(d, name)
             if a != b:
-                shown = (rupiah(a), rupiah(b)) if name == "price" else (repr(a), repr(b))
+                if name == "price":
+                    shown = (rupiah(a), rupiah(b))
+                elif name == "slots":
+                    shown = (slots_text(a), slots_text(b))
+                else:
+                    shown = (repr(a), repr(b))
                 changes.append(f"change {d.id} {name}: {shown[0]} -> {shown[1]}")
     changes.extend(f"remove {d.id}: {d.name}" for d in old if d.id not in after)
     return changes
+
+
+def slots_text(slots: Sequence[int]) -> str:
+    """(1,) -> "slot 1"; (1, 4) -> "slots 1, 4"."""
+    if len(slots) == 1:
+        return f"slot {slots[0]}"
+    return "slots " + (", ".join(str(n) for n in slots) or "none")
 
 
 def menu_from_hash(raw: Mapping[str, str]) -> list[Drink]:
@@ -208,10 +242,41 @@ def menu_from_hash(raw: Mapping[str, str]) -> list[Drink]:
     return assign_slots(drinks)
 
 
-def kiosk_menu(drinks: Iterable[Drink], stock: Mapping[str, int]) -> list[dict]:
-    """The SHOW_MENU frame's values: the enabled drinks with their stock, cheapest first."""
+def kiosk_menu(
+    drinks: Iterable[Drink],
+    stock: Mapping[str, int],
+    slots: Mapping[int, SlotState] | None = None,
+) -> list[dict]:
+    """The SHOW_MENU frame's values: the enabled drinks with their stock, cheapest first. A
+    drink none of whose `slots` can vend (each disabled or empty) shows stock 0: sold out."""
+    states = slots or {}
     shown = sorted((d for d in drinks if d.enabled), key=lambda d: (d.price, d.id))
-    return [{**d.public(), "stock": stock.get(d.id, 0)} for d in shown]
+    return [
+        {**d.public(), "stock": stock.get(d.id, 0) if rules.sellable(d.slots, states) else 0}
+        for d in shown
+    ]
+
+
+def slot_rows(drinks: Iterable[Drink], states: Mapping[int, SlotState]) -> list[dict]:
+    """Each slot of the menu (and any other slot with a state), by number: its drink, its
+    state (ok, empty, disabled) and whether the operator can re-enable it."""
+    owner = {n: d.id for d in drinks for n in d.slots}
+    rows = []
+    for n in sorted(owner.keys() | states.keys()):
+        st = states.get(n, SlotState())
+        status = "disabled" if st.disabled else "empty" if st.empty else "ok"
+        rows.append(
+            {
+                "slot": n,
+                "drink": owner.get(n, ""),
+                "status": status,
+                "fails_in_a_row": st.fails_in_a_row,
+                "last_reason": st.last_reason,
+                "at": st.at or None,
+                "can_enable": not st.usable,
+            }
+        )
+    return rows
 
 
 class Level(StrEnum):
@@ -238,6 +303,8 @@ class StockLevel:
             "id": self.drink.id,
             "name": self.drink.name,
             "slot": self.drink.slot,
+            "slots": list(self.drink.slots),
+            "slots_text": ", ".join(str(n) for n in self.drink.slots),
             "enabled": self.drink.enabled,
             "stock": self.units,
             "capacity": self.drink.capacity,

@@ -43,8 +43,11 @@ class Snapshot:
 class Drink:
     """A drink of the menu, as the operator set it (cores/catalog.py validates it).
 
-    `slot` is the dispenser slot (0: not assigned yet, in a menu written before slots);
-    `capacity` the units the slot holds and `low_stock` the threshold of the low-stock alert.
+    `slots` are the dispenser slots it is vended from, in order of preference: the first
+    one usable (neither disabled nor empty, cores/rules.py `choose_slot`) vends it. Empty: not
+    assigned yet, in a menu written before slots. An int given for it (the single `slot` of
+    older code and menus) is read as that one slot (0: none). `capacity` is the units the
+    drink's slots hold and `low_stock` the threshold of the low-stock alert.
     """
 
     id: str
@@ -52,7 +55,7 @@ class Drink:
     icon: str
     price: int
     name_en: str = ""
-    slot: int = 0
+    slots: tuple[int, ...] = ()
     enabled: bool = True
     capacity: int = CAPACITY_DEFAULT_UNITS
     low_stock: int = LOW_STOCK_DEFAULT_UNITS
@@ -68,11 +71,22 @@ class Drink:
             icon=str(d.get("icon") or ""),
             price=int(d["price"]),
             name_en=str(d.get("name_en") or name),
-            slot=int(d.get("slot") or 0),
+            slots=_slots(d),
             enabled=bool(d.get("enabled", True)),
             capacity=int(d.get("capacity", CAPACITY_DEFAULT_UNITS)),
             low_stock=int(d.get("low_stock", LOW_STOCK_DEFAULT_UNITS)),
         )
+
+    def __post_init__(self) -> None:
+        slots: Any = self.slots
+        if isinstance(slots, int):
+            slots = (slots,) if slots else ()
+        object.__setattr__(self, "slots", tuple(int(n) for n in slots))
+
+    @property
+    def slot(self) -> int:
+        """The first slot (0: none assigned)."""
+        return self.slots[0] if self.slots else 0
 
     def public(self) -> dict:
         """What the kiosk shows (and what an order keeps of its drink)."""
@@ -88,11 +102,21 @@ class Drink:
         """Every field, as the menu hash stores it."""
         return {
             **self.public(),
-            "slot": self.slot,
+            "slot": self.slot,  # read by code older than `slots`
+            "slots": list(self.slots),
             "enabled": self.enabled,
             "capacity": self.capacity,
             "low_stock": self.low_stock,
         }
+
+
+def _slots(d: Mapping[str, Any]) -> tuple[int, ...]:
+    """A stored drink's slots: `slots` (a list), else its single `slot` (0 or absent: none)."""
+    many = d.get("slots")
+    if isinstance(many, list | tuple):
+        return tuple(int(n) for n in many)
+    one = int(d.get("slot") or 0)
+    return (one,) if one else ()
 
 
 @dataclass
@@ -136,6 +160,57 @@ class Order:
     def item(self) -> dict:
         """The order as one Midtrans item_details entry."""
         return {"id": self.drink.id, "price": self.amount, "quantity": 1, "name": self.drink.name}
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """A dispenser slot's health (the machine's SLOTS hash, slot -> JSON of this).
+
+    `fails_in_a_row`: failed vends of the slot since its last good one; `disabled`: it failed
+    SLOT_FAIL_LIMIT times in a row; `empty`: the board said EMPTY (until a refill of its drink
+    or the operator re-enables it); `last_reason`: the reason of its last failed vend; `at`:
+    when this last changed (unix s). A slot with no entry is healthy."""
+
+    fails_in_a_row: int = 0
+    disabled: bool = False
+    empty: bool = False
+    last_reason: str = ""
+    at: float = 0.0
+
+    @property
+    def usable(self) -> bool:
+        return not (self.disabled or self.empty)
+
+    @classmethod
+    def parse(cls, raw: str | None) -> SlotState:
+        """An entry of the SLOTS hash; a missing or unreadable one is a healthy slot."""
+        if not raw:
+            return cls()
+        try:
+            d = json.loads(raw)
+            return cls(
+                int(d.get("fails_in_a_row") or 0),
+                bool(d.get("disabled")),
+                bool(d.get("empty")),
+                str(d.get("last_reason") or ""),
+                float(d.get("at") or 0.0),
+            )
+        except (ValueError, TypeError, AttributeError):
+            return cls()
+
+    def record(self) -> dict:
+        return {
+            "fails_in_a_row": self.fails_in_a_row,
+            "disabled": self.disabled,
+            "empty": self.empty,
+            "last_reason": self.last_reason,
+            "at": self.at,
+        }
+
+
+def slot_states(raw: Mapping[str, str]) -> dict[int, SlotState]:
+    """The SLOTS hash (slot number -> JSON) typed; fields that are not slot numbers skipped."""
+    return {int(k): SlotState.parse(v) for k, v in raw.items() if k.isdigit()}
 
 
 def text(value: Any) -> str | int | float:

@@ -3,7 +3,9 @@
 The broker's other half, for the console and `main.py`'s operator commands: each action reads
 under WATCH, validates (cores/catalog.py, cores/rules.py), and writes in one MULTI its change,
 an AUDIT entry {actor, action, target, before, after, at} and, when the machine shows the menu,
-the menu again (SHOW_MENU -> SHOW_MENU), so a change reaches the kiosk at once. An order already
+the menu again (SHOW_MENU -> SHOW_MENU), so a change reaches the kiosk at once. A change that
+raises a drink's stock (a refill) clears `empty` on its dispenser slots (cores/slots.py), and
+`enable_slot` puts a disabled or empty slot back in use. An order already
 placed keeps the drink and amount it snapshotted at ORDER time (shared/DESIGN.md, "Operator
 console"). A refused action raises cores.console_errors and changes nothing.
 """
@@ -23,6 +25,7 @@ from redis.typing import EncodableT, FieldT
 from constants import keys
 from constants.orders import OrderField, Resolution
 from constants.states import Sale, State
+from constants.tunables import SLOTS_MAX
 from cores import audit, catalog, rules, sales
 from cores.alert_store import AlertStore
 from cores.alerts import Alert
@@ -30,7 +33,8 @@ from cores.broker import Broker, Writes
 from cores.console_errors import ActionRefused, InvalidInput, NotFound
 from cores.logs import kv
 from cores.machine import Transition
-from cores.models import Drink, Snapshot
+from cores.models import Drink, SlotState, Snapshot, slot_states
+from cores.slots import Slots
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,9 @@ class Change:
     stock: dict[str, int]
     before: Any
     after: Any
+    #: Drinks refilled by this edit whatever their count said (`refill`): their empty slots
+    #: are put back in use, as they are for any edit that raises a drink's count.
+    refilled: tuple[str, ...] = ()
 
 
 class Operations:
@@ -160,7 +167,7 @@ class Operations:
             chosen = [_named(drinks, drink_id)] if drink_id else list(drinks.values())
             full = {d.id: d.capacity for d in chosen}
             before = {d.id: stock.get(d.id, 0) for d in chosen}
-            return Change(drinks, {**stock, **full}, before, full)
+            return Change(drinks, {**stock, **full}, before, full, tuple(full))
 
         return cast(dict[str, int], self._edit("refill", drink_id or "*", edit, actor).after)
 
@@ -340,6 +347,53 @@ class Operations:
 
         return self.broker._compare_and_set((order_key,), judge, uuid.uuid4().hex)
 
+    def slot_rows(self) -> list[dict]:
+        """Each dispenser slot with its drink and state (cores/catalog.py slot_rows)."""
+        return Slots(self.broker).rows()
+
+    def enable_slot(self, slot: Any, actor: str) -> dict:
+        """Put a disabled or empty slot back in use (its failures forgotten), audited in the
+        same MULTI; on the menu screen the menu is sent again (its drink is on sale again).
+        NotFound for a slot no drink uses and with no state; ActionRefused for a slot in use.
+        Returns the slot's state before."""
+        audit.check_actor(actor)
+        number = catalog.whole_number("slot", slot, 1, SLOTS_MAX, "a slot")
+        broker = self.broker
+        slots = Slots(broker)
+        tid = uuid.uuid4().hex
+        seen: list[dict] = []
+
+        def judge(pipe: Pipeline) -> Writes:
+            snap = Snapshot.parse(cast(dict[str, str], pipe.hgetall(broker.state_key)))
+            states = slot_states(cast(dict[str, str], pipe.hgetall(broker.slots_key)))
+            drinks = catalog.menu_from_hash(cast(dict[str, str], pipe.hgetall(broker.menu_key)))
+            raw_stock = cast(dict[str, str], pipe.hgetall(broker.stock_key))
+            stock = {k: int(v) for k, v in raw_stock.items()}
+            st = states.get(number)
+            if st is None and all(number not in d.slots for d in drinks):
+                raise NotFound("slot", f"no drink uses slot {number}")
+            if st is None or st.usable:
+                raise ActionRefused(f"slot {number} is in use already: nothing to enable")
+            before = st.record()
+            seen.append(before)
+            now = broker.clock()
+            after = {k: v for k, v in states.items() if k != number}
+
+            def write(p: Pipeline) -> None:
+                slots.queue_enable(p, number)
+                self._audit(p, actor, "enable_slot", str(number), before, {"usable": True}, now)
+                if snap.state is State.SHOW_MENU:
+                    values = catalog.kiosk_menu(drinks, stock, after)
+                    move = Transition(State.SHOW_MENU, (State.SHOW_MENU,), None, values)
+                    broker._queue(p, snap, move, now, tid)
+
+            return write
+
+        watch = (broker.state_key, broker.slots_key, broker.menu_key, broker.stock_key)
+        broker._compare_and_set(watch, judge, tid)
+        log.info("operator action", extra=kv(action="enable_slot", target=number, actor=actor))
+        return seen[-1]
+
     def acknowledge_alert(self, alert_id: str, actor: str) -> None:
         """An open alert cleared by hand (cores/alert_store.py), audited in the same MULTI;
         NotFound, changing nothing, when it is not open."""
@@ -402,9 +456,16 @@ class Operations:
             stock = {
                 k: int(v) for k, v in cast(dict[str, str], pipe.hgetall(broker.stock_key)).items()
             }
+            states = slot_states(cast(dict[str, str], pipe.hgetall(broker.slots_key)))
             change = edit(drinks, stock)
             done.append(change)
             now = broker.clock()
+            refilled = [
+                d
+                for d in change.drinks.values()
+                if d.id in change.refilled or change.stock.get(d.id, 0) > stock.get(d.id, 0)
+            ]
+            after = _refilled(states, refilled)
 
             def write(p: Pipeline) -> None:
                 for gone in drinks.keys() - change.drinks.keys():
@@ -417,15 +478,18 @@ class Operations:
                 for k, units in change.stock.items():
                     if stock.get(k) != units:
                         p.hset(broker.stock_key, k, units)
+                for d in refilled:
+                    Slots(broker).queue_refilled(p, states, d)
                 self._audit(p, actor, action, target, change.before, change.after, now)
                 if snap.state is State.SHOW_MENU:
-                    values = catalog.kiosk_menu(change.drinks.values(), change.stock)
+                    values = catalog.kiosk_menu(change.drinks.values(), change.stock, after)
                     move = Transition(State.SHOW_MENU, (State.SHOW_MENU,), None, values)
                     broker._queue(p, snap, move, now, tid)
 
             return write
 
-        broker._compare_and_set((broker.state_key, broker.menu_key, broker.stock_key), judge, tid)
+        watch = (broker.state_key, broker.menu_key, broker.stock_key, broker.slots_key)
+        broker._compare_and_set(watch, judge, tid)
         log.info("operator action", extra=kv(action=action, target=target, actor=actor))
         return done[-1]
 
@@ -452,6 +516,20 @@ class Operations:
     ) -> None:
         at = self.broker.clock() if now is None else now
         audit.append(pipe, self.audit_key, actor, action, target, before, after, at)
+
+
+def _refilled(states: dict[int, SlotState], drinks: list[Drink]) -> dict[int, SlotState]:
+    """The slot states once the slots of `drinks` were refilled: `empty` cleared (as
+    Slots.queue_refilled writes it)."""
+    out = dict(states)
+    for d in drinks:
+        for n in d.slots:
+            st = out.get(n)
+            if st is not None and st.empty:
+                out[n] = SlotState(st.fails_in_a_row, True, False, st.last_reason, st.at)
+                if not st.disabled:
+                    del out[n]
+    return out
 
 
 def _named(drinks: Mapping[str, Drink], drink_id: str | None) -> Drink:

@@ -8,6 +8,7 @@ those of shared/DESIGN.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 
@@ -22,6 +23,7 @@ from constants.tunables import (
     RECHECK_EVERY_S,
     REFUND_RETRY_S,
 )
+from cores.models import SlotState
 
 # --- kiosk commands --------------------------------------------------------------------------
 
@@ -392,6 +394,56 @@ def vend_record(outcome: RefundOutcome) -> tuple[Sale, OperatorKind | None, str 
     if outcome is RefundOutcome.OWED:
         return Sale.REFUND_OWED, OperatorKind.REFUND_OWED, "refund refused or unreachable"
     return Sale.VEND_UNKNOWN, OperatorKind.VEND_UNKNOWN, "check the machine, then refund"
+
+
+# --- dispenser slots ---------------------------------------------------------------------------
+
+#: Reasons of a failed vend that are the slot's own (the vend reached the slot and nothing came
+#: out): they count against it. The others say nothing of the slot (the board BUSY or in ERR,
+#: its port unusable, a drop sensor blocked before anything moved, no slot given): counted
+#: against slots, an unplugged board would disable every slot one after the other.
+SLOT_FAULTS = frozenset({"JAM", "EMPTY", "NO_DROP", "TIMEOUT"})
+#: The reason that marks a slot empty (until a refill of its drink, or the operator).
+EMPTY = "EMPTY"
+
+
+def choose_slot(slots: Sequence[int], states: Mapping[int, SlotState]) -> int | None:
+    """The slot a vend of a drink uses: its first slot neither disabled nor empty (None:
+    none left, the drink is sold out whatever its stock says)."""
+    for slot in slots:
+        if states.get(slot, SlotState()).usable:
+            return slot
+    return None
+
+
+def sellable(slots: Sequence[int], states: Mapping[int, SlotState]) -> bool:
+    """Whether a drink can be vended now as far as its slots go (a drink with no slot
+    assigned yet is left to the driver, as before slots)."""
+    return not slots or choose_slot(slots, states) is not None
+
+
+def slot_after_vend(
+    state: SlotState, vend: Vend, reason: str | None, limit: int, now: float
+) -> SlotState | None:
+    """A slot's state after a vend from it (None: unchanged).
+
+    VENDED resets its count of failures in a row (and it was not empty). FAILED for one of
+    SLOT_FAULTS counts against it: `limit` failures in a row disable it; EMPTY marks it empty.
+    UNKNOWN changes nothing (a person looks), nor does a failure that is not the slot's."""
+    if vend is Vend.VENDED:
+        if state.fails_in_a_row == 0 and not state.empty:
+            return None
+        return replace(state, fails_in_a_row=0, empty=False, at=now)
+    if vend is Vend.FAILED and reason in SLOT_FAULTS:
+        fails = state.fails_in_a_row + 1
+        return SlotState(
+            fails_in_a_row=fails,
+            disabled=state.disabled or fails >= limit,
+            empty=state.empty or reason == EMPTY,
+            last_reason=str(reason),
+            at=now,
+        )
+    return None
 
 
 # --- refunds: one policy for a failed vend and a late payment ----------------------------

@@ -196,7 +196,8 @@ class Agent:
         self._screen = Screen(OUT_OF_SERVICE_FRAME, 0)
         self._version = 0
         self._vending: set[str] = set()
-        self._unsent: dict[str, Vend] = {}
+        #: Results not sent yet: order id -> (result, reason of a failure).
+        self._unsent: dict[str, tuple[Vend, str | None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._wire_log = logging.getLogger(f"{__name__}.link")
 
@@ -315,11 +316,29 @@ class Agent:
         return end, why
 
     async def _link_up(self, ws: ClientConnection) -> None:
-        await ws.send(wire.encode(Message(Kind.HELLO, version=self.version)))
+        driver, firmware = await asyncio.to_thread(self._dispenser_status)
+        hello = Message(Kind.HELLO, version=self.version, driver=driver, firmware=firmware)
+        await ws.send(wire.encode(hello))
         self._link = ws
         self._online = True
         log.info("backend link up", extra=kv(backend=shown_url(self.backend_url)))
         await self._send_results()
+
+    def _dispenser_status(self) -> tuple[str | None, str | None]:
+        """The driver's name and its board's firmware (from its last PING), for the hello."""
+        status_of = getattr(self.dispenser, "status", None)
+        if status_of is None:
+            return self.settings.dispenser, None
+        try:
+            status = status_of()
+        except Exception:
+            log.exception("dispenser status unreadable")
+            return self.settings.dispenser, None
+        firmware = status.get("firmware")
+        shown = str(firmware)[: wire.FIRMWARE_MAX_CHARS] if firmware else None
+        if shown is not None and not (shown.isascii() and shown.isprintable()):
+            shown = None
+        return str(status.get("driver") or self.settings.dispenser), shown
 
     def _offline(self, why: str) -> None:
         """The link is down: every page shows OUT_OF_SERVICE (once per outage)."""
@@ -352,11 +371,11 @@ class Agent:
                 log.debug("reply to a page gone", extra=kv(page=message.page))
         elif message.kind is Kind.VEND:
             assert message.order_id is not None and message.drink_id is not None
-            await self._on_vend(message.order_id, message.drink_id)
+            await self._on_vend(message.order_id, message.drink_id, message.slot)
 
     # --- vends (money rule 6) ---------------------------------------------------------------
 
-    async def _on_vend(self, order_id: str, drink_id: str) -> None:
+    async def _on_vend(self, order_id: str, drink_id: str, slot: int | None = None) -> None:
         if order_id in self._vending:
             log.info("vend already in progress", extra=kv(order_id=order_id))
             return
@@ -378,13 +397,13 @@ class Agent:
             )
             await self._report(order_id, known)
             return
-        task = asyncio.create_task(self._vend(order_id, drink_id), name=f"vend {order_id}")
+        task = asyncio.create_task(self._vend(order_id, drink_id, slot), name=f"vend {order_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _vend(self, order_id: str, drink_id: str) -> None:
+    async def _vend(self, order_id: str, drink_id: str, slot: int | None) -> None:
         try:
-            result = await asyncio.to_thread(self.dispenser.vend, order_id, drink_id)
+            result = await asyncio.to_thread(self.dispenser.vend, order_id, drink_id, slot)
         except Exception:
             log.exception("vend raised", extra=kv(order_id=order_id))
             known = await asyncio.to_thread(self.dispenser.outcome, order_id)
@@ -394,23 +413,48 @@ class Agent:
         await self._report(order_id, result)
 
     async def _report(self, order_id: str, result: Vend) -> None:
-        """Send a vend's result now, or after the next hello when the link is down."""
-        self._unsent[order_id] = result
+        """Send a vend's result (with the journal's reason of a failure) now, or after the
+        next hello when the link is down."""
+        reason = await asyncio.to_thread(self._reason, order_id) if result is Vend.FAILED else None
+        self._unsent[order_id] = (result, reason)
         await self._send_results()
 
+    def _reason(self, order_id: str) -> str | None:
+        """The reason of the order's failed vend in the journal, if it is a word the wire
+        carries (agent_protocol.REASON)."""
+        entries = getattr(self.dispenser, "entries", None)
+        if entries is None:
+            return None
+        try:
+            found = [
+                e.get("reason")
+                for e in entries()
+                if e.get("order_id") == order_id and e.get("result") == Vend.FAILED.value
+            ]
+        except Exception:
+            log.exception("vend journal unreadable", extra=kv(order_id=order_id))
+            return None
+        reason = found[-1] if found else None
+        return reason if isinstance(reason, str) and wire.REASON.match(reason) else None
+
     async def _send_results(self) -> None:
-        for order_id, result in list(self._unsent.items()):
+        for order_id, sent in list(self._unsent.items()):
+            result, reason = sent
             link = self._link
             if link is None:
                 return
-            message = Message(Kind.VEND_RESULT, order_id=order_id, result=result.value)
+            message = Message(
+                Kind.VEND_RESULT, order_id=order_id, result=result.value, reason=reason
+            )
             try:
                 await link.send(wire.encode(message))
             except ConnectionClosed:
                 return
-            if self._unsent.get(order_id) is result:
+            if self._unsent.get(order_id) is sent:
                 del self._unsent[order_id]
-            log.info("vend result sent", extra=kv(order_id=order_id, vend=result.value))
+            log.info(
+                "vend result sent", extra=kv(order_id=order_id, vend=result.value, reason=reason)
+            )
 
 
 def _is_kiosk_frame(text: str) -> bool:

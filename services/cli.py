@@ -130,6 +130,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, client: Any) -> Any:
             return commands.stock(ops, args.drink, args.units, actor)
         case "refill":
             return commands.refill(ops, None if args.all else args.drink, actor)
+        case "slot" if args.slot_command == "enable":
+            return commands.slot_enable(ops, args.slot, actor)
+        case "slot":
+            return commands.slots(ops, settings)
         case "sales":
             return commands.sales_report(ops, settings, args.date_from, args.date_to, args.csv)
         case "queue":

@@ -73,7 +73,49 @@ def status(ops: Operations, settings: Settings) -> Output:
         age = beats.get(str(service))
         shown.append(f"{service} {'-' if age is None else f'{age:.0f}s ago'}")
     lines.append("workers: " + ", ".join(shown))
+    board = data["dispenser"]
+    if board:
+        seen = when(board["last_seen"], settings)
+        lines.append(
+            f"dispenser: {board['driver'] or '?'}"
+            + (f" on {board['port']}" if board["port"] else "")
+            + f", firmware {board['firmware'] or 'unknown'}, last seen {seen}"
+            + (" (silent to the last PING)" if board["alive"] is False else "")
+        )
+    out = [r for r in data["slots"] if r["status"] != "ok"]
+    if out:
+        lines.append("slots out of use: " + ", ".join(_slot_text(r) for r in out))
     return Output("\n".join(lines), data)
+
+
+def _slot_text(row: dict) -> str:
+    why = (
+        f", {row['fails_in_a_row']} failed, last {row['last_reason']}" if row["last_reason"] else ""
+    )
+    return f"{row['slot']} ({row['drink'] or 'no drink'}: {row['status']}{why})"
+
+
+# --- dispenser slots ---------------------------------------------------------------------------
+
+
+def slots(ops: Operations, settings: Settings) -> Output:
+    """`main.py slot`: each slot, its drink and state."""
+    rows = ops.slot_rows()
+    lines = [f"{'slot':>4}  {'drink':<12} {'state':<9} {'fails':>5}  last reason"]
+    for r in rows:
+        lines.append(
+            f"{r['slot']:>4}  {r['drink'] or '-':<12} {r['status']:<9} {r['fails_in_a_row']:>5}"
+            f"  {r['last_reason'] or '-'}"
+        )
+    return Output("\n".join(lines) if rows else "no slots", rows)
+
+
+def slot_enable(ops: Operations, slot: str, actor: str) -> Output:
+    """`main.py slot enable N`: a disabled or empty slot back in use (audited)."""
+    before = ops.enable_slot(slot, actor)
+    was = "disabled" if before.get("disabled") else "empty"
+    text = f"slot {int(slot)}: {was} -> enabled"
+    return Output(text, {"slot": int(slot), "before": before, "enabled": True})
 
 
 # --- menu, prices, stock ---------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """The console's pages of one machine: overview (live), menu, stock, maintenance, audit.
 
+The stock page also lists the dispenser slots (cores/slots.py: ok, empty or disabled, with
+their failures in a row) and re-enables a disabled or empty one (POST, CSRF, audited). The
+overview shows the dispenser (driver, the board's firmware from its PING, last seen).
+
 Each action goes through cores/operations.py (validated by cores/catalog.py, audited there);
 a refused input is shown on its page with status 400 (409 when the machine's state refuses
 it) and nothing is changed. Sales and the operator's queue are in services/console_sales.py.
@@ -54,6 +58,7 @@ def routes() -> list[Route]:
         Route(m + "/stock", stock_page, methods=["GET"]),
         Route(m + "/stock/{drink_id}", set_stock, methods=["POST"]),
         Route(m + "/stock/{drink_id}/refill", refill, methods=["POST"]),
+        Route(m + "/slots/{slot}/enable", enable_slot, methods=["POST"]),
         Route(m + "/maintenance", maintenance_page, methods=["GET"]),
         Route(m + "/maintenance", maintenance, methods=["POST"]),
         Route(m + "/audit", audit_page),
@@ -128,6 +133,7 @@ def overview_values(console: Console, broker: Broker) -> dict[str, Any]:
             "gateway": "-",
             "today": {"count": 0, "takings_text": "-"},
             "alerts": [],
+            "dispenser": {"driver": "-", "firmware": "-", "seen_text": "-"},
         }
     order = broker.order(snap.order_id)
     beats = []
@@ -158,6 +164,24 @@ def overview_values(console: Console, broker: Broker) -> dict[str, Any]:
         "gateway": probe.status(),
         "today": {"count": today.sales, "takings_text": catalog.rupiah(today.takings)},
         "alerts": open_alerts(broker),
+        "dispenser": dispenser_values(broker, fmt),
+    }
+
+
+def dispenser_values(broker: Broker, fmt: Any) -> dict[str, str]:
+    """The dispenser as the overview shows it: driver, firmware, last seen (text)."""
+    from cores import operator
+
+    board = operator.dispenser(broker)
+    if board is None:
+        return {"driver": "not reported", "firmware": "-", "seen_text": "-"}
+    seen = fmt(board["last_seen"]) if board["last_seen"] else "never"
+    if board["alive"] is False:
+        seen += " (silent to the last PING)"
+    return {
+        "driver": board["driver"] or "-",
+        "firmware": board["firmware"] or "unknown",
+        "seen_text": seen,
     }
 
 
@@ -260,7 +284,7 @@ async def put_drink(request: Request, user: str, form: dict[str, str]) -> Respon
     """Add a drink (the add form, `new`), or change one (a row's form)."""
     ops = operations_of(request)
     request.scope["console_form"] = form
-    names = ("id", "name", "name_en", "price", "icon", "slot")
+    names = ("id", "name", "name_en", "price", "icon", "slot", "slots")
     fields: dict[str, str] = {k: form[k] for k in names if k in form}
     fields["id"] = fields.get("id", "").strip()
     if form.get("new") and any(d.id == fields["id"] for d in ops.drinks()):
@@ -301,7 +325,12 @@ async def remove_drink(request: Request, user: str, form: dict[str, str]) -> Res
 async def _stock_refused(request: Request, exc: Refused) -> Response:
     console, broker = machine_of(request)
     return console.render(
-        request, "stock.html", status=exc.status, error=exc.message, levels=_levels(broker)
+        request,
+        "stock.html",
+        status=exc.status,
+        error=exc.message,
+        levels=_levels(broker),
+        slots=Operations(broker).slot_rows(),
     )
 
 
@@ -312,7 +341,19 @@ def _levels(broker: Broker) -> list[dict]:
 @operator_page
 async def stock_page(request: Request, user: str) -> Response:
     console, broker = machine_of(request)
-    return console.render(request, "stock.html", levels=_levels(broker))
+    slots = Operations(broker).slot_rows()
+    return console.render(request, "stock.html", levels=_levels(broker), slots=slots)
+
+
+@operator_page(refused=_stock_refused)
+async def enable_slot(request: Request, user: str, form: dict[str, str]) -> Response:
+    """A disabled or empty dispenser slot back in use (audited)."""
+    slot = request.path_params["slot"]
+    try:
+        await run_in_threadpool(operations_of(request).enable_slot, slot, actor(user))
+    except (OperatorError, CommandRefused) as exc:
+        raise refused(exc) from exc
+    return notice(request, f"Slot {slot} enabled.", base(request) + "/stock")
 
 
 @operator_page(refused=_stock_refused)

@@ -12,6 +12,20 @@ hint, wakes the worker, which finishes as above. No result by the deadline: vend
 unknown, for the operator. The one-machine path (a local driver, a synchronous vend) is the
 same as before.
 
+Slots (cores/slots.py): at PAYMENT_SUCCESS -> DISPENSING the worker chooses the slot (the
+drink's first slot neither disabled nor empty) and keeps it on the order (OrderField.SLOT); the
+driver (or, in fleet mode, the agent through the gateway's `vend`) vends from it. The result and
+the reason of a failure (the driver's journal; in fleet mode the agent's `vend_result`, kept in
+the VEND hash) are counted against that slot before the order ends: SLOT_FAIL_LIMIT failures in
+a row disable it, EMPTY marks it empty. When none of the drink's slots can vend any more (it
+was sold out on the menu after the order was placed), the order's slot is "0": it is never
+vended, it fails and is refunded (money rule 2). A failed vend is refunded and an unknown one
+goes to the operator exactly as before.
+
+The dispenser's status (driver, the board's firmware from its PING, last seen) is copied to
+the machine's DISPENSER hash at the first step and whenever the driver pinged since (one
+machine; fleet mode's gateway writes it from the agent's hello).
+
 Durability (fleet mode on a Redis Cluster, cores/broker.py): the agent is asked to vend only
 once the DISPENSING is known to be held by a replica (else a failover could bring the order
 back to PAYMENT_SUCCESS after the vend, and it would be vended again). The worker marks the
@@ -27,12 +41,17 @@ next step as an interrupted vend would: never vended on a guess.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
+import redis
 import requests
+from redis.typing import EncodableT, FieldT
 
+from constants import keys
 from constants.orders import Command, OperatorKind, OrderField, Outcome
 from constants.states import RefundOutcome, Sale, State
 from constants.tunables import DURABLE_RETRY_S
@@ -47,6 +66,7 @@ from cores.metrics import GatewayRecorder
 from cores.midtrans import MidtransClient
 from cores.remote_dispenser import RemoteDispenser, RemoteMove, remote_step
 from cores.rules import Vend
+from cores.slots import Slots
 from services.refunds import Refunder
 from services.worker import Worker
 
@@ -65,12 +85,20 @@ class DispenseWorker(Worker):
         dispenser: Dispenser | RemoteDispenser,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], object] | None = None,
+        slot_fail_limit: int = 3,
     ) -> None:
         super().__init__(broker, clock)
         self.dispenser = dispenser
         self.refunder = Refunder(client, sleep or self.stopping.wait)
+        self.slots = Slots(broker)
+        self.slot_fail_limit = slot_fail_limit
+        #: The driver's status as last written to the DISPENSER hash, and the fields written
+        #: (None: not yet).
+        self._status_written: dict | None = None
+        self._fields_written: dict[str, str] | None = None
 
     def step(self, snap: Snapshot, entries: list) -> float | None:
+        self.record_dispenser()
         try:
             return self.dispense(snap)
         except NotDurable as exc:
@@ -123,28 +151,104 @@ class DispenseWorker(Worker):
                 "journal already has this order",
                 extra=kv(order_id=order.order_id, vend=journal.value),
             )
+            self.count_slot(order, _slot_of(order), journal, self.local_reason(order, journal))
             self.finish(order, journal)
         elif snap.state == State.PAYMENT_SUCCESS:
+            slot = self.slots.choose(order.drink.id)
+            fields: dict[str, float | int] = {OrderField.VEND_STARTED_AT: self.clock()}
+            if slot is not None:
+                fields[OrderField.SLOT] = slot
             if self.broker.transition(
                 Transition(
                     State.DISPENSING,
                     (State.PAYMENT_SUCCESS,),
                     order.order_id,
                     order.values(),
-                    Effects(order_fields={OrderField.VEND_STARTED_AT: self.clock()}),
+                    Effects(order_fields=fields),
                 )
             ):
-                self.finish(order, self.vend(order))
+                if slot == 0:
+                    self.no_slot(order)
+                    return None
+                vend = self.vend(order, slot)
+                self.count_slot(order, slot, vend, self.local_reason(order, vend))
+                self.finish(order, vend)
+        elif order.get(OrderField.SLOT) == "0":
+            self.no_slot(order)  # DISPENSING without a slot: never vended
         else:
             # Restarted mid-vend and the journal has no result: only a person can tell.
             log.warning("resuming vend", extra=kv(order_id=order.order_id, vend=Vend.UNKNOWN.value))
             self.finish(order, Vend.UNKNOWN)
         return None
 
+    def no_slot(self, order: Order) -> None:
+        """None of the drink's slots could vend when its vend was due: nothing was vended,
+        the order fails and is refunded (money rule 2)."""
+        log.warning(
+            "no slot can vend this drink: refunding",
+            extra=kv(order_id=order.order_id, drink=order.drink.id),
+        )
+        self.finish(order, Vend.FAILED)
+
+    def count_slot(self, order: Order, slot: int | None, vend: Vend, reason: str | None) -> None:
+        """The vend's result against its slot (cores/slots.py), once per order."""
+        if not slot:
+            return
+        self.slots.record_vend(slot, order.order_id, vend, reason, self.slot_fail_limit)
+
+    def local_reason(self, order: Order, vend: Vend) -> str | None:
+        """The reason of the order's failed vend in the driver's journal (None: not failed,
+        or no reason given)."""
+        entries = getattr(self.dispenser, "entries", None)
+        if entries is None or vend is not Vend.FAILED:
+            return None
+        reason = None
+        for entry in entries():
+            if entry.get("order_id") == order.order_id and entry.get("result") == Vend.FAILED.value:
+                reason = entry.get("reason")
+        return str(reason) if reason else None
+
+    def remote_reason(self, order_id: str) -> str | None:
+        """The reason the agent reported with a failed vend (the VEND hash's record)."""
+        raw = self.broker.redis.hget(keys.key(keys.VEND, self.broker.machine_id), order_id)
+        try:
+            reason = json.loads(cast(str, raw)).get("reason") if raw else None
+        except (ValueError, AttributeError):
+            return None
+        return str(reason) if reason else None
+
+    def record_dispenser(self) -> None:
+        """Copy the driver's status (serial, gpio: `status()`) to the DISPENSER hash when it
+        changed: at the first step, and after each of its PINGs."""
+        status_of = getattr(self.dispenser, "status", None)
+        if status_of is None or isinstance(self.dispenser, RemoteDispenser):
+            return
+        try:
+            status = dict(status_of())
+        except Exception:
+            log.exception("dispenser status unreadable")
+            return
+        if status == self._status_written:
+            return
+        fields = dispenser_fields(status, self._fields_written)
+        try:
+            key = keys.key(keys.DISPENSER, self.broker.machine_id)
+            with self.broker.redis.pipeline() as pipe:
+                pipe.delete(key)
+                pipe.hset(key, mapping=cast(dict[FieldT, EncodableT], fields))
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("dispenser status not recorded", extra=kv(error=exc))
+            return
+        self._status_written, self._fields_written = status, fields
+
     def step_remote(self, snap: Snapshot, order: Order, remote: RemoteDispenser) -> float | None:
         """Fleet mode: start the vend the agent does, then wait for its result (or its
         deadline); cores/remote_dispenser.remote_step decides."""
         now = self.clock()
+        if snap.state == State.DISPENSING and order.get(OrderField.SLOT) == "0":
+            self.no_slot(order)  # never asked of the agent: no slot could vend it
+            return None
         reported = remote.outcome(order.order_id)
         durable_at = order.number(OrderField.VEND_DURABLE_AT)
         if snap.state == State.DISPENSING and reported is None and durable_at is None:
@@ -163,8 +267,23 @@ class DispenseWorker(Worker):
             remote.timeout_s,
         )
         if decision.move is RemoteMove.START:
+            slot = self.slots.choose(order.drink.id)
             waits = self.broker.durability.replicas > 0
-            fields: dict[str, float] = {OrderField.VEND_STARTED_AT: now}
+            fields: dict[str, float | int] = {OrderField.VEND_STARTED_AT: now}
+            if slot is not None:
+                fields[OrderField.SLOT] = slot
+            if slot == 0:  # never asked of the agent: no durable mark, failed at once
+                if self.broker.transition(
+                    Transition(
+                        State.DISPENSING,
+                        (State.PAYMENT_SUCCESS,),
+                        order.order_id,
+                        order.values(),
+                        Effects(order_fields=fields),
+                    )
+                ):
+                    self.no_slot(order)
+                return None
             if not waits:  # nothing to wait for: the move itself lets the gateway ask
                 fields[OrderField.VEND_DURABLE_AT] = now
             started_move = Transition(
@@ -196,13 +315,16 @@ class DispenseWorker(Worker):
                 "vend not confirmed by its deadline",
                 extra=kv(order_id=order.order_id, timeout_s=remote.timeout_s),
             )
+        else:
+            reason = self.remote_reason(order.order_id) if reported is Vend.FAILED else None
+            self.count_slot(order, _slot_of(order), reported, reason)
         self.finish(order, decision.vend)
         return None
 
-    def vend(self, order: Order) -> Vend:
+    def vend(self, order: Order, slot: int | None) -> Vend:
         assert not isinstance(self.dispenser, RemoteDispenser)  # the agent vends in fleet mode
         try:
-            return self.dispenser.vend(order.order_id, order.drink.id)
+            return self.dispenser.vend(order.order_id, order.drink.id, slot)
         except Exception:
             log.exception("vend raised", extra=kv(order_id=order.order_id))
             return self.dispenser.outcome(order.order_id) or Vend.UNKNOWN
@@ -286,4 +408,28 @@ def build(
         if remote
         else dispenser_from_settings(settings)
     )
-    return DispenseWorker(broker, client, dispenser)
+    return DispenseWorker(broker, client, dispenser, slot_fail_limit=settings.slot_fail_limit)
+
+
+def _slot_of(order: Order) -> int | None:
+    """The slot chosen for the order's vend (None: none recorded)."""
+    raw = order.get(OrderField.SLOT)
+    return int(raw) if raw and raw.isdigit() and int(raw) > 0 else None
+
+
+def dispenser_fields(status: dict, before: dict[str, str] | None) -> dict[str, str]:
+    """The DISPENSER hash of a driver's `status()`: driver, port, firmware, alive ("1"/"0"),
+    checked_at, and last_seen (when the board last answered; kept from `before` when the
+    last PING went unanswered)."""
+    fields = {
+        "driver": str(status.get("driver") or ""),
+        "port": str(status.get("port") or ""),
+        "firmware": str(status.get("firmware") or ""),
+        "alive": "1" if status.get("alive") else "0",
+        "checked_at": str(status.get("checked_at") or ""),
+    }
+    if status.get("alive") and status.get("checked_at"):
+        fields["last_seen"] = str(status["checked_at"])
+    elif before is not None and before.get("last_seen"):
+        fields["last_seen"] = str(before["last_seen"])
+    return fields

@@ -23,12 +23,13 @@ bounded queue (INBOX_MAX: when it is full the socket is not read, and TCP slows 
 down) stamping their arrival time, and a handler that works them one at a time, so an agent
 occupies at most one thread of the pool whatever it sends. Every frame is parsed with
 `agent_protocol.parse(raw, FROM_AGENT)`; a malformed one is logged (kind of error, a short
-preview) and dropped. `hello` records the agent in FLEET_SEEN. `page` passes a token bucket
+preview) and dropped. `hello` records the agent in FLEET_SEEN, and its dispenser (driver,
+the board's firmware) in the machine's DISPENSER hash. `page` passes a token bucket
 (AGENT_FRAMES_PER_S, burst AGENT_FRAMES_BURST, judged on arrival): beyond it the page gets
 ERROR rate_limited; else `cores.protocol.parse_client_frame` and `kiosk_commands.execute` on
 the connection's Broker, and a refusal goes back to that page as the ERROR frame the
-one-machine server sends. `vend_result` is recorded in the machine's VEND hash (and a hint
-wakes its DISPENSE worker) only for the order the machine is DISPENSING now and only once;
+one-machine server sends. `vend_result` is recorded in the machine's VEND hash, with the
+reason of a failure for the slot's count (and a hint wakes its DISPENSE worker) only for the order the machine is DISPENSING now and only once;
 anything else changes nothing and is logged. Every read and write goes through the keys of
 the machine the handshake authenticated: no frame names a machine, so no frame reaches
 another machine's keys.
@@ -43,7 +44,8 @@ a gap (a hint lost, or hints out of order), a hint without a state, a DISPENSING
 `vend` below needs the order), a first pump or a resync reads Redis instead. A pump that
 reads gets the machine's events stream after the last entry read (XRANGE) and sends each
 entry's frame not sent yet (by version) as `frame`; when the machine
-is DISPENSING an order whose result the VEND hash does not hold, it sends `vend` once per
+is DISPENSING an order whose result the VEND hash does not hold, it sends `vend` (with the
+slot the DISPENSE worker chose for it) once per
 connection (the link is ordered and lossless while it lasts; each new connection is told
 again, and the agent answers a repeat from its journal). A connection's first pump reads the
 state and the stream's newest id in one MULTI (one slot) and sends the snapshot's frame.
@@ -79,6 +81,7 @@ from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import redis
+from redis.typing import EncodableT, FieldT
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
@@ -478,9 +481,21 @@ class Gateway(Stoppable):
             await self._on_page(link, arrival.at, message)
         elif message.kind is Kind.HELLO:
             link.version = message.version
-            log.info("agent hello", extra=kv(machine_id=link.machine_id, version=message.version))
+            log.info(
+                "agent hello",
+                extra=kv(
+                    machine_id=link.machine_id,
+                    version=message.version,
+                    driver=message.driver,
+                    firmware=message.firmware,
+                ),
+            )
             try:
                 await self._in_thread(self.fleet.seen, link.machine_id, message.version)
+                if message.driver is not None:
+                    await self._in_thread(
+                        record_dispenser, link.broker, message.driver, message.firmware
+                    )
             except redis.RedisError as exc:
                 log.warning("seen not recorded", extra=kv(machine_id=link.machine_id, error=exc))
         elif message.kind is Kind.VEND_RESULT:
@@ -526,7 +541,13 @@ class Gateway(Stoppable):
         order_id, result = cast(str, message.order_id), cast(str, message.result)
         try:
             verdict = await self._in_thread(
-                record_vend_result, link.broker, self.hints, order_id, result
+                record_vend_result,
+                link.broker,
+                self.hints,
+                order_id,
+                result,
+                None,
+                message.reason,
             )
         except redis.RedisError as exc:
             # The agent has let the result go: ask it again (the next pump sends `vend` anew),
@@ -792,19 +813,31 @@ def read_for_agent(
             # it once a replica holds it, and its hint pumps again.
             log.debug("dispensing not known durable yet", extra=kv(order_id=order_id))
         else:
-            message = Message(Kind.VEND, order_id=order_id, drink_id=order.drink.id)
+            slot = order.get(OrderField.SLOT)
+            message = Message(
+                Kind.VEND,
+                order_id=order_id,
+                drink_id=order.drink.id,
+                slot=int(slot) if slot and slot.isdigit() and int(slot) > 0 else None,
+            )
             texts.append(agent_protocol.encode(message))
             vend_order = order_id
     return Catch(texts, cursor, vend_order, more, version)
 
 
 def record_vend_result(
-    broker: Broker, hints: WorkHints, order_id: str, result: str, now: float | None = None
+    broker: Broker,
+    hints: WorkHints,
+    order_id: str,
+    result: str,
+    now: float | None = None,
+    reason: str | None = None,
 ) -> VendVerdict:
     """Record an agent's vend result in its machine's VEND hash, if `judge_vend_result` says
     so (read and written under WATCH: the state, the hash and the operator's queue share the
     machine's slot), then wake the machine's workers. A LATE result is recorded too, and noted
-    on the order's entry of the operator's queue (`journal`, and in its detail).
+    on the order's entry of the operator's queue (`journal`, and in its detail). `reason`:
+    why a failed vend failed (the agent's journal), kept in the record for the slot's count.
 
     A recorded result is money-moving (it decides a vend or a refund): NotDurable (a
     RedisError) when no replica is known to hold it; the caller asks the agent again should
@@ -825,7 +858,10 @@ def record_vend_result(
                     pipe.unwatch()
                     return verdict
                 at = time.time() if now is None else now
-                record = json.dumps({"result": result, "at": at})
+                fields: dict[str, object] = {"result": result, "at": at}
+                if reason is not None and result == "failed":
+                    fields["reason"] = reason
+                record = json.dumps(fields)
                 pipe.multi()
                 pipe.hset(key, order_id, record)
                 if verdict is VendVerdict.LATE:
@@ -840,6 +876,21 @@ def record_vend_result(
     hints.hint(broker.machine_id)
     broker.confirm_durable(key, {order_id: record})
     return verdict
+
+
+def record_dispenser(broker: Broker, driver: str, firmware: str | None) -> None:
+    """The agent's dispenser as its hello said (driver, the board's firmware), seen now, in
+    the machine's DISPENSER hash (one key: the machine's slot)."""
+    key = keys.key(keys.DISPENSER, broker.machine_id)
+    now = str(time.time())
+    fields = {"driver": driver, "firmware": firmware or "", "checked_at": now}
+    if firmware:  # the board answered the agent's PING
+        fields["last_seen"] = now
+        fields["alive"] = "1"
+    with broker.redis.pipeline() as pipe:  # MULTI on one key; last_seen stays if unanswered
+        pipe.hdel(key, "alive")
+        pipe.hset(key, mapping=cast(dict[FieldT, EncodableT], fields))
+        pipe.execute()
 
 
 def vend_key(machine_id: str) -> str:

@@ -176,13 +176,15 @@ class CountingDispenser(SimulatedDispenser):
     def __init__(self, var_dir: Path) -> None:
         super().__init__(var_dir, duration_s=0.0, failure_rate=0.0)
         self.calls: list[str] = []
+        self.slots: list[int | None] = []
         self.hold = threading.Event()
         self.hold.set()
 
-    def vend(self, order_id: str, drink_id: str) -> Vend:
+    def vend(self, order_id: str, drink_id: str, slot: int | None = None) -> Vend:
         self.calls.append(order_id)
+        self.slots.append(slot)
         assert self.hold.wait(WAIT_S * 2)
-        return super().vend(order_id, drink_id)
+        return super().vend(order_id, drink_id, slot)
 
 
 class RunningAgent:

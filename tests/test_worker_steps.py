@@ -80,7 +80,10 @@ class Dispenser:
     result: Vend = Vend.VENDED
     journal: dict[str, Vend] = field(default_factory=dict)
 
-    def vend(self, order_id: str, drink_id: str) -> Vend:
+    slots: list[int | None] = field(default_factory=list)
+
+    def vend(self, order_id: str, drink_id: str, slot: int | None = None) -> Vend:
+        self.slots.append(slot)
         self.journal[order_id] = self.result
         return self.result
 
