@@ -293,6 +293,12 @@ class LocalCluster:
     def alive(self, port: int) -> bool:
         return self.nodes[port].alive()
 
+    def stopped(self, port: int) -> bool:
+        """This object started the node on `port` and its process has ended. (A node this
+        object did not start, e.g. another process's cluster, is asked whether it answers.)"""
+        process = self.nodes[port].process
+        return process is not None and process.poll() is not None
+
     def dead(self) -> list[int]:
         """Ports of the nodes whose process is not running."""
         return [port for port, node in self.nodes.items() if not node.alive()]
@@ -306,7 +312,7 @@ class LocalCluster:
     def view(self) -> list[Node]:
         """CLUSTER NODES as a live node sees it (the first that answers)."""
         for port in self.nodes:
-            if not self.alive(port):
+            if self.stopped(port):
                 continue
             client = self.client(port)
             try:
@@ -382,7 +388,7 @@ class LocalCluster:
         """Every live node says cluster_state:ok with all slots served, sees every other live
         node as healthy and the same masters as the others; every master serving slots has a
         replica; every replica's replication link is up."""
-        live = [port for port in self.nodes if self.alive(port)]
+        live = [port for port in self.nodes if not self.stopped(port)]
         views: list[list[Node]] = []
         try:
             for port in live:
