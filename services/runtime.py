@@ -1,21 +1,13 @@
 """How a process of the machine finds its Redis and starts a worker by name.
 
-Redis is one server (redis.Redis) or a Redis Cluster (redis.cluster.RedisCluster), as the
-settings say (cores/config.py: REDIS_URL=redis+cluster://..., REDIS_CLUSTER_NODES). The rest of
-the code is written against redis.Redis and runs on both: every multi-key command, Lua script
-and MULTI stays in one hash slot (constants/keys.py), and the cluster client made here keeps
-redis.Redis's meaning of the two things where redis-py's cluster client differs:
-
-- `pipeline()` is a MULTI/EXEC transaction unless `transaction=False` is said (RedisCluster's
-  default is a plain pipeline, split over the nodes), and takes an MGET of one slot's keys;
-- a connection lost, or a slot moved, while keys are WATCHed raises WatchError, as it does on
-  one server (redis-py's cluster transaction would send the next command, or MULTI/EXEC itself,
-  again on a new connection where the WATCH no longer holds: applied unguarded, or twice).
-  The caller reads what holds and judges again (cores/broker.py `_compare_and_set`).
-
-A command that meets a failover (connection refused, MOVED, ASK, TRYAGAIN, CLUSTERDOWN) is
-retried with exponential backoff and jitter while the cluster's map is refreshed, for about
-as long as a replica takes to be promoted (CLUSTER_RETRIES).
+Redis is one server (redis.Redis) or a Redis Cluster (services/cluster_client.py's
+ClusterClient, a redis.cluster.RedisCluster), as the settings say (cores/config.py:
+REDIS_URL=redis+cluster://..., REDIS_CLUSTER_NODES, or the URL in VAR_DIR/redis.url). The rest
+of the code is written against redis.Redis and runs on both: every multi-key command, Lua
+script and MULTI stays in one hash slot (constants/keys.py). A cluster command that meets a
+failover (connection refused, MOVED, ASK, TRYAGAIN, CLUSTERDOWN) is retried with backoff and
+jitter while the cluster's map is refreshed, for about as long as a replica takes to be
+promoted (CLUSTER_RETRIES).
 """
 
 from __future__ import annotations
@@ -29,10 +21,6 @@ from typing import Any, cast
 
 import redis
 import requests
-from redis.backoff import EqualJitterBackoff
-from redis.cluster import ClusterNode, ClusterPipeline, RedisCluster, TransactionStrategy
-from redis.commands.helpers import list_or_args
-from redis.retry import Retry
 
 from constants.services import Service
 from constants.tunables import BLOCKING_SOCKET_TIMEOUT_S, COMMAND_SOCKET_TIMEOUT_S
@@ -91,9 +79,9 @@ def redis_client(
     name). `blocking`: for long blocking reads, its socket timeout outlasts the longest BLOCK
     (shared/TESTING.md); otherwise short, so that a Redis that hangs fails a command quickly.
 
-    A `ClusterClient` when the settings (or VAR_DIR/redis.url) name a Redis Cluster. It is
-    typed as redis.Redis: it answers every command this code sends a redis.Redis (one slot
-    each), and the modules that take a client need not know which they were given."""
+    A ClusterClient (services/cluster_client.py) when the settings (or VAR_DIR/redis.url)
+    name a Redis Cluster, typed as redis.Redis: the modules that take a client need not know
+    which they were given."""
     url = redis_url(settings)
     options: dict = {
         "decode_responses": True,
@@ -103,13 +91,24 @@ def redis_client(
         "client_name": name,
     }
     if is_cluster_url(url):
-        return cast(redis.Redis, cluster_client(url, **options))
+        return cluster_client(url, **options)
     return redis.Redis.from_url(url, **options)
 
 
-def cluster_client(url: str, **options: Any) -> ClusterClient:
+def cluster_client(url: str, **options: Any) -> redis.Redis:
     """The cluster client of a redis+cluster:// URL: its nodes are the startup nodes (any
-    live one is enough), with the retry of CLUSTER_RETRIES."""
+    live one is enough), with the retry of CLUSTER_RETRIES. Imported here only: one Redis
+    needs no cluster client, and redis-py has one with transactions from 6.1 on."""
+    try:
+        from services.cluster_client import ClusterClient
+    except ImportError as exc:
+        raise ConfigError(
+            f"a Redis Cluster needs redis-py 6.1 or newer (installed: {redis.__version__}): {exc}"
+        ) from None
+    from redis.backoff import EqualJitterBackoff
+    from redis.cluster import ClusterNode
+    from redis.retry import Retry
+
     address = parse_cluster_url(url)
     if address.tls:
         options["ssl"] = True
@@ -117,7 +116,7 @@ def cluster_client(url: str, **options: Any) -> ClusterClient:
         options["username"] = address.username
     if address.password is not None:
         options["password"] = address.password
-    return ClusterClient(
+    client = ClusterClient(
         startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
         retry=Retry(
             EqualJitterBackoff(cap=CLUSTER_RETRY_CAP_S, base=CLUSTER_RETRY_BASE_S),
@@ -125,80 +124,8 @@ def cluster_client(url: str, **options: Any) -> ClusterClient:
         ),
         **options,
     )
-
-
-class ClusterClient(RedisCluster):
-    """redis-py's cluster client whose `pipeline()` and `keys()` mean what redis.Redis's do:
-    a MULTI/EXEC transaction by default, WatchError when a WATCH is lost (module docstring);
-    the keys of the whole database."""
-
-    def pipeline(self, transaction: bool | None = True, shard_hint: object = None) -> Any:
-        pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)
-        pipe.__class__ = _ClusterPipeline  # the same object, with MGET back (below)
-        if transaction:
-            pipe._execution_strategy = _GuardedTransaction(pipe)
-        return pipe
-
-    def keys(self, pattern: Any = "*", **kwargs: Any) -> Any:
-        """Every key matching `pattern`, as on one server: asked of every master (redis-py's
-        cluster client asks one node). For tests and operators' tools, never a hot path."""
-        kwargs.setdefault("target_nodes", self.PRIMARIES)
-        return super().keys(pattern, **kwargs)
-
-
-class _ClusterPipeline(ClusterPipeline):
-    """redis-py's cluster pipeline, which refuses MGET (keys of several slots would be split);
-    here an MGET of one slot's keys is queued as it is on one server (one of several slots
-    is refused when the pipeline runs)."""
-
-    def mget(self, keys: Any, *args: Any) -> Any:
-        return self.execute_command("MGET", *list_or_args(keys, args))
-
-
-class _GuardedTransaction(TransactionStrategy):
-    """redis-py's cluster transaction, except that an error on the connection that holds a
-    WATCH is not retried on another one: it raises WatchError, as redis.Redis does."""
-
-    def __init__(self, pipe: ClusterPipeline) -> None:
-        super().__init__(pipe)
-        self._watched = False  # a WATCH was answered on the transaction's connection
-
-    def _send_command_parse_response(self, conn, redis_node, command_name, *args, **options):
-        reply = super()._send_command_parse_response(
-            conn, redis_node, command_name, *args, **options
-        )
-        if command_name == "WATCH":
-            self._watched = True
-        elif command_name in self.UNWATCH_COMMANDS:
-            self._watched = False
-        return reply
-
-    def _reinitialize_on_error(self, error, failure_count):
-        watched = self._watched
-        super()._reinitialize_on_error(error, failure_count)  # may raise WatchError itself
-        if watched:
-            self._drop_connection()
-            raise redis.WatchError(
-                f"connection lost while watching keys ({type(error).__name__}: {error})"
-            ) from error
-
-    def _drop_connection(self) -> None:
-        """Forget the WATCH with its connection (closed: the server forgets it too), so that
-        the UNWATCH of a caller's clean-up is not sent to a node that may be gone."""
-        connection = self._transaction_connection
-        if connection is not None:
-            connection.disconnect()
-            node = self._nodes_manager.find_connection_owner(connection)
-            if node is not None and node.redis_connection is not None:
-                node.redis_connection.connection_pool.release(connection)
-            self._transaction_connection = None
-        self._watched = False
-        self._watching = False
-        self._executing = False
-
-    def reset(self) -> None:
-        super().reset()
-        self._watched = False
+    # Typed as redis.Redis: it answers every command this code sends one (one slot each).
+    return cast(redis.Redis, client)
 
 
 def load_menu(path: Path) -> list[dict]:

@@ -175,6 +175,77 @@ def test_a_transaction_across_two_slots_is_refused_on_the_cluster(cluster_client
         assert pipe.execute() == [True, True, True]
 
 
+def kill_clients_of(cluster: LocalCluster, key: str) -> None:
+    """Close every client connection of the master serving `key` (a network cut)."""
+    node = cluster.client(cluster.master_of(key))
+    try:
+        node.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
+    finally:
+        node.close()
+
+
+@pytest.mark.parametrize("where", ["before a read", "before EXEC"])
+def test_a_watch_lost_with_its_connection_raises_watch_error_and_writes_nothing(
+    redis_cluster, cluster_client, where
+):
+    """As on one server: a connection cut while keys are WATCHed is a WatchError, never the
+    same command (or MULTI/EXEC) sent again on a new connection where the WATCH no longer
+    holds (redis-py's cluster transaction would retry it: the writes applied unguarded)."""
+    key = "{vm-1}:guarded"
+    cluster_client.set(key, "before")
+    with cluster_client.pipeline() as pipe:
+        pipe.watch(key)
+        if where == "before a read":
+            kill_clients_of(redis_cluster, key)
+            with pytest.raises(redis.WatchError):
+                pipe.get(key)
+        else:
+            assert pipe.get(key) == "before"
+            pipe.multi()
+            pipe.set(key, "written")
+            kill_clients_of(redis_cluster, key)
+            with pytest.raises(redis.WatchError):
+                pipe.execute()
+    assert cluster_client.get(key) == "before"
+    # The next transaction on the same client runs as usual.
+    with cluster_client.pipeline() as pipe:
+        pipe.watch(key)
+        pipe.multi()
+        pipe.set(key, "after")
+        assert pipe.execute() == [True]  # parsed as on one server
+    assert cluster_client.get(key) == "after"
+
+
+def test_a_transaction_answers_on_the_cluster_as_on_one_server(cluster_client, real_redis):
+    """The replies of a MULTI/EXEC are parsed alike on both (redis-py's cluster transaction
+    would leave SET's 'OK', XRANGE's nested lists and EXPIRE's 1 raw)."""
+
+    def run(client: redis.Redis) -> list:
+        client.hset("{vm-1}:h", mapping={"x": "1"})
+        client.xadd("{vm-1}:s", {"f": "v"}, id="1-1")
+        with client.pipeline() as pipe:
+            pipe.set("{vm-1}:k", "v")
+            pipe.hgetall("{vm-1}:h")
+            pipe.xrange("{vm-1}:s")
+            pipe.xrevrange("{vm-1}:s", count=1)
+            pipe.zadd("{vm-1}:z", {"m": 1.5})
+            pipe.zrange("{vm-1}:z", 0, -1, withscores=True)
+            pipe.expire("{vm-1}:k", 10)
+            pipe.hincrby("{vm-1}:h", "n", 2)
+            return pipe.execute()
+
+    assert run(cluster_client) == run(real_redis)
+
+
+def test_a_pipeline_takes_an_mget_of_one_slot_as_one_server_does(cluster_client):
+    """alert_store and metrics read heartbeats with MGET in a pipeline (one machine's slot)."""
+    cluster_client.set("{vm-1}:a", "1")
+    with cluster_client.pipeline(transaction=False) as pipe:
+        pipe.mget(["{vm-1}:a", "{vm-1}:b"])
+        pipe.get("{vm-2}:c")
+        assert pipe.execute() == [["1", None], None]
+
+
 # --- the purchase path on every master -----------------------------------------------------------
 
 
