@@ -612,6 +612,25 @@ def test_a_repeated_vend_is_answered_from_the_journal_and_never_vends_again(tmp_
         assert dispenser_of(running).calls == ["vm-7-o1"]
 
 
+def test_the_vends_slot_reaches_the_driver_and_a_failures_reason_goes_up(tmp_path, backend):
+    """`vend` with a slot: the driver vends from it. A failed vend in the journal is answered
+    with the journal's reason (the backend counts it against the slot). The hello names the
+    driver (no firmware: the simulated driver has no board)."""
+    with running_agent(tmp_path, backend.url) as running:
+        hello = connected(running, backend)
+        assert (hello.driver, hello.firmware) == ("simulated", None)
+        backend.send(Message(Kind.VEND, order_id="vm-7-o1", drink_id="cola", slot=4))
+        result = backend.next(Kind.VEND_RESULT)
+        assert (result.result, result.reason) == ("vended", None)
+        assert dispenser_of(running).slots == [4]
+        assert journal(running)[-1]["slot"] == 4
+        dispenser_of(running).vends.record("vm-7-o2", "cola", "failed", slot=4, reason="JAM")
+        backend.send(Message(Kind.VEND, order_id="vm-7-o2", drink_id="cola", slot=4))
+        failed = backend.next(Kind.VEND_RESULT)
+        assert (failed.order_id, failed.result, failed.reason) == ("vm-7-o2", "failed", "JAM")
+        assert dispenser_of(running).slots == [4]
+
+
 def test_a_vend_asked_again_while_in_progress_is_vended_once_and_answered_once(tmp_path, backend):
     """A `vend` for an order whose vend is in progress here does nothing: one driver call,
     one vend_result when it ends."""

@@ -702,3 +702,59 @@ def test_the_live_overview_goes_on_while_the_session_lasts(
                 else:
                     break  # a stream that goes on: the assertion below fails
     assert states == [str(State.IDLE), str(State.SHOW_MENU)]
+
+
+# --- dispenser slots and the dispenser -------------------------------------------------------
+
+
+def test_the_stock_page_shows_each_slot_and_re_enables_a_disabled_one(
+    client: TestClient, broker: Broker, token: str
+) -> None:
+    """A disabled slot is listed with its failures and an Enable button; the POST (with its
+    CSRF token) puts it back in use, audited; without the token nothing changes."""
+    broker.redis.hset(
+        broker.slots_key,
+        "1",
+        json.dumps({"disabled": True, "fails_in_a_row": 3, "last_reason": "JAM"}),
+    )
+    page = client.get("/machines/vm-1/stock").text
+    assert 'data-testid="slot-state-1">Disabled' in page
+    assert 'data-testid="slot-enable-1"' in page and 'data-testid="slot-enable-2"' not in page
+    before = machine_state(broker)
+    assert post(client, "/machines/vm-1/slots/1/enable", None).status_code == 403
+    assert machine_state(broker) == before and broker.redis.hexists(broker.slots_key, "1")
+    answer = post(client, "/machines/vm-1/slots/1/enable", token)
+    assert answer.status_code == 303
+    assert not broker.redis.hexists(broker.slots_key, "1")
+    entry = audit(broker)[0]
+    assert (entry["action"], entry["target"], entry["actor"]) == (
+        "enable_slot",
+        "1",
+        f"console:{OPERATOR}",
+    )
+    assert 'data-testid="slot-state-1">OK' in client.get("/machines/vm-1/stock").text
+    refused = post(client, "/machines/vm-1/slots/1/enable", token)
+    assert refused.status_code == 400 and "in use already" in refused.text
+
+
+def test_the_menu_page_edits_a_drinks_slots_in_order(
+    client: TestClient, broker: Broker, token: str
+) -> None:
+    answer = post(client, "/machines/vm-1/menu", token, id="cola", slots="1, 9")
+    assert answer.status_code == 303
+    assert next(d for d in broker.menu() if d.id == "cola").slots == (1, 9)
+    assert 'value="1, 9"' in client.get("/machines/vm-1/menu").text
+    taken = post(client, "/machines/vm-1/menu", token, id="tea", slots="9")
+    assert taken.status_code == 400 and "slot 9 holds cola" in taken.text
+
+
+def test_the_overview_shows_the_dispensers_firmware(
+    client: TestClient, broker: Broker, token: str
+) -> None:
+    from services.gateway_service import record_dispenser
+
+    assert "not reported" in client.get("/machines/vm-1/").text
+    record_dispenser(broker, "serial", "drinkboard 2.1")
+    values = client.get("/machines/vm-1/overview.json").json()["dispenser"]
+    assert (values["driver"], values["firmware"]) == ("serial", "drinkboard 2.1")
+    assert 'data-testid="dispenser-firmware">drinkboard 2.1' in client.get("/machines/vm-1/").text
