@@ -3,6 +3,14 @@ machines registered in its Redis, and `python main.py machine` agents, each with
 (VAR_DIR, vend journal) and a kiosk port of its own. Pages talk to the agents as the kiosk
 page does (bench.harness.Page); customers pay through the sandbox's simulator API.
 
+`Backend(..., cluster=True)` runs the backend on a Redis Cluster of its own instead
+(cores/redis_cluster.py: 3 masters + 3 replicas on free ports under the backend's folder),
+started here and passed to `main.py backend` as REDIS_URL=redis+cluster://...: the backend's
+supervisor then starts no Redis and restarts no node, so a test or the chaos soak can kill -9
+a master, watch its replica take over, and start the old one again (as a replica) itself.
+The harness's own client is then services.runtime's cluster client, and the Brokers built on
+it wait for a replica on money-moving steps as the backend's do.
+
 Used by the fleet's integration tests and by bench/fleet.py and bench/chaos.py --fleet.
 """
 
@@ -22,8 +30,9 @@ from bench.harness import Simulator
 from cores.broker import Broker
 from cores.fleet import Fleet
 from cores.process import die_with_parent
+from cores.redis_cluster import LocalCluster
 from cores.redis_process import RedisProcess, free_ports
-from services.runtime import load_menu
+from services.runtime import cluster_client, load_menu
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,13 +106,25 @@ class Child:
 
 class Backend(Child, Simulator):
     """`main.py backend --workers N` on a Redis of its own (started here, so that the test
-    can kill and restart the backend while Redis and the agents stay up)."""
+    can kill and restart the backend while Redis and the agents stay up); with `cluster`, on
+    a Redis Cluster of its own (`self.cluster`: 3 masters + 3 replicas)."""
 
-    def __init__(self, folder: Path, workers: int = 1, redis_url: str | None = None, **env: str):
+    def __init__(
+        self,
+        folder: Path,
+        workers: int = 1,
+        redis_url: str | None = None,
+        cluster: bool = False,
+        **env: str,
+    ):
         folder = Path(folder)
         self.var = folder / "var"
         self.own_redis: RedisProcess | None = None
-        if redis_url is None:
+        self.cluster: LocalCluster | None = None
+        if redis_url is None and cluster:
+            self.cluster = LocalCluster(folder / "cluster").start()
+            redis_url = self.cluster.url
+        elif redis_url is None:
             self.own_redis = RedisProcess(folder / "redis", appendonly=True).start()
             redis_url = self.own_redis.url
         self.redis_url = redis_url
@@ -121,12 +142,18 @@ class Backend(Child, Simulator):
         self.url = f"ws://127.0.0.1:{self.ws_port}/agent"
         self.sandbox = f"http://127.0.0.1:{self.sandbox_port}"
         self.http = requests.Session()
-        self.redis = redis.Redis.from_url(
-            redis_url, decode_responses=True, socket_timeout=10, retry_on_timeout=True
-        )
+        self.redis: redis.Redis
+        if self.cluster is not None or redis_url.startswith(("redis+cluster:", "rediss+cluster:")):
+            self.redis = cluster_client(
+                redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5
+            )
+        else:
+            self.redis = redis.Redis.from_url(
+                redis_url, decode_responses=True, socket_timeout=10, retry_on_timeout=True
+            )
         self.menu = load_menu(ROOT / "menu.json")
-        super().__init__(folder, "backend", ["backend", "--workers", str(workers)], environment)
         try:
+            super().__init__(folder, "backend", ["backend", "--workers", str(workers)], environment)
             self.wait_ready()
         except BaseException:
             self.stop()
@@ -187,12 +214,50 @@ class Backend(Child, Simulator):
     def broker(self, machine_id: str) -> Broker:
         return Broker(self.redis, machine_id)
 
+    def redis_servers(self) -> dict[str, int]:
+        """The pid of each redis-server of this backend's own, by name: `redis-server`, or
+        `redis PORT` for each live node of its cluster."""
+        if self.own_redis is not None and self.own_redis.process is not None:
+            return {"redis-server": self.own_redis.process.pid}
+        if self.cluster is None:
+            return {}
+        return {
+            f"redis {port}": node.process.pid
+            for port, node in self.cluster.nodes.items()
+            if node.process is not None and node.alive()
+        }
+
+    def masters_info(self, section: str) -> list[dict]:
+        """INFO `section` of the Redis (one), or of each master of the cluster: the commands a
+        purchase costs are counted where they are served (a replica replays them)."""
+        if self.cluster is None:
+            return [self.redis.info(section)]
+        infos = []
+        for port in self.cluster.masters():
+            client = self.cluster.client(port)
+            try:
+                infos.append(client.info(section))
+            finally:
+                client.close()
+        return infos
+
+    def restart_nodes(self) -> list[int]:
+        """Start again every node of the backend's cluster that is not running (on its port,
+        from its folder: it comes back as a replica of the one that took its place)."""
+        assert self.cluster is not None
+        dead = self.cluster.dead()
+        for port in dead:
+            self.cluster.restart(port)
+        return dead
+
     def stop(self) -> int:
-        code = super().stop()
+        code = super().stop() if hasattr(self, "process") else 0
         self.http.close()
         self.redis.close()
         if self.own_redis is not None:
             self.own_redis.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         return code
 
 
@@ -251,11 +316,13 @@ class FleetMachine(Simulator):
     `broker` (the machine's keys on the backend's Redis), `var` (its agent's VAR_DIR: the vend
     journal), `ws_url` (its agent's kiosk), the backend sandbox's `pay`, `deny`, `faults`,
     `ledger` (this machine's orders only: their ids start with `<machine_id>-`) and
-    `ledger_of`, and `kill9(name)` of its agent, of a backend process or of Redis.
+    `ledger_of`, and `kill9(name)` of its agent, of a backend process or of Redis; on a
+    cluster backend, of the master that serves this machine's keys ("master") or of its
+    replica ("replica").
 
-    Nothing supervises an agent or the backend's Redis here: after `kill9("agent")` or
-    `kill9("redis")` the caller brings it back with `restart(name)`; the backend's supervisor
-    restarts its own processes."""
+    Nothing supervises an agent or the backend's Redis here: after `kill9("agent")`,
+    `kill9("redis")`, `kill9("master")` or `kill9("replica")` the caller brings it back with
+    `restart(name)`; the backend's supervisor restarts its own processes."""
 
     def __init__(self, backend: Backend, agent: Agent) -> None:
         self.backend = backend
@@ -272,13 +339,17 @@ class FleetMachine(Simulator):
         return [t for t in super().ledger() if owner_of(t["order_id"], [self.machine_id])]
 
     def kill9(self, name: str) -> int | None:
-        """kill -9 this machine's agent ("agent"), the backend's Redis ("redis") or one of the
-        backend's processes (its pid file's name: "gateway", "order", "dispense-2", ...).
-        The pid killed, or None when there was nothing to kill."""
+        """kill -9 this machine's agent ("agent"), the backend's Redis ("redis"), on a cluster
+        the master serving this machine's keys ("master": its replica takes over) or that
+        master's replica ("replica"), or one of the backend's processes (its pid file's name:
+        "gateway", "order", "dispense-2", ...). The pid killed, or None when there was
+        nothing to kill."""
         if name == "agent":
             pid = self.agent.process.pid if self.agent.alive() else None
             self.agent.kill9()
             return pid
+        if name in ("master", "replica"):
+            return self._kill_node(name)
         if name == "redis":
             own = self.backend.own_redis
             if own is None or own.process is None or not own.alive():
@@ -289,13 +360,29 @@ class FleetMachine(Simulator):
             return pid
         return self.backend.kill_child(name)
 
+    def _kill_node(self, role: str) -> int | None:
+        cluster = self.backend.cluster
+        if cluster is None:
+            return None
+        master = cluster.master_of(self.broker.state_key)
+        port = master if role == "master" else cluster.replica_of(master)
+        if port is None or not cluster.alive(port):
+            return None
+        process = cluster.nodes[port].process
+        assert process is not None
+        cluster.kill9(port)
+        return process.pid
+
     def restart(self, name: str) -> None:
         """Start the agent ("agent") or the backend's Redis ("redis", same port and data
-        folder: AOF brings the data back) again after `kill9`. Call it from a thread that
-        lives as long as the fleet: a child gets SIGTERM when the thread that started it
+        folder: AOF brings the data back; "master" or "replica": every dead node of the
+        cluster, each a replica once it is back) again after `kill9`. Call it from a thread
+        that lives as long as the fleet: a child gets SIGTERM when the thread that started it
         ends (die_with_parent's PR_SET_PDEATHSIG is the starting thread's)."""
         if name == "agent":
             self.agent.restart()
+        elif name in ("master", "replica"):
+            self.backend.restart_nodes()
         elif name == "redis":
             assert self.backend.own_redis is not None
             self.backend.own_redis.start()
@@ -314,13 +401,20 @@ def owner_of(order_id: str, machine_ids: list[str]) -> str | None:
 
 
 class LaunchedFleet:
-    """A backend with `workers` processes per shared worker service and one agent per id in
-    `machine_ids`, each registered (token, menu, IDLE); `machines` are their FleetMachines.
-    `env` goes to the backend and to every agent."""
+    """A backend with `workers` processes per shared worker service (on a Redis Cluster of its
+    own with `cluster`) and one agent per id in `machine_ids`, each registered (token, menu,
+    IDLE); `machines` are their FleetMachines. `env` goes to the backend and to every agent."""
 
-    def __init__(self, folder: Path, machine_ids: list[str], workers: int = 1, **env: str):
+    def __init__(
+        self,
+        folder: Path,
+        machine_ids: list[str],
+        workers: int = 1,
+        cluster: bool = False,
+        **env: str,
+    ):
         self.folder = Path(folder)
-        self.backend = Backend(self.folder / "backend", workers=workers, **env)
+        self.backend = Backend(self.folder / "backend", workers=workers, cluster=cluster, **env)
         self.machines: list[FleetMachine] = []
         try:
             for machine_id in machine_ids:
