@@ -39,6 +39,19 @@ the ledger: the order ids that start with `<machine_id>-`; its agent's journal, 
 for isolation: every order id a machine's customers, sales, journal and operator queue hold
 is that machine's own, and every transaction at the gateway belongs to one machine. The
 report gives one line per machine, then the totals; the replay line carries --fleet.
+
+    python bench/chaos.py --fleet 3 --cluster --purchases 120 --seed 1130
+
+On a Redis Cluster (`--cluster`): the backend runs on a cluster of its own (3 masters + 3
+replicas, cores/redis_cluster.py, started by the harness and passed as REDIS_URL), and the
+backend's Redis faults become node faults: kill -9 of a master picked at random (its replica
+is promoted after the node timeout, the slots' writes wait meanwhile) or of a replica, started
+again here after 0.2-2 s on its port and folder (a master comes back as a replica of the node
+that took its place). One node fault at a time: the next is injected only once the cluster is
+whole again (every node up, cluster_state ok, every master with a replica whose link is up),
+so no fault ever takes a slot's master and its only replica together, which no replication
+survives. A promoted master has no replica until its old master is back: its money-moving
+steps are not known durable meanwhile (cores/broker.py NotDurable) and retried.
 """
 
 from __future__ import annotations
@@ -73,7 +86,9 @@ KILLABLE = ("order", "order_created", "dispense", "screen", "notification", "web
 #: Fleet mode: the backend's processes its supervisor restarts (the shared workers are added
 #: by their pid-file names), and what the soak itself restarts after a pause.
 FLEET_KILLABLE = ("gateway", "notification")
-RESTARTED_BY_SOAK = ("agent", "redis")
+RESTARTED_BY_SOAK = ("agent", "redis", "master", "replica")
+#: Fleet mode on a cluster: the node faults that stand for the one Redis's kill.
+NODE_FAULTS = ("master", "replica")
 #: Sandbox faults (shared/midtrans.md) switched on for a few seconds: kind -> settings.
 SANDBOX_FAULTS = {
     "latency_above_timeout": {"LATENCY_MS": 2_500},  # MIDTRANS_TIMEOUT_S is 2 here
@@ -116,6 +131,8 @@ class Config:
     fleet: int = 0
     #: Fleet mode: processes of each shared worker service (`main.py backend --workers`).
     workers: int = 1
+    #: Fleet mode: the backend on a Redis Cluster of its own, with node kills and failovers.
+    cluster: bool = False
 
     def replay(self) -> str:
         line = f"python bench/chaos.py --purchases {self.purchases} --seed {self.seed}"
@@ -123,6 +140,8 @@ class Config:
             line += f" --fleet {self.fleet}"
             if self.workers != 1:
                 line += f" --workers {self.workers}"
+            if self.cluster:
+                line += " --cluster"
         return line
 
 
@@ -485,7 +504,9 @@ class FleetChaos(Chaos):
     """Chaos over a fleet: kill -9 of the backend's gateway, shared workers and notification
     receiver (its supervisor restarts them), of the backend's Redis and of an agent picked at
     random (nothing supervises those here: they are started again after a pause of 0.2-2 s,
-    Redis on its port and AOF data folder), and the same sandbox faults as one machine.
+    Redis on its port and AOF data folder), and the same sandbox faults as one machine. On a
+    cluster backend, a random master or replica instead of the one Redis, one node fault at
+    a time (the next once the cluster is whole again: module docstring).
 
     The restarts are made by the soak's main thread (`tend`), not by the chaos thread: every
     child is started with die_with_parent (PR_SET_PDEATHSIG), which the kernel fires when the
@@ -501,16 +522,35 @@ class FleetChaos(Chaos):
     ) -> None:
         super().__init__(fleet.machines[0], rng, every_s, report)
         self.machines = fleet.machines
-        self.killable = (*fleet.worker_names(), *FLEET_KILLABLE, *RESTARTED_BY_SOAK)
+        self.cluster = fleet.backend.cluster
+        redis_faults = ("redis",) if self.cluster is None else NODE_FAULTS
+        self.killable = (*fleet.worker_names(), *FLEET_KILLABLE, "agent", *redis_faults)
         #: (when, machine, name): what `tend` starts again, from the main thread.
         self.restarts: queue.Queue[tuple[float, FleetMachine, str]] = queue.Queue()
 
     def kill(self, name: str) -> bool:
         machine = self.rng.choice(self.machines)
+        if name in NODE_FAULTS:
+            return self.kill_node(machine, name)
         if machine.kill9(name) is None:
             return False
         if name in RESTARTED_BY_SOAK:
             self.restarts.put((time.monotonic() + self.rng.uniform(0.2, 2.0), machine, name))
+        return True
+
+    def kill_node(self, machine: FleetMachine, role: str) -> bool:
+        """kill -9 a master or a replica of the cluster picked at random, once the cluster is
+        whole (else no fault now); started again from the main thread after a pause."""
+        cluster = self.cluster
+        assert cluster is not None
+        try:
+            if cluster.dead() or not cluster.ready():
+                return False
+            port = self.rng.choice(cluster.masters() if role == "master" else cluster.replicas())
+        except Exception:  # a node that cannot be asked: the cluster is not whole
+            return False
+        cluster.kill9(port)
+        self.restarts.put((time.monotonic() + self.rng.uniform(0.2, 2.0), machine, role))
         return True
 
     def tend(self, timeout_s: float) -> None:
@@ -606,6 +646,7 @@ def soak_fleet(cfg: Config, folder: Path, out=sys.stdout) -> Report:
         folder,
         ids,
         workers=cfg.workers,
+        cluster=cfg.cluster,
         PAYMENT_DEADLINE_S=str(cfg.deadline_s),
         RESULT_SCREEN_S="0.5",
         DISPENSE_S="0.2",
@@ -657,6 +698,12 @@ def soak_fleet(cfg: Config, folder: Path, out=sys.stdout) -> Report:
         while any(thread.is_alive() for thread in threads):
             chaos.tend(0.2)
         chaos.stop()
+        cluster = fleet.backend.cluster
+        if cluster is not None:
+            try:
+                cluster.wait_ready(60)
+            except Exception as exc:
+                total.violations.append(f"the cluster not whole after the soak: {exc}")
         for machine in fleet.machines:
             if not wait_idle(machine, cfg.deadline_s + 30):
                 reports[machine.machine_id].violations.append(
@@ -708,8 +755,9 @@ def print_fleet_report(
 ) -> None:
     """Each machine's line (customers, outcomes, page reconnects, violations), then the
     totals as one machine's report prints them."""
+    on = " on a Redis Cluster (3 masters + 3 replicas)" if cfg.cluster else ""
     print(
-        f"\nchaos soak, fleet of {cfg.fleet} machines on one backend "
+        f"\nchaos soak, fleet of {cfg.fleet} machines on one backend{on} "
         f"({cfg.workers} process(es) per shared worker)",
         file=out,
     )
@@ -740,9 +788,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=1, help="with --fleet: processes per shared worker"
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="with --fleet: the backend on a Redis Cluster of its own, with node kills",
+    )
     args = parser.parse_args(argv)
     if args.fleet < 0 or args.workers < 1:
         parser.error("--fleet must be >= 0 and --workers >= 1")
+    if args.cluster and not args.fleet:
+        parser.error("--cluster needs --fleet M")
     seed = args.seed if args.seed is not None else random.randrange(1_000_000)
     cfg = Config(
         args.purchases,
@@ -752,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
         args.fault_every,
         fleet=args.fleet,
         workers=args.workers,
+        cluster=args.cluster,
     )
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
