@@ -152,8 +152,13 @@ class Board:
             else:
                 self.send("BUSY")
             return
-        self.send("ACK " + order_id)
         io = self.slots[slot]
+        if io["sensor"].value() == 0:
+            # The beam is broken before the motor turns (a can stuck in it, a dirty or
+            # misaligned sensor): a drop could not be told apart, so refuse, moving nothing.
+            self.send("ERR sensor blocked")
+            return
+        self.send("ACK " + order_id)
         if io["empty"] is not None and io["empty"].value() == 0:
             self.finish(order_id, slot, "FAIL EMPTY")
             return

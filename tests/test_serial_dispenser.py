@@ -392,6 +392,8 @@ class FirmwareOnPty:
         self.path = os.ttyname(self.slave)
         self.pins: dict[int, FakePin] = {}
         self.drop = True
+        #: The beam broken whatever the motor does (a can stuck in it, a dirty sensor).
+        self.blocked = False
         self.motor_ran: list[int] = []
 
         def pin(number: int, output: bool) -> FakePin:
@@ -414,7 +416,8 @@ class FirmwareOnPty:
                 running = self.pins[cfg["motor"]].level == 0  # relays active low
                 if running and number not in self.motor_ran:
                     self.motor_ran.append(number)
-                self.pins[cfg["sensor"]].level = 0 if running and self.drop else 1
+                broken = self.blocked or (running and self.drop)
+                self.pins[cfg["sensor"]].level = 0 if broken else 1
             self.board.poll()
 
     def close(self) -> None:
@@ -452,6 +455,27 @@ def test_the_reference_firmware_speaks_the_protocol_the_driver_expects(tmp_path)
         board.board.memory.append(("o5", "OK"))
         VendJournal(tmp_path).record("o5", "cola", STARTED, slot=1)
         assert d.outcome("o5") is Vend.VENDED
+    finally:
+        d.close()
+        board.close()
+
+
+def test_the_reference_firmware_refuses_a_vend_while_its_drop_sensor_is_blocked(tmp_path):
+    """A beam already broken before the motor turns (a can stuck in it) would read as a drop
+    at once: the firmware refuses the vend (ERR), nothing moves, and the driver records it
+    FAILED (refunded, never DISPENSED with nothing given)."""
+    firmware = load_firmware()
+    slots = {1: {"motor": 2, "sensor": 10, "empty": None, "jam": None, "cycle": None}}
+    board = FirmwareOnPty(firmware, slots)
+    d = SerialDispenser(board.path, tmp_path, vend_timeout_s=2, silent_after_s=SILENT_S)
+    try:
+        board.blocked = True
+        eventually(lambda: board.pins[10].level == 0, what="the beam broken")
+        assert d.vend("o1", "cola", 1) is Vend.FAILED
+        assert board.motor_ran == []
+        board.blocked = False
+        eventually(lambda: board.pins[10].level == 1, what="the beam clear")
+        assert d.vend("o2", "cola", 1) is Vend.VENDED
     finally:
         d.close()
         board.close()
