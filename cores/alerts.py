@@ -14,7 +14,11 @@ no longer does (shared/DESIGN.md, "Operator console", alerts).
     vend_unknown      order id   the operator's queue holds a vend of unknown outcome
     gateway_down      midtrans   the gateway's calls have failed for over GATEWAY_DOWN_ALERT_S
     slot_disabled     slot N     the dispenser slot failed SLOT_FAIL_LIMIT vends in a row and is
-                                 disabled (cores/slots.py), until the operator re-enables it
+                                 disabled (cores/slots.py), until the operator re-enables it;
+                                 the detail names the last reason (JAM, PORT, ERR, ...)
+    slot_empty        slot N     the board said EMPTY for the slot, until a refill of its drink
+                                 or the operator re-enables it (its drink may show sold out
+                                 while its stock says units are left)
     redis_restarted   redis      `up` restarted redis-server less than REDIS_RESTART_ALERT_S ago
                                  (and the operator has not acknowledged it); a later restart
                                  raises it again
@@ -42,6 +46,7 @@ class AlertKind(StrEnum):
     GATEWAY_DOWN = "gateway_down"
     REDIS_RESTARTED = "redis_restarted"
     SLOT_DISABLED = "slot_disabled"
+    SLOT_EMPTY = "slot_empty"
 
 
 class AlertState(StrEnum):
@@ -186,6 +191,9 @@ def wanted(facts: Facts) -> dict[str, Alert]:
             detail = f"{st.fails_in_a_row} failed vends in a row"
             detail += f", last {st.last_reason}" if st.last_reason else ""
             found.append(Alert(AlertKind.SLOT_DISABLED, str(slot), detail, st.at or now))
+        if st.empty:
+            detail = "the board said EMPTY: refill its drink (or re-enable the slot)"
+            found.append(Alert(AlertKind.SLOT_EMPTY, str(slot), detail, st.at or now))
     return {alert.id: alert for alert in found}
 
 
@@ -217,6 +225,7 @@ def _cleared_detail(alert: Alert) -> str:
         AlertKind.GATEWAY_DOWN: "gateway reachable again",
         AlertKind.REDIS_RESTARTED: "seen",
         AlertKind.SLOT_DISABLED: "re-enabled",
+        AlertKind.SLOT_EMPTY: "refilled or re-enabled",
     }[alert.kind]
 
 

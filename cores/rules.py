@@ -398,12 +398,19 @@ def vend_record(outcome: RefundOutcome) -> tuple[Sale, OperatorKind | None, str 
 
 # --- dispenser slots ---------------------------------------------------------------------------
 
-#: Reasons of a failed vend that are the slot's own (the vend reached the slot and nothing came
-#: out): they count against it. The others say nothing of the slot (the board BUSY or in ERR,
-#: its port unusable, a drop sensor blocked before anything moved, no slot given): counted
-#: against slots, an unplugged board would disable every slot one after the other.
-SLOT_FAULTS = frozenset({"JAM", "EMPTY", "NO_DROP", "TIMEOUT"})
-#: The reason that marks a slot empty (until a refill of its drink, or the operator).
+#: Reasons of a failed vend counted against its slot: the slot's own (the vend reached it and
+#: nothing came out: JAM, NO_DROP, TIMEOUT) and the hardware's refusals that never pass on
+#: their own (NO_SLOT: a menu slot with no relay or one the board does not know; ERR: the
+#: board refused, e.g. `ERR bad slot 5`; SENSOR_BLOCKED: the drop sensor broken before the
+#: motor ran; PORT: the board unplugged). Left uncounted, those would refund every buyer for
+#: ever without telling anyone; counted, SLOT_FAIL_LIMIT of them in a row take the slot out
+#: of use with the slot_disabled alert naming the last reason (an unplugged board thus
+#: disables its slots one after the other, and the drinks show sold out). BUSY is not
+#: counted (the board vends another order: it passes), nor is EMPTY (it marks the slot empty
+#: until a refill, see below), nor a failure without a reason.
+SLOT_FAULTS = frozenset({"JAM", "NO_DROP", "TIMEOUT", "NO_SLOT", "ERR", "SENSOR_BLOCKED", "PORT"})
+#: The reason that marks a slot empty (until a refill of its drink, or the operator); it does
+#: not count toward SLOT_FAIL_LIMIT.
 EMPTY = "EMPTY"
 
 
@@ -428,18 +435,21 @@ def slot_after_vend(
     """A slot's state after a vend from it (None: unchanged).
 
     VENDED resets its count of failures in a row (and it was not empty). FAILED for one of
-    SLOT_FAULTS counts against it: `limit` failures in a row disable it; EMPTY marks it empty.
-    UNKNOWN changes nothing (a person looks), nor does a failure that is not the slot's."""
+    SLOT_FAULTS counts against it: `limit` failures in a row disable it. EMPTY marks it empty
+    and leaves the count (and `disabled`) as they were: a refill puts it back. UNKNOWN changes
+    nothing (a person looks), nor does BUSY or a failure without a reason."""
     if vend is Vend.VENDED:
         if state.fails_in_a_row == 0 and not state.empty:
             return None
         return replace(state, fails_in_a_row=0, empty=False, at=now)
+    if vend is Vend.FAILED and reason == EMPTY:
+        return replace(state, empty=True, last_reason=EMPTY, at=now)
     if vend is Vend.FAILED and reason in SLOT_FAULTS:
         fails = state.fails_in_a_row + 1
-        return SlotState(
+        return replace(
+            state,
             fails_in_a_row=fails,
             disabled=state.disabled or fails >= limit,
-            empty=state.empty or reason == EMPTY,
             last_reason=str(reason),
             at=now,
         )

@@ -4,11 +4,15 @@ A drink is vended from the first of its slots (cores/models.py Drink.slots) that
 disabled nor empty (cores/rules.py `choose_slot`). The machine's SLOTS hash (constants/keys.py)
 holds, per slot that ever failed, a JSON SlotState: failures in a row, disabled, empty, the
 last reason. After a vend the DISPENSE worker records its result against the slot it chose
-(`record_vend`, judged by rules.slot_after_vend): VENDED resets the count, a failure that is
-the slot's own counts (SLOT_FAIL_LIMIT in a row disable the slot), EMPTY marks it empty. A
-drink none of whose slots can vend is sold out: the kiosk's menu shows it with stock 0
-(catalog.kiosk_menu) and an order for it is refused (Broker.place_order), and the alert
-`slot_disabled` is raised while a slot is disabled (cores/alerts.py).
+(`record_vend`, judged by rules.slot_after_vend): VENDED resets the count; a failure that is
+the slot's own (JAM, NO_DROP, TIMEOUT) or a refusal of the hardware that does not pass on its
+own (NO_SLOT, ERR, SENSOR_BLOCKED, PORT: rules.SLOT_FAULTS) counts, and SLOT_FAIL_LIMIT in a
+row disable the slot; EMPTY marks it empty without counting; BUSY is not counted. A drink
+none of whose slots can vend is sold out: the kiosk's menu shows it with stock 0
+(catalog.kiosk_menu) and an order for it is refused (Broker.place_order). The alert
+`slot_disabled` (its detail names the last reason: PORT says check the cable) is raised while
+a slot is disabled, `slot_empty` while one is empty (cores/alerts.py), so a drink sold out
+on the kiosk while its stock says units are left is explained.
 
 The operator re-enables a slot (cores/operations.py `enable_slot`: its entry deleted, audited
 in the same MULTI); a refill of a drink clears `empty` on its slots.

@@ -1,6 +1,6 @@
 """Dispenser slots: the menu's slots per drink, the slot rules (cores/rules.py), the slots'
 health in Redis (cores/slots.py), the DISPENSE worker choosing and counting slots in both
-modes, sold out on the kiosk's menu, the slot_disabled alert, re-enabling (operations, CLI,
+modes, sold out on the kiosk's menu, the slot_disabled and slot_empty alerts, re-enabling (operations, CLI,
 console), the wire's slot, reason and firmware fields, and the dispenser's status.
 
 Units on fakeredis with a scripted gateway and dispenser (as tests/test_worker_steps.py); the
@@ -180,13 +180,41 @@ def test_a_slot_is_disabled_after_the_limit_of_its_own_failures_in_a_row():
     assert reset is not None and reset.fails_in_a_row == 0 and reset.usable
 
 
-def test_empty_marks_the_slot_empty_and_other_failures_or_unknown_leave_it_be():
+def test_empty_marks_the_slot_empty_and_busy_or_unknown_leave_it_be():
     empty = rules.slot_after_vend(SlotState(), Vend.FAILED, "EMPTY", 3, 1.0)
     assert empty is not None and empty.empty and not empty.usable
-    for reason in ("PORT", "BUSY", "ERR", "NO_SLOT", "SENSOR_BLOCKED", None):
+    for reason in ("BUSY", "BAD_REQUEST", None):
         assert rules.slot_after_vend(SlotState(), Vend.FAILED, reason, 3, 1.0) is None
     assert rules.slot_after_vend(SlotState(fails_in_a_row=2), Vend.UNKNOWN, None, 3, 1.0) is None
     assert rules.slot_after_vend(SlotState(), Vend.VENDED, None, 3, 1.0) is None
+
+
+@pytest.mark.parametrize("reason", ["NO_SLOT", "ERR", "SENSOR_BLOCKED", "PORT"])
+def test_a_hardware_refusal_that_never_passes_counts_and_disables_the_slot(reason):
+    """A menu slot with no relay or one the board does not know (NO_SLOT, ERR), a blocked drop
+    sensor, an unplugged board (PORT): refused for ever, so they count like a jam and the
+    limit takes the slot out of use, with the reason kept for the alert."""
+    state = SlotState()
+    for n, at in ((1, 1.0), (2, 2.0), (3, 3.0)):
+        after = rules.slot_after_vend(state, Vend.FAILED, reason, 3, at)
+        assert after is not None and after.fails_in_a_row == n
+        state = after
+    assert state.disabled and state.last_reason == reason
+    detail = evaluate(Facts(now=4.0, slots={5: state}), {}).raised[0].detail
+    assert detail == f"3 failed vends in a row, last {reason}"
+
+
+def test_empty_does_not_count_toward_the_limit_nor_disable_the_slot():
+    """Two jams then EMPTY (limit 3): the slot is empty, not disabled, its count still 2; a
+    refill makes it usable. A slot disabled already stays disabled through EMPTY."""
+    two = SlotState(2, False, False, "JAM", 1.0)
+    after = rules.slot_after_vend(two, Vend.FAILED, "EMPTY", 3, 2.0)
+    assert after == SlotState(2, False, True, "EMPTY", 2.0)
+    fresh = rules.slot_after_vend(SlotState(), Vend.FAILED, "EMPTY", 1, 2.0)
+    assert fresh is not None and fresh.empty and not fresh.disabled and fresh.fails_in_a_row == 0
+    off = SlotState(3, True, False, "JAM", 1.0)
+    still = rules.slot_after_vend(off, Vend.FAILED, "EMPTY", 3, 2.0)
+    assert still is not None and still.disabled and still.fails_in_a_row == 3
 
 
 def test_a_vend_is_counted_against_its_slot_once_per_order(broker):
@@ -235,6 +263,25 @@ def test_a_jam_counts_against_the_slot_is_refunded_and_the_limit_disables_it(
     with pytest.raises(CommandRefused) as caught:
         broker.place_order("cola")
     assert caught.value.code == ErrorCode.SOLD_OUT
+
+
+def test_an_unplugged_board_takes_the_slot_out_of_use_and_busy_does_not_count(
+    broker, settings, clock
+):
+    """BUSY passes: not counted. PORT (the board unplugged) twice in a row (SLOT_FAIL_LIMIT 2):
+    both orders refunded, slot 1 disabled with PORT as its last reason, so the alert tells the
+    operator to check the cable instead of every buyer being refunded for ever."""
+    board = Board([(Vend.FAILED, "BUSY"), (Vend.FAILED, "PORT"), (Vend.FAILED, "PORT")])
+    buy(broker, board, settings, clock)
+    assert 1 not in Slots(broker).states()
+    buy(broker, board, settings, clock)
+    buy(broker, board, settings, clock)
+    state = Slots(broker).states()[1]
+    assert state.disabled and state.last_reason == "PORT"
+    raised = evaluate(Facts(now=clock(), slots=Slots(broker).states()), {}).raised
+    assert [(a.id, a.detail) for a in raised] == [
+        ("slot_disabled:1", "2 failed vends in a row, last PORT")
+    ]
 
 
 def test_a_good_vend_resets_the_slots_count(broker, settings, clock):
@@ -354,6 +401,21 @@ def test_slot_disabled_is_raised_while_the_slot_is_disabled_and_cleared_after():
     assert not evaluate(facts, opened)
     cleared = evaluate(Facts(now=6.0), opened).cleared
     assert [(a.id, a.detail) for a in cleared] == [("slot_disabled:3", "re-enabled")]
+
+
+def test_slot_empty_is_raised_while_the_slot_is_empty_and_cleared_by_a_refill(broker):
+    """An EMPTY slot raises slot_empty (why a drink with stock left shows sold out); the
+    refill of its drink clears the state, and with it the alert."""
+    Slots(broker).record_vend(1, "o1", Vend.FAILED, "EMPTY", LIMIT)
+    facts = Facts(now=5.0, slots=Slots(broker).states())
+    changes = evaluate(facts, {})
+    assert [(a.kind, a.subject) for a in changes.raised] == [(AlertKind.SLOT_EMPTY, "1")]
+    assert "EMPTY" in changes.raised[0].detail
+    opened = {a.id: a for a in changes.raised}
+    assert not evaluate(facts, opened)
+    Operations(broker).refill("cola", ME)
+    cleared = evaluate(Facts(now=6.0, slots=Slots(broker).states()), opened).cleared
+    assert [(a.id, a.detail) for a in cleared] == [("slot_empty:1", "refilled or re-enabled")]
 
 
 def test_enabling_a_slot_is_audited_and_puts_its_drink_back_on_the_kiosk(broker):
