@@ -164,6 +164,11 @@ AGENT_FRAMES_BURST = 100
 #: The gateway re-reads each connected machine's events this often even without a hint, so
 #: that a hint lost in a crash delays a screen by at most this long.
 GATEWAY_RESYNC_S = 15.0
+#: Fleet mode: the backend waits this much longer than VEND_TIMEOUT_S for its agent's answer to
+#: a vend: the agent's own waits (ACK 1 s, a silent board 2 s, a RESULT asked 2 s) and the link
+#: (a reconnect with backoff) come on top of the driver's VEND_TIMEOUT_S, so a vend the agent
+#: did conclude (a drop not seen: refunded) is not turned into an unknown outcome.
+REMOTE_VEND_MARGIN_S = 15.0
 #: Notification receiver: a sender (address) may have this many requests refused a second on
 #: average (burst NOTIFICATION_REFUSALS_BURST); beyond it, its requests are answered 429 unread.
 #: Midtrans's notifications are signed, so never refused: it is never held back.

@@ -54,7 +54,7 @@ from redis.typing import EncodableT, FieldT
 from constants import keys
 from constants.orders import Command, OperatorKind, OrderField, Outcome
 from constants.states import RefundOutcome, Sale, State
-from constants.tunables import DURABLE_RETRY_S
+from constants.tunables import DURABLE_RETRY_S, REMOTE_VEND_MARGIN_S
 from cores import rules
 from cores.broker import Broker, NotDurable, Order, Snapshot
 from cores.config import Settings
@@ -404,7 +404,7 @@ def build(
     the process's shared HTTP `session`."""
     client = MidtransClient.from_settings(settings, session, observer=GatewayRecorder(broker))
     dispenser: Dispenser | RemoteDispenser = (
-        RemoteDispenser(broker, settings.vend_timeout_s)
+        RemoteDispenser(broker, settings.vend_timeout_s + REMOTE_VEND_MARGIN_S)
         if remote
         else dispenser_from_settings(settings)
     )

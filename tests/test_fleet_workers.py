@@ -25,7 +25,7 @@ from constants import keys
 from constants.orders import Command, OperatorKind, OrderField
 from constants.services import Service
 from constants.states import FailReason, RefundOutcome, Sale, State
-from constants.tunables import WORK_SHARDS
+from constants.tunables import REMOTE_VEND_MARGIN_S, WORK_SHARDS
 from cores.broker import Broker
 from cores.config import LOCAL_SANDBOX_KEY, Settings
 from cores.midtrans import signature
@@ -214,8 +214,9 @@ def test_another_machine_s_report_for_the_order_finishes_nothing(real_redis, men
 def test_the_fleet_dispense_worker_is_built_with_the_remote_dispenser_and_machine_settings(
     real_redis, settings
 ):
-    """runtime's factory: DISPENSE vends through the agent with VEND_TIMEOUT_S; each worker
-    carries its own machine's id in its settings (the charge's metadata) and the session."""
+    """runtime's factory: DISPENSE vends through the agent with VEND_TIMEOUT_S and the link's
+    margin (REMOTE_VEND_MARGIN_S); each worker carries its own machine's id in its settings
+    (the charge's metadata) and the session."""
     session = requests.Session()
     try:
         dispense_worker = fleet_worker_factory(Service.DISPENSE, settings, session)(
@@ -223,7 +224,10 @@ def test_the_fleet_dispense_worker_is_built_with_the_remote_dispenser_and_machin
         )
         assert isinstance(dispense_worker, DispenseWorker)
         assert isinstance(dispense_worker.dispenser, RemoteDispenser)
-        assert dispense_worker.dispenser.timeout_s == settings.vend_timeout_s
+        # The agent's own protocol waits and the link on top of the driver's timeout.
+        assert dispense_worker.dispenser.timeout_s == (
+            settings.vend_timeout_s + REMOTE_VEND_MARGIN_S
+        )
         order_worker = fleet_worker_factory(Service.ORDER, settings, session)(Broker(real_redis, B))
         assert isinstance(order_worker, OrderWorker)
         assert order_worker.settings.machine_id == B
