@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import redis
 import requests
@@ -47,6 +48,9 @@ from cores.config import ConfigError, Settings
 CLOCK_SKEW_MAX_S = 30.0
 #: Free space VAR_DIR needs: the logs' cap (LOG_BACKUPS + 1 files a process) and the journal.
 DISK_FREE_MIN_BYTES = 512 * 1024 * 1024
+#: The running machine's record of its dispenser is trusted this long after its last PING
+#: (the driver pings every minute).
+DISPENSER_RECORD_FRESH_S = 150.0
 #: Each network check waits this long at most.
 CHECK_TIMEOUT_S = 5.0
 
@@ -234,11 +238,27 @@ def _system_clock() -> Check:
 
 
 def check_dispenser(settings: Settings) -> Check:
+    """The driver answers. A serial board or GPIO pins already held by the running machine
+    are not opened a second time (two readers of one tty would take each other's lines): the
+    machine's own record of its board (the DISPENSER hash) is read instead."""
     from cores import dispenser
 
     if settings.dispenser == "simulated":
+        if settings.midtrans_is_production:
+            return Check(
+                "dispenser",
+                False,
+                "simulated while MIDTRANS_IS_PRODUCTION=true: customers would pay for drinks "
+                "that never drop; set DISPENSER=serial or gpio",
+            )
         return Check("dispenser", True, "simulated (no hardware)")
-    driver = dispenser.from_settings(settings)
+    running = _running_machine_dispenser(settings)
+    if running is not None:
+        return running
+    try:
+        driver = dispenser.from_settings(settings, start=False)
+    except Exception as exc:  # a port taken or missing, a pin refused: said as it is
+        return Check("dispenser", False, f"the {settings.dispenser} dispenser: {exc}")
     ping = getattr(driver, "ping", None)
     try:
         answer = ping() if callable(ping) else "ready"
@@ -249,6 +269,41 @@ def check_dispenser(settings: Settings) -> Check:
     if not answer:
         return Check("dispenser", False, f"the {settings.dispenser} dispenser does not answer")
     return Check("dispenser", True, f"{settings.dispenser}: {answer}")
+
+
+def _running_machine_dispenser(settings: Settings) -> Check | None:
+    """What the running machine last saw of its dispenser (None: no running machine: the
+    caller opens the driver itself)."""
+    if agent_mode(settings):  # an agent keeps no Redis: its kiosk answering means it runs
+        try:
+            requests.get(f"{settings.kiosk_url}healthz", timeout=CHECK_TIMEOUT_S).raise_for_status()
+        except requests.RequestException:
+            return None
+        return Check("dispenser", True, "in use by the running agent (its backend shows it)")
+    from constants import keys
+    from services.runtime import redis_client
+
+    try:
+        client = redis_client(settings, "doctor")
+    except ConfigError:
+        return None
+    try:
+        record = cast(dict[str, str], client.hgetall(keys.key(keys.DISPENSER, settings.machine_id)))
+    except redis.RedisError:
+        return None
+    finally:
+        client.close()
+    checked = float(record.get("checked_at") or 0)
+    if not record or time.time() - checked > DISPENSER_RECORD_FRESH_S:
+        return None
+    if record.get("alive") == "0":
+        return Check("dispenser", False, "the running machine's board does not answer PING")
+    return Check(
+        "dispenser",
+        True,
+        f"{record.get('driver', settings.dispenser)}: {record.get('firmware') or 'ready'}, "
+        f"in use by the running machine",
+    )
 
 
 def check_disk(settings: Settings) -> Check:

@@ -199,8 +199,15 @@ class Supervisor:
     # --- running ----------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.settings.var_dir.mkdir(parents=True, exist_ok=True)
         command = "up" if self.fleet_workers is None else "backend"
+        if command == "up" and refuses_real_money_without_drinks(self.settings):
+            print(
+                "configuration error: MIDTRANS_IS_PRODUCTION=true with DISPENSER=simulated: "
+                "customers would pay for drinks that never drop; set DISPENSER=serial or gpio",
+                file=sys.stderr,
+            )
+            return 2
+        self.settings.var_dir.mkdir(parents=True, exist_ok=True)
         self.lock = lock = InstanceLock(self.settings.var_dir / f"{command}.lock")
         if not lock.acquire():
             print(
@@ -343,6 +350,12 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, supervisor.request_stop)
     signal.signal(signal.SIGINT, supervisor.request_stop)
     return supervisor.run()
+
+
+def refuses_real_money_without_drinks(settings: Settings) -> bool:
+    """A whole machine on Midtrans production with the simulated dispenser: it would take
+    real payments and drop nothing (the backend has no dispenser: it is the agents')."""
+    return settings.midtrans_is_production and settings.dispenser == "simulated"
 
 
 def backend_children(python: str, main: str, workers: int) -> list[Child]:

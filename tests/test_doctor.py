@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from email.utils import formatdate
 
@@ -141,3 +142,57 @@ def test_an_agent_checks_its_backend_accepts_its_token(gateway, real_redis, tmp_
     gone = doctor.check_backend(settings.replace(backend_url=f"ws://127.0.0.1:{closed}/agent"))
     assert not gone.ok and "unreachable" in gone.detail
     assert [c.name for c in doctor.run_checks(settings)][0] == "backend"  # no Redis, no key
+
+
+# --- the dispenser ---------------------------------------------------------------------------------
+
+
+def test_a_simulated_dispenser_with_production_payments_is_a_problem(tmp_path):
+    """Real money with a dispenser that drops nothing: customers would pay for air."""
+    settings = Settings(midtrans_is_production=True, var_dir=tmp_path)
+    found = doctor.check_dispenser(settings)
+    assert not found.ok and "MIDTRANS_IS_PRODUCTION" in found.detail
+    assert doctor.check_dispenser(Settings(var_dir=tmp_path)).ok
+
+
+def test_a_serial_board_answers_ping_with_its_firmware(tmp_path):
+    """No machine running: doctor opens the board's port, PINGs it and shows its firmware;
+    a port nothing answers on is a problem."""
+    from tests.board_sim import BoardSim
+
+    board = BoardSim(firmware="drinkboard 2.0.1")
+    try:
+        settings = Settings(dispenser="serial", dispenser_port=board.path, var_dir=tmp_path)
+        found = doctor.check_dispenser(settings)
+        assert found.ok and "drinkboard 2.0.1" in found.detail, found
+    finally:
+        board.close()
+    missing = Settings(dispenser="serial", dispenser_port="/dev/no-such-board", var_dir=tmp_path)
+    assert not doctor.check_dispenser(missing).ok
+
+
+def test_the_running_machine_s_board_is_read_from_its_record_not_opened_twice(
+    real_redis, redis_server, tmp_path
+):
+    """The machine runs and pinged its board a moment ago: doctor reads that record (two
+    readers of one tty would take each other's lines) and never opens the port, which here
+    does not even exist."""
+    real_redis.hset(
+        "vm:{vm-1}:dispenser",
+        mapping={
+            "driver": "serial",
+            "firmware": "drinkboard 2.0.1",
+            "alive": "1",
+            "checked_at": str(time.time()),
+        },
+    )
+    settings = Settings(
+        redis_url=redis_server.url,
+        dispenser="serial",
+        dispenser_port="/dev/no-such-board",
+        var_dir=tmp_path,
+    )
+    found = doctor.check_dispenser(settings)
+    assert found.ok and "in use by the running machine" in found.detail, found
+    real_redis.hset("vm:{vm-1}:dispenser", "alive", "0")
+    assert not doctor.check_dispenser(settings).ok

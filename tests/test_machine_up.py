@@ -151,3 +151,30 @@ def test_kill_9_of_the_dispense_worker_mid_vend_is_never_vended_twice(tmp_path):
         k.close()
     finally:
         assert up.stop() == 0
+
+
+def test_up_refuses_production_payments_with_the_simulated_dispenser(tmp_path):
+    """`main.py up` with MIDTRANS_IS_PRODUCTION=true and DISPENSER=simulated starts nothing:
+    it would take real money for drinks that never drop. Exit 2, the two settings named."""
+    import subprocess
+    import sys
+
+    from tests.machine_helpers import ROOT, child_env
+
+    env = child_env(
+        VAR_DIR=str(tmp_path / "var"),
+        MIDTRANS_IS_PRODUCTION="true",
+        MIDTRANS_SERVER_KEY="Mid-server-real-key",
+        DISPENSER="simulated",
+    )
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "up"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "MIDTRANS_IS_PRODUCTION=true with DISPENSER=simulated" in done.stderr
+    assert not (tmp_path / "var" / "redis").exists()  # no Redis started, nothing at all
