@@ -7,6 +7,7 @@
 #        --backend-url wss://backend.example.com/agent --token -  # fleet mode's agent; the
 #                                                  # token on stdin (`-`) stays out of `ps`
 #   sudo deploy/install.sh --dispenser serial --port /dev/ttyUSB0       # a real vending board
+#   sudo deploy/install.sh --dispenser gpio --relay-pins 1:17,2:27       # relays on the header
 #   deploy/install.sh --dry-run ...                          # print every action, change nothing
 #   deploy/install.sh --root /tmp/image ...                  # files only, under a staging root
 #
@@ -27,12 +28,13 @@ BACKEND_URL=""
 TOKEN=""
 DISPENSER=simulated
 PORT=""
+RELAY_PINS=""
 KIOSK=1
 DRY_RUN=0
 ROOT=""
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 die() { echo "install.sh: $*" >&2; exit 2; }
 
 while [ $# -gt 0 ]; do
@@ -45,6 +47,7 @@ while [ $# -gt 0 ]; do
     --token) TOKEN="$2"; shift 2 ;;
     --dispenser) DISPENSER="$2"; shift 2 ;;
     --port) PORT="$2"; shift 2 ;;
+    --relay-pins) RELAY_PINS="$2"; shift 2 ;;
     --no-kiosk) KIOSK=0; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
     --root) ROOT="$2"; shift 2 ;;
@@ -64,6 +67,9 @@ if [ "$MODE" = machine ]; then
   [[ "$TOKEN" =~ ^[^[:space:]]+$ ]] || die "--mode machine needs --token (main.py fleet add ID prints it)"
 fi
 [ "$DISPENSER" != serial ] || [ -n "$PORT" ] || die "--dispenser serial needs --port /dev/tty..."
+[ "$DISPENSER" != gpio ] || [[ "$RELAY_PINS" =~ ^[0-9]+:[0-9]+(,[0-9]+:[0-9]+)*$ ]] ||
+  die "--dispenser gpio needs --relay-pins SLOT:BCM,... (e.g. 1:17,2:27)"
+case "$PREFIX" in /?*) ;; *) die "--prefix must be an absolute folder" ;; esac
 # A staging root installs files only: no packages, users or services on this system.
 SYSTEM=1
 [ -z "$ROOT" ] || SYSTEM=0
@@ -71,6 +77,15 @@ SYSTEM=1
 
 DEST="$ROOT$PREFIX"
 UNITS="$ROOT/etc/systemd/system"
+# The code is replaced on every run: never in the source's own folder, and never in a folder
+# this script did not make (a marker says so), such as /opt itself.
+MARKER=.drink-machine-install
+if [ -e "$DEST" ] && [ "$SRC" -ef "$DEST" ]; then
+  die "the source is $DEST itself: run the script of a fresh clone, not of the installed copy"
+fi
+if [ -d "$DEST" ] && [ -n "$(ls -A "$DEST")" ] && [ ! -e "$DEST/$MARKER" ]; then
+  die "$DEST holds files this script did not install: choose another --prefix"
+fi
 
 # Every action goes through `act`: printed with --dry-run, done otherwise.
 act() {
@@ -126,6 +141,7 @@ code() {
       --exclude=__pycache__ --exclude=.pytest_cache --exclude=.mypy_cache \
       --exclude=.ruff_cache -cf - . | tar -C "$DEST" -xf -
   fi
+  write "$DEST/$MARKER" 644 "installed by deploy/install.sh"
   act python3 -m venv "$DEST/.venv"
   if [ "$SYSTEM" = 1 ]; then
     act "$DEST/.venv/bin/pip" install -q --upgrade pip
@@ -139,7 +155,7 @@ write() {
     echo "would: write $1 (mode $2)"
   else
     install -d "$(dirname "$1")"
-    printf '%s\n' "$3" > "$1.tmp"
+    (umask 077 && printf '%s\n' "$3" > "$1.tmp")  # never readable by others, even briefly
     chmod "$2" "$1.tmp"
     mv "$1.tmp" "$1"
   fi
@@ -156,6 +172,8 @@ VAR_DIR=$PREFIX/var
 DISPENSER=$DISPENSER"
   [ -n "$PORT" ] && text+="
 DISPENSER_PORT=$PORT"
+  [ -n "$RELAY_PINS" ] && text+="
+GPIO_RELAY_PINS=$RELAY_PINS"
   if [ "$MODE" = machine ]; then
     text+="
 BACKEND_URL=$BACKEND_URL
@@ -187,7 +205,9 @@ units() {
   fi
   if [ "$SYSTEM" = 1 ]; then
     act systemctl daemon-reload
-    act systemctl enable --now "${enable[@]}"
+    act systemctl enable "${enable[@]}"
+    # A running unit takes the new code, units and groups now, not at the next boot.
+    act systemctl restart "${enable[@]}"
     # The console's getty would fight X for tty1.
     if [ "$KIOSK" = 1 ]; then
       act systemctl disable --now getty@tty1.service

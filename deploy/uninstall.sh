@@ -53,7 +53,8 @@ if [ -d "$DEST" ]; then
   if [ "$PURGE" = 1 ]; then
     act rm -rf "$DEST"
   else  # the code and venv go; the data and the settings stay
-    act find "$DEST" -mindepth 1 -maxdepth 1 ! -name var ! -name .env -exec rm -rf {} +
+    act find "$DEST" -mindepth 1 -maxdepth 1 ! -name var ! -name .env \
+      ! -name .drink-machine-install -exec rm -rf {} +
     echo "uninstall.sh: kept $DEST/var and $DEST/.env (--purge removes them)"
   fi
 fi

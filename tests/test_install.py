@@ -5,6 +5,7 @@ twice (idempotent, .env kept), then uninstalled."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -36,7 +37,8 @@ def test_a_whole_machine_s_plan_has_redis_chromium_its_user_and_the_up_unit():
     assert "redis-server" in apt and "chromium" in apt and "xinit" in apt
     assert any(s.startswith(("useradd --system", "install.sh: user vending exists")) for s in steps)
     assert "write /etc/systemd/system/drink-machine.service (mode 644)" in steps
-    assert "systemctl enable --now drink-machine kiosk-browser" in steps
+    assert "systemctl enable drink-machine kiosk-browser" in steps
+    assert "systemctl restart drink-machine kiosk-browser" in steps  # new code runs now
     assert "write /etc/X11/Xwrapper.config (mode 644)" in steps
     assert not any("drink-machine-agent" in s for s in steps)
 
@@ -60,9 +62,9 @@ def test_an_agent_s_plan_has_no_redis_its_groups_and_never_shows_the_token():
     steps = done.stdout.splitlines()
     assert not any("redis-server" in s for s in steps)
     assert "would: usermod -a -G dialout vending" in steps
-    assert "would: systemctl enable --now drink-machine-agent kiosk-browser" in steps
+    assert "would: systemctl enable drink-machine-agent kiosk-browser" in steps
     assert "s3cret-token" not in done.stdout + done.stderr
-    gpio = plan(*AGENT, "--token", "t", "--dispenser", "gpio", "--no-kiosk")
+    gpio = plan(*AGENT, "--token", "t", "--dispenser", "gpio", "--relay-pins", "1:17", "--no-kiosk")
     assert any("-G gpio" in s or "no group gpio" in s for s in gpio)
     assert not any("chromium" in s or "kiosk-browser" in s for s in gpio)
 
@@ -73,6 +75,9 @@ def test_an_agent_s_plan_has_no_redis_its_groups_and_never_shows_the_token():
         (["--mode", "machine"], "--backend-url"),
         ([*AGENT], "--token"),
         (["--dispenser", "serial"], "--port"),
+        (["--dispenser", "gpio"], "--relay-pins"),
+        (["--dispenser", "gpio", "--relay-pins", "17"], "--relay-pins"),
+        (["--prefix", "opt/dm"], "absolute"),
         (["--mode", "kiosk"], "--mode is up or machine"),
         (["--machine-id", "vm 7"], "--machine-id"),
         (["--frobnicate"], "unknown option"),
@@ -119,6 +124,27 @@ def test_a_staging_install_is_whole_idempotent_and_uninstalls(tmp_path):
     removed = run(UNINSTALL, "--root", str(root), "--prefix", "/srv/dm")
     assert removed.returncode == 0, removed.stderr
     assert not list((root / "etc" / "systemd" / "system").iterdir())
-    assert sorted(os.listdir(dest)) == [".env", "var"]
+    assert sorted(os.listdir(dest)) == [".drink-machine-install", ".env", "var"]
+    again = run(INSTALL, *args, stdin="other-token\n")  # a reinstall over the kept data
+    assert again.returncode == 0, again.stderr
+    assert "MIDTRANS_TIMEOUT_S=5" in env.read_text()
     assert run(UNINSTALL, "--root", str(root), "--prefix", "/srv/dm", "--purge").returncode == 0
     assert not dest.exists()
+
+
+def test_it_never_replaces_its_own_source_or_a_folder_it_did_not_make(tmp_path):
+    """Run from the installed copy, the source is the target: refused. A --prefix that holds
+    someone else's files (say /opt itself) is refused. Nothing is deleted either way."""
+    root = tmp_path / "root"
+    foreign = root / "opt"
+    foreign.mkdir(parents=True)
+    (foreign / "other-app").write_text("keep me")
+    done = run(INSTALL, "--root", str(root), "--prefix", "/opt")
+    assert done.returncode == 2 and "did not install" in done.stderr
+    assert (foreign / "other-app").read_text() == "keep me"
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "deploy", copy / "deploy")
+    (copy / "main.py").write_text("# the installed copy\n")
+    itself = run(copy / "deploy" / "install.sh", "--root", "/", "--prefix", str(copy))
+    assert itself.returncode == 2 and "the source is" in itself.stderr
+    assert (copy / "main.py").exists()
