@@ -5,7 +5,8 @@ line per vend attempt to VAR_DIR/vends.jsonl:
 `{"order_id", "drink", "result": "vended" | "failed", "at"}`.
 
 Fleet mode's agent (services/agent_service.py) also journals the start of a vend, fsync'd
-before the drink drops: `{"order_id", "drink", "result": "started", "at"}` (`begin`). So
+before the drink drops: `{"order_id", "drink", "result": "started", "at", "slot"}` (`begin`,
+the slot when the vend has one). So
 `outcome` answers, for an order:
 
     a "vended" line                      VENDED (it wins over an earlier failed attempt)
@@ -66,8 +67,8 @@ class Dispenser(Protocol):
 class JournaledDispenser(Dispenser, Protocol):
     """A driver that also journals the start of a vend (fleet mode's agent)."""
 
-    def begin(self, order_id: str, drink_id: str) -> None:
-        """Record that the vend of this order begins (durable before returning)."""
+    def begin(self, order_id: str, drink_id: str, slot: int | None = None) -> None:
+        """Record that the vend of this order (from `slot`) begins (durable before returning)."""
 
 
 class VendJournal:
@@ -166,9 +167,9 @@ class SimulatedDispenser:
         log.info("vend", extra=kv(order_id=order_id, drink=drink_id, result=result.value))
         return result
 
-    def begin(self, order_id: str, drink_id: str) -> None:
-        self.vends.record(order_id, drink_id, STARTED)
-        log.info("vend started", extra=kv(order_id=order_id, drink=drink_id))
+    def begin(self, order_id: str, drink_id: str, slot: int | None = None) -> None:
+        self.vends.record(order_id, drink_id, STARTED, slot=slot)
+        log.info("vend started", extra=kv(order_id=order_id, drink=drink_id, slot=slot))
 
     def outcome(self, order_id: str) -> Vend | None:
         return self.vends.outcome(order_id)

@@ -117,10 +117,10 @@ class GpioDispenser:
 
     # --- the Dispenser protocol --------------------------------------------------------------
 
-    def begin(self, order_id: str, drink_id: str) -> None:
-        self.vends.record(order_id, drink_id, STARTED)
+    def begin(self, order_id: str, drink_id: str, slot: int | None = None) -> None:
+        self.vends.record(order_id, drink_id, STARTED, slot=slot)
         self._begun.add(order_id)
-        log.info("vend started", extra=kv(order_id=order_id, drink=drink_id))
+        log.info("vend started", extra=kv(order_id=order_id, drink=drink_id, slot=slot))
 
     def vend(self, order_id: str, drink_id: str, slot: int | None = None) -> Vend:
         relay = self.relays.get(slot) if slot is not None else None

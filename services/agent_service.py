@@ -383,7 +383,7 @@ class Agent:
         try:
             known = await asyncio.to_thread(self.dispenser.outcome, order_id)
             if known is None:
-                await asyncio.to_thread(self.dispenser.begin, order_id, drink_id)
+                await asyncio.to_thread(self.dispenser.begin, order_id, drink_id, slot)
         except Exception:
             # No journal, no vend: the backend's deadline hands the order to a person.
             self._vending.discard(order_id)

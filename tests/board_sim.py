@@ -17,7 +17,9 @@ which vends moved a motor (`moved`):
     mode "hold"      ACK, DONE OK (or FAIL `fail_reason` when `hold_fails`) when `release` is set
     mode "busy"      BUSY;  mode "err": ERR <text>  (refused, nothing moved)
 
-`garbage` sends junk lines before each answer; `answer_ping` / `answer_result` off make the
+`stale_before_ack` is a line (e.g. "BUSY", "ERR bad slot 9") sent just before the answer to
+each VEND, as a refusal of another writer's VEND still on the line; `garbage` sends junk lines
+before each answer; `answer_ping` / `answer_result` off make the
 board silent to PING / RESULT; `unplug_after_ack` closes the board's side right after an ACK,
 as a cable pulled mid-vend; `unplug()` does it any time.
 """
@@ -49,6 +51,7 @@ class BoardSim:
         self.answer_ping = True
         self.answer_result = True
         self.unplug_after_ack = False
+        self.stale_before_ack: str | None = None
         self.release = threading.Event()
         #: Lines the board received, decoded; vends whose motor ran: (order_id, slot).
         self.received: list[str] = []
@@ -137,6 +140,8 @@ class BoardSim:
             self.send("ERR unknown command")
 
     def _vend(self, order_id: str, slot_text: str) -> None:
+        if self.stale_before_ack is not None:
+            self.send(self.stale_before_ack)
         if not slot_text.isdigit() or not 1 <= int(slot_text) <= self.slots:
             self.send(f"ERR bad slot {slot_text}")
             return

@@ -623,6 +623,7 @@ def test_the_vends_slot_reaches_the_driver_and_a_failures_reason_goes_up(tmp_pat
         result = backend.next(Kind.VEND_RESULT)
         assert (result.result, result.reason) == ("vended", None)
         assert dispenser_of(running).slots == [4]
+        assert journal(running)[0]["result"] == STARTED and journal(running)[0]["slot"] == 4
         assert journal(running)[-1]["slot"] == 4
         dispenser_of(running).vends.record("vm-7-o2", "cola", "failed", slot=4, reason="JAM")
         backend.send(Message(Kind.VEND, order_id="vm-7-o2", drink_id="cola", slot=4))

@@ -192,9 +192,10 @@ def test_after_a_restart_a_started_only_order_is_asked_of_the_board(
 
 
 def test_after_a_restart_a_board_still_vending_or_silent_is_unknown(board, tmp_path):
-    """RESULT BUSY (that order still vends) or no answer: UNKNOWN, nothing journaled."""
+    """RESULT BUSY (that order still vends) past VEND_TIMEOUT_S, or no answer: UNKNOWN,
+    nothing journaled."""
     VendJournal(tmp_path).record("o1", "cola", STARTED, slot=2)
-    d = SerialDispenser(board.path, tmp_path, silent_after_s=SILENT_S)
+    d = SerialDispenser(board.path, tmp_path, vend_timeout_s=0.3, silent_after_s=SILENT_S)
     board.current = "o1"
     assert d.outcome("o1") is Vend.UNKNOWN
     board.current, board.answer_result = None, False
@@ -230,6 +231,81 @@ def test_host_killed_mid_vend_is_answered_by_result_after_the_restart(board, tmp
     assert restarted.outcome("o1") is Vend.VENDED
     assert board.vends_received() == ["VEND o1 4"]
     assert journal(tmp_path, "o1")[-1]["result"] == "vended"
+
+
+def test_after_a_restart_a_board_still_vending_the_order_is_asked_again_until_it_ends(
+    board, tmp_path
+):
+    """RESULT o1 BUSY (the board still vends it after the host restarted): asked again until
+    the board finishes (within VEND_TIMEOUT_S); its DONE is the answer, journaled, one VEND."""
+    VendJournal(tmp_path).record("o1", "cola", STARTED, slot=2)
+    board.mode = "hold"
+    board._vend("o1", "2")  # the VEND the host sent before it died
+    d = SerialDispenser(board.path, tmp_path, vend_timeout_s=20, silent_after_s=SILENT_S)
+    answer: list[Vend | None] = []
+    asking = threading.Thread(target=lambda: answer.append(d.outcome("o1")))
+    asking.start()
+    try:
+        eventually(lambda: board.received.count("RESULT o1") >= 2, what="RESULT asked again")
+        assert not answer
+    finally:
+        board.release.set()
+        asking.join(timeout=10)
+    assert answer == [Vend.VENDED]
+    assert [(e["result"], e.get("slot")) for e in journal(tmp_path, "o1")] == [
+        (STARTED, 2),
+        ("vended", 2),
+    ]
+    d.close()
+
+
+def test_a_late_done_of_a_started_only_order_read_while_draining_is_journaled(
+    board, driver, tmp_path
+):
+    """The board's DONE of an order the journal has only "started" for (it outlived the host's
+    wait) comes while nobody asks: the drain before the next VEND journals it, so `outcome`
+    answers from the journal without asking the board."""
+    VendJournal(tmp_path).record("o1", "cola", STARTED, slot=2)
+    assert driver.ping()  # the port is open
+    board.send("DONE o1 FAIL JAM")
+    eventually(lambda: driver._port.in_waiting >= len("DONE o1 FAIL JAM\n"))
+    assert driver.vend("o2", "cola", 1) is Vend.VENDED
+    last = journal(tmp_path, "o1")[-1]
+    assert (last["result"], last["reason"], last["slot"]) == ("failed", "JAM", 2)
+    assert driver.outcome("o1") is Vend.FAILED
+    assert "RESULT o1" not in board.received
+
+
+@pytest.mark.parametrize("stale", ["BUSY", "ERR bad slot 9"])
+def test_a_refusal_followed_by_this_orders_ack_is_stale_and_the_vend_goes_on(
+    board, driver, tmp_path, stale
+):
+    """BUSY / ERR carry no order id: one on the line just before `ACK <this order>` (another
+    writer's refusal) does not fail a vend the board took: VENDED, the motor ran once."""
+    board.stale_before_ack = stale
+    assert driver.vend("o1", "cola", 3) is Vend.VENDED
+    assert board.moved == [("o1", 3)]
+    assert journal(tmp_path, "o1")[-1]["result"] == "vended"
+
+
+def test_the_port_is_held_exclusively_and_a_second_opener_is_told(board, driver, tmp_path):
+    """While the driver holds the port, a second driver (a doctor, a terminal) cannot open it:
+    its vend is FAILED with reason PORT before anything is sent, and its status says why;
+    once the first lets go it can."""
+    assert driver.ping()  # the driver holds the port
+    other_dir = tmp_path / "other"
+    other = SerialDispenser(board.path, other_dir, silent_after_s=SILENT_S)
+    try:
+        assert other.vend("x1", "cola", 1) is Vend.FAILED
+        assert journal(other_dir, "x1")[-1]["reason"] == "PORT"
+        assert board.vends_received() == []
+        assert other.ping() is None
+        assert "lock" in str(other.status()["error"])
+        driver.close()
+        assert other.ping() == board.firmware
+        assert other.status()["error"] is None
+    finally:
+        other.close()
 
 
 # --- PING, settings, callers without a slot ---------------------------------------------------
@@ -277,9 +353,12 @@ def test_a_vend_without_a_slot_is_refused_failed_and_nothing_is_sent(board, driv
 
 def test_begin_then_vend_journals_started_once(board, driver, tmp_path):
     """Fleet mode's agent journals the start itself (`begin`); the vend does not repeat it."""
-    driver.begin("o1", "cola")
+    driver.begin("o1", "cola", 1)
     assert driver.vend("o1", "cola", 1) is Vend.VENDED
-    assert [e["result"] for e in journal(tmp_path, "o1")] == [STARTED, "vended"]
+    assert [(e["result"], e["slot"]) for e in journal(tmp_path, "o1")] == [
+        (STARTED, 1),
+        ("vended", 1),
+    ]
 
 
 def test_from_settings_builds_a_started_serial_driver(board, tmp_path):
