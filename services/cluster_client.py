@@ -16,7 +16,10 @@ in four ways this code would notice; ClusterClient takes them back:
 - a transaction's replies are parsed as redis.Redis parses them (redis-py's cluster
   transaction leaves SET's 'OK', XRANGE's lists, EXPIRE's 1 raw);
 - a pipeline takes an MGET of one slot's keys (redis-py refuses MGET in a cluster pipeline),
-  and `keys()` lists the keys of every master, not of one node.
+  and `keys()` lists the keys of every master, not of one node;
+- XREAD and XREADGROUP are routed by the keys after STREAMS read here: redis-py asks a node
+  (COMMAND GETKEYS, a round trip, twice per command) for the keys of any command whose keys
+  "move", and the shard runners, the gateway and the relays read streams all the time.
 
 Everything else (MOVED, ASK, a node down, the retry with backoff) is redis-py's own. This
 leans on redis-py's cluster pipeline internals (`_execution_strategy`, TransactionStrategy):
@@ -33,10 +36,28 @@ from redis.cluster import ClusterPipeline, RedisCluster, TransactionStrategy
 from redis.commands.helpers import list_or_args
 
 
+def stream_read_keys(args: tuple) -> list | None:
+    """The keys of an XREAD or XREADGROUP (the first half of what follows STREAMS), or None
+    for any other command (or one without STREAMS)."""
+    if not args or str(args[0]).upper() not in ("XREAD", "XREADGROUP"):
+        return None
+    words = [a.decode() if isinstance(a, bytes) else a for a in args]
+    first = 4 if str(words[0]).upper() == "XREADGROUP" else 1  # past GROUP group consumer
+    for n, word in enumerate(words[first:], first):
+        if isinstance(word, str) and word.upper() == "STREAMS":
+            rest = args[n + 1 :]
+            return list(rest[: len(rest) // 2]) or None
+    return None
+
+
 class ClusterClient(RedisCluster):
     """redis-py's cluster client whose `pipeline()` and `keys()` mean what redis.Redis's do:
     a MULTI/EXEC transaction by default, WatchError when a WATCH is lost (module docstring);
-    the keys of the whole database."""
+    the keys of the whole database; a stream read's keys found without asking a node."""
+
+    def _get_command_keys(self, *args: Any) -> Any:
+        keys = stream_read_keys(args)
+        return keys if keys is not None else super()._get_command_keys(*args)
 
     def pipeline(self, transaction: bool | None = True, shard_hint: object = None) -> Any:
         pipe = super().pipeline(transaction=transaction, shard_hint=shard_hint)
@@ -59,6 +80,10 @@ class _ClusterPipeline(ClusterPipeline):
 
     def mget(self, keys: Any, *args: Any) -> Any:
         return self.execute_command("MGET", *list_or_args(keys, args))
+
+    def _get_command_keys(self, *args: Any) -> Any:
+        keys = stream_read_keys(args)
+        return keys if keys is not None else super()._get_command_keys(*args)
 
 
 class _GuardedTransaction(TransactionStrategy):

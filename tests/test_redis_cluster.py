@@ -406,3 +406,32 @@ def test_the_backend_uses_the_cluster_the_settings_name_and_starts_none(tmp_path
     assert url == "redis+cluster://10.0.0.1:7000,10.0.0.2:7000"
     assert supervisor.cluster is None and supervisor.redis is None
     assert not (tmp_path / "var" / "cluster").exists()
+
+
+def test_stream_reads_are_routed_without_asking_a_node_for_their_keys(
+    redis_cluster, cluster_client
+):
+    """XREAD and XREADGROUP (blocking or not, a group named STREAMS too) reach the master of
+    their stream with its entries, and no node is asked COMMAND GETKEYS for them: redis-py
+    would ask twice per read, a round trip each, on every shard runner's and gateway's read."""
+    from services.cluster_client import stream_read_keys
+
+    assert stream_read_keys(("XREADGROUP", "GROUP", "STREAMS", "c", b"STREAMS", "k", ">")) == ["k"]
+    assert stream_read_keys(("XREAD", "COUNT", 5, b"STREAMS", "a", "b", "0", "0")) == ["a", "b"]
+    assert stream_read_keys(("GET", "k")) is None
+    stream = "fleet:{shard-3}:work"
+    entry = cluster_client.xadd(stream, {"m": "vm-1"})
+    cluster_client.xgroup_create(stream, "STREAMS", id="0")
+    for port in redis_cluster.masters():
+        node = redis_cluster.client(port)
+        node.config_resetstat()
+        node.close()
+    assert cluster_client.xread({stream: "0"}, count=10, block=100)[0][1][0][0] == entry
+    read = cluster_client.xreadgroup("STREAMS", "c", {stream: ">"}, count=10, block=100)
+    assert read[0][1][0][0] == entry
+    asked = 0
+    for port in redis_cluster.masters():
+        node = redis_cluster.client(port)
+        asked += int(node.info("commandstats").get("cmdstat_command|getkeys", {}).get("calls", 0))
+        node.close()
+    assert asked == 0
