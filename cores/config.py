@@ -194,11 +194,13 @@ class Settings:
     #: A slot that fails this many vends in a row is disabled (its drinks sold out).
     slot_fail_limit: int = 3
     #: DISPENSER=gpio: GPIO_RELAY_PINS `slot:pin,...` (see `relay_pins`), whether a relay
-    #: input is active high, the drop sensor's pin (one, shared by every slot; unset: none)
+    #: input is active high, the drop sensor's pin (one, shared by every slot; unset: none),
+    #: whether the sensor reads low while its beam is broken (pull-up; false: high, pull-down)
     #: and how long a relay is held on for one vend.
     gpio_relay_pins: str | None = None
     gpio_active_high: bool = True
     gpio_sensor_pin: int | None = None
+    gpio_sensor_active_low: bool = True
     vend_pulse_s: float = 1.0
 
     def __post_init__(self) -> None:
@@ -447,6 +449,7 @@ class Settings:
         take("GPIO_RELAY_PINS", "gpio_relay_pins")
         take("GPIO_ACTIVE_HIGH", "gpio_active_high", bool)
         take("GPIO_SENSOR_PIN", "gpio_sensor_pin", int)
+        take("GPIO_SENSOR_ACTIVE_LOW", "gpio_sensor_active_low", bool)
         take("VEND_PULSE_S", "vend_pulse_s", float)
         faults: dict[str, float] = {}
         for name, kind in SANDBOX_FAULTS.items():

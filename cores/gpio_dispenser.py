@@ -5,8 +5,10 @@ for the common relay modules whose inputs are active low) runs that slot's motor
 VEND_PULSE_S. An optional drop sensor (GPIO_SENSOR_PIN) confirms the vend.
 
 The sensor is ONE input shared by every slot: an IR break-beam across the delivery chute
-that every product falls through, wired to an input with the pull-up on (the receiver pulls
-it low while the beam is broken: "active" = a product in the beam). One sensor is enough
+that every product falls through. "Active" = a product in the beam. With
+GPIO_SENSOR_ACTIVE_LOW true (the default: the common open-collector receivers) the input has
+its pull-up on and the receiver pulls it low while the beam is broken; false, for a sensor
+that drives its output high while broken, the input has its pull-down on. One sensor is enough
 because the driver vends one order at a time (a lock), so a drop can only belong to the slot
 it is pulsing; it is also what a machine with a single delivery bin has room for.
 
@@ -18,6 +20,14 @@ it is pulsing; it is also what a machine with a single delivery bin has room for
                      no drop by then                    FAILED  reason NO_DROP
       without a sensor                                  VENDED  (weaker: see below)
     a pin error once the relay may have been switched   UNKNOWN (operator), nothing more journaled
+    the relay will not switch off (tried twice)         UNKNOWN; the relay closed and its slot
+                                                        dropped (later vends: NO_SLOT)
+
+VEND_TIMEOUT_S bounds the whole vend: the drop window opens when the relay switches on, so
+the pulse is inside it (VEND_PULSE_S at most VEND_TIMEOUT_S, cores/config.py) and a vend
+answers within VEND_TIMEOUT_S of its start. In fleet mode the backend's deadline for the
+agent's result is VEND_TIMEOUT_S plus a margin of its own (the link, the journal), so a drop
+seen at the last moment still reaches it.
 
 Without a sensor the pulse itself counts as VENDED. That is weaker than the serial board or a
 sensor: a jammed spiral or an empty slot still "vends", the customer is not refunded, and only
@@ -57,6 +67,7 @@ class GpioDispenser:
         *,
         active_high: bool = True,
         sensor_pin: int | None = None,
+        sensor_active_low: bool = True,
         vend_timeout_s: float = 30.0,
         pulse_s: float = 1.0,
         pin_factory: Any = None,
@@ -81,7 +92,10 @@ class GpioDispenser:
                 )
             self.sensor: Any = None
             if sensor_pin is not None:
-                self.sensor = DigitalInputDevice(sensor_pin, pull_up=True, pin_factory=pin_factory)
+                # pull_up True: active when low; False: pull-down, active when high.
+                self.sensor = DigitalInputDevice(
+                    sensor_pin, pull_up=sensor_active_low, pin_factory=pin_factory
+                )
         except Exception:
             self.close()
             raise
@@ -95,6 +109,7 @@ class GpioDispenser:
             settings.var_dir,
             active_high=settings.gpio_active_high,
             sensor_pin=settings.gpio_sensor_pin,
+            sensor_active_low=settings.gpio_sensor_active_low,
             vend_timeout_s=settings.vend_timeout_s,
             pulse_s=settings.vend_pulse_s,
         )
@@ -124,7 +139,7 @@ class GpioDispenser:
 
     def vend(self, order_id: str, drink_id: str, slot: int | None = None) -> Vend:
         relay = self.relays.get(slot) if slot is not None else None
-        if relay is None:
+        if slot is None or relay is None:
             return self._refuse(order_id, drink_id, slot, "NO_SLOT")
         with self._lock:
             if order_id in self._begun:
@@ -141,8 +156,11 @@ class GpioDispenser:
                 try:
                     relay.on()
                     self.sleep(self.pulse_s)
-                finally:
-                    relay.off()
+                except Exception:
+                    self._switch_off(slot, relay, order_id)
+                    raise
+                if not self._switch_off(slot, relay, order_id):
+                    return Vend.UNKNOWN
                 if self.sensor is None:
                     result, reason = Vend.VENDED, None
                 else:
@@ -175,6 +193,27 @@ class GpioDispenser:
 
     def entries(self) -> list[dict]:
         return self.vends.entries()
+
+    def _switch_off(self, slot: int, relay: Any, order_id: str) -> bool:
+        """Switch the relay off, trying twice. A relay that will not go off is closed (its
+        pin released) and its slot dropped, so no later vend drives it: False."""
+        for attempt in (1, 2):
+            try:
+                relay.off()
+                return True
+            except Exception:
+                log.exception(
+                    "relay did not switch off",
+                    extra=kv(order_id=order_id, slot=slot, attempt=attempt),
+                )
+        with contextlib.suppress(Exception):
+            relay.close()
+        self.relays.pop(slot, None)
+        log.error(
+            "relay stuck: closed, slot out of use, outcome unknown",
+            extra=kv(order_id=order_id, slot=slot),
+        )
+        return False
 
     def _refuse(self, order_id: str, drink_id: str, slot: int | None, reason: str) -> Vend:
         self.vends.record(order_id, drink_id, Vend.FAILED.value, slot=slot, reason=reason)

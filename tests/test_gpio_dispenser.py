@@ -18,6 +18,7 @@ from cores.config import Settings
 from cores.dispenser import STARTED, VendJournal, from_settings
 from cores.gpio_dispenser import GpioDispenser
 from cores.rules import Vend
+from tests.machine_helpers import ROOT
 
 PINS = {1: 17, 2: 27}
 SENSOR = 23
@@ -26,9 +27,12 @@ SENSOR = 23
 class Chute:
     """What falls when a relay is energised: `drop` True breaks the sensor's beam."""
 
-    def __init__(self, factory: MockFactory, active_high: bool = True) -> None:
+    def __init__(
+        self, factory: MockFactory, active_high: bool = True, sensor_active_low: bool = True
+    ) -> None:
         self.factory = factory
         self.active_high = active_high
+        self.sensor_active_low = sensor_active_low
         self.drop = True
         self.energised: list[int] = []  # BCM pins, each time one was switched on
 
@@ -38,8 +42,13 @@ class Chute:
         self.energised.append(int(pin.info.name.removeprefix("GPIO")))
         if self.drop:
             sensor = self.factory.pin(SENSOR)
+            broken, clear = (
+                (sensor.drive_low, sensor.drive_high)
+                if self.sensor_active_low
+                else (sensor.drive_high, sensor.drive_low)
+            )
             # The can crosses the beam in another thread, as a real edge interrupt would.
-            threading.Thread(target=lambda: (sensor.drive_low(), sensor.drive_high())).start()
+            threading.Thread(target=lambda: (broken(), clear())).start()
 
 
 class RelayPin(MockPin):
@@ -62,10 +71,12 @@ def factory() -> Iterator[MockFactory]:
     RelayPin.chute = None
 
 
-def chute_for(factory: MockFactory, active_high: bool = True) -> Chute:
+def chute_for(
+    factory: MockFactory, active_high: bool = True, sensor_active_low: bool = True
+) -> Chute:
     for pin in PINS.values():
         factory.pin(pin, pin_class=RelayPin)
-    RelayPin.chute = Chute(factory, active_high)
+    RelayPin.chute = Chute(factory, active_high, sensor_active_low)
     return RelayPin.chute
 
 
@@ -182,6 +193,62 @@ def test_a_pin_error_mid_vend_is_unknown(factory, tmp_path):
     assert results(tmp_path, "o1") == [(STARTED, None)]
 
 
+def test_a_relay_that_will_not_switch_off_is_tried_again_closed_and_unknown(factory, tmp_path):
+    """off() raises: tried a second time, then the relay is closed (its pin released) and its
+    slot dropped; the outcome is UNKNOWN (the motor may have run on), no result journaled; a
+    later vend from that slot is refused NO_SLOT (counted against the slot) and moves nothing."""
+    chute = chute_for(factory)
+    d = make(tmp_path)
+    relay = d.relays[1]
+    tries: list[int] = []
+
+    def stuck() -> None:
+        tries.append(1)
+        raise OSError("gpio chip gone")
+
+    relay.off = stuck
+    assert d.vend("o1", "cola", 1) is Vend.UNKNOWN
+    assert len(tries) == 2
+    assert relay.closed
+    assert 1 not in d.relays
+    assert results(tmp_path, "o1") == [(STARTED, None)]
+    assert d.vend("o2", "cola", 1) is Vend.FAILED
+    assert results(tmp_path, "o2")[-1] == ("failed", "NO_SLOT")
+    assert chute.energised == [17]
+
+
+def test_a_relay_that_switches_off_at_the_second_try_is_not_closed(factory, tmp_path):
+    """One failed off() then a good one: the vend goes on as usual (the drop decides)."""
+    chute_for(factory)
+    d = make(tmp_path)
+    relay = d.relays[1]
+    real_off = relay.off
+    tries: list[int] = []
+
+    def flaky() -> None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise OSError("transient")
+        real_off()
+
+    relay.off = flaky
+    assert d.vend("o1", "cola", 1) is Vend.VENDED
+    assert len(tries) == 2 and not relay.closed and relay.value == 0
+
+
+def test_a_sensor_that_goes_high_when_broken_is_read_with_active_low_false(factory, tmp_path):
+    """GPIO_SENSOR_ACTIVE_LOW=false: pull-down, a drop drives the input high: VENDED; held
+    high before the pulse it is blocked: SENSOR_BLOCKED, nothing moved."""
+    chute = chute_for(factory, sensor_active_low=False)
+    d = make(tmp_path, sensor_active_low=False)
+    assert d.sensor.pull_up is False
+    assert d.vend("o1", "cola", 1) is Vend.VENDED
+    factory.pin(SENSOR).drive_high()
+    assert d.vend("o2", "cola", 2) is Vend.FAILED
+    assert results(tmp_path, "o2")[-1] == ("failed", "SENSOR_BLOCKED")
+    assert chute.energised == [17]
+
+
 def test_from_settings_builds_the_gpio_driver_from_the_pin_map(factory, tmp_path):
     """DISPENSER=gpio: a relay per GPIO_RELAY_PINS slot, the sensor, pulse and timeout."""
     chute_for(factory)
@@ -201,4 +268,33 @@ def test_from_settings_builds_the_gpio_driver_from_the_pin_map(factory, tmp_path
     assert d.relays[2].pin.info.name == "GPIO27"
     assert d.relays[1].active_high is False
     assert d.sensor is not None and d.pulse_s == 0.05
+    assert d.sensor.pull_up is True  # GPIO_SENSOR_ACTIVE_LOW defaults to true
     assert d.vend("o1", "cola", 2) is Vend.VENDED
+    d.close()
+    high = Settings.from_env(
+        {
+            "DISPENSER": "gpio",
+            "GPIO_RELAY_PINS": "1:17,2:27",
+            "GPIO_SENSOR_PIN": "23",
+            "GPIO_SENSOR_ACTIVE_LOW": "false",
+            "VAR_DIR": str(tmp_path),
+        }
+    )
+    assert high.gpio_sensor_active_low is False
+    d2 = from_settings(high)
+    assert isinstance(d2, GpioDispenser) and d2.sensor.pull_up is False
+
+
+def test_lgpio_the_pis_pin_backend_is_required_on_a_pi_only():
+    """gpiozero needs a pin backend on a Pi (lgpio on a Pi 5 and current Raspberry Pi OS): it
+    is a requirement on Linux aarch64 and armv7l (binary wheels there) and nowhere else."""
+    from packaging.requirements import Requirement
+
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    found = [Requirement(line) for line in lines if line.startswith("lgpio")]
+    assert len(found) == 1 and found[0].marker is not None
+    marker = found[0].marker
+    for machine, wanted in (("aarch64", True), ("armv7l", True), ("x86_64", False)):
+        env = {"platform_system": "Linux", "platform_machine": machine}
+        assert marker.evaluate(env) is wanted
+    assert not marker.evaluate({"platform_system": "Darwin", "platform_machine": "aarch64"})
