@@ -23,6 +23,16 @@ collapsed stacks (py-spy's raw format: flamegraph.pl or speedscope read it) and
 DIR/summary.txt each process's functions that take the most samples, by own time (the
 function on top of the stack) and by total time (anywhere on it). Redis's INFO commandstats,
 taken before and after the load, gives the commands per purchase by command.
+
+    python bench/fleet.py --machines 1000 --cluster --seconds 60 [--workers 2]
+
+`--cluster` runs the same load twice in one invocation: on one Redis, then on a Redis Cluster
+of 3 masters + 3 replicas (bench/fleet_harness.py `Backend(cluster=True)`: every money-moving
+step also waits for a replica, cores/broker.py "Durability"), and prints the two side by
+side: purchases/s, p50 / p99 of each step, Redis commands per purchase (INFO commandstats
+summed over the masters: a replica replays its master's writes, counted once) and the CPU
+shares (the six nodes summed as `redis (all nodes)`). With --profile, each run's samples go
+to DIR/one-redis and DIR/cluster.
 """
 
 from __future__ import annotations
@@ -183,10 +193,10 @@ def cpu_seconds(pid: int) -> float:
 
 
 def processes(backend: Backend) -> dict[str, int]:
-    """The backend's processes by name (its pid files), Redis and this benchmark."""
+    """The backend's processes by name (its pid files), its redis-server(s) (`redis-server`,
+    or `redis PORT` for each node of a cluster) and this benchmark."""
     found = {p.stem: int(p.read_text()) for p in (backend.var / "pids").glob("*.pid")}
-    if backend.own_redis is not None and backend.own_redis.process is not None:
-        found["redis-server"] = backend.own_redis.process.pid
+    found.update(backend.redis_servers())
     found["bench (simulated machines)"] = os.getpid()
     return found
 
@@ -222,13 +232,19 @@ def report(name: str, figures: Figures, seconds: float, base: Figures | None) ->
 
 
 def commands_processed(backend: Backend) -> int:
-    return int(backend.redis.info("stats")["total_commands_processed"])
+    """Commands served so far by the Redis, or summed over the cluster's masters (a replica
+    replays its master's writes: counted once, where they were served)."""
+    return sum(int(info["total_commands_processed"]) for info in backend.masters_info("stats"))
 
 
 def command_counts(backend: Backend) -> Counter[str]:
-    """Calls of each Redis command so far (INFO commandstats)."""
-    stats = backend.redis.info("commandstats")
-    return Counter({name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()})
+    """Calls of each Redis command so far (INFO commandstats; summed over a cluster's
+    masters)."""
+    counts: Counter[str] = Counter()
+    for stats in backend.masters_info("commandstats"):
+        for name, v in stats.items():
+            counts[name.removeprefix("cmdstat_")] += int(v["calls"])
+    return counts
 
 
 #: Functions listed per process in the profile's summary.
@@ -241,7 +257,7 @@ class Profiler:
 
     def __init__(self, folder: Path, pids: dict[str, int], warm_s: float, seconds: float) -> None:
         self.folder = folder
-        self.pids = {n: p for n, p in pids.items() if n != "redis-server"}
+        self.pids = {n: p for n, p in pids.items() if not n.startswith("redis")}
         self.warm_s = warm_s
         self.seconds = seconds
         self.thread = threading.Thread(target=self._record, daemon=True)
@@ -333,21 +349,22 @@ def is_project(frame: str) -> bool:
     return any(f"({d}/" in frame or f"({d}\\" in frame for d in ("cores", "services", "bench"))
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--machines", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=1, help="processes per worker service")
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--baseline-seconds", type=float, default=15.0)
-    parser.add_argument("--dispense-s", type=float, default=0.3)
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        metavar="DIR",
-        help="sample every backend process with py-spy while the fleet buys; stacks and a "
-        "summary go to DIR",
-    )
-    args = parser.parse_args()
+@dataclass
+class Run:
+    """One load's figures: on one Redis or on a cluster."""
+
+    name: str
+    figures: Figures
+    wall_s: float
+    commands: int
+    by_command: Counter[str]
+    cpu: dict[str, float]  # process name -> CPU share in % of one core
+
+
+def run_load(args: argparse.Namespace, cluster: bool) -> Run:
+    """Start a backend (on one Redis, or on a cluster of 3 masters + 3 replicas), register
+    the machines, buy with one machine alone (the baseline), then with all of them; print
+    the figures and return them."""
     folder = Path(tempfile.mkdtemp(prefix="drink-fleet-bench-"))
     # Result screens wait for the customer's tap (RESULT_SCREEN_S far off), so that no timer
     # races the next purchase.
@@ -357,7 +374,9 @@ def main() -> int:
         "DISPENSE_S": str(args.dispense_s),
         "LOG_LEVEL": "WARNING",
     }
-    backend = Backend(folder, workers=args.workers, **env)
+    name = "Redis Cluster (3 masters + 3 replicas)" if cluster else "one Redis"
+    print(f"== {name}: starting the backend ...", flush=True)
+    backend = Backend(folder, workers=args.workers, cluster=cluster, **env)
     try:
         print(f"registering {args.machines} machines ...", flush=True)
         tokens = {
@@ -378,7 +397,8 @@ def main() -> int:
         profiler = None
         if args.profile is not None:
             warm_s = min(10.0, args.seconds / 4)
-            profiler = Profiler(args.profile, pids, warm_s, min(30.0, args.seconds - 2 * warm_s))
+            where = args.profile / ("cluster" if cluster else "one-redis")
+            profiler = Profiler(where, pids, warm_s, min(30.0, args.seconds - 2 * warm_s))
             profiler.start()
         started = time.monotonic()
         figures = asyncio.run(drive(machines, args.seconds, payer))
@@ -386,22 +406,95 @@ def main() -> int:
         commands = commands_processed(backend) - commands_before
         by_command = command_counts(backend)
         by_command.subtract(by_command_before)
-        report(f"{args.machines} machines, {args.workers} worker process(es)", figures, wall, base)
+        cpu = {n: (cpu_seconds(pid) - cpu_before[n]) / wall * 100 for n, pid in pids.items()}
+        title = f"{args.machines} machines, {args.workers} worker process(es), {name}"
+        report(title, figures, wall, base)
         if figures.purchases:
             print(f"  Redis commands per purchase: {commands / figures.purchases:.0f}, the most:")
-            for name, calls in by_command.most_common(10):
-                print(f"    {name:<28} {calls / figures.purchases:6.1f}")
+            for command, calls in by_command.most_common(10):
+                print(f"    {command:<28} {calls / figures.purchases:6.1f}")
         print("  CPU share (one core = 100 %):")
-        for name, pid in sorted(pids.items()):
-            share = (cpu_seconds(pid) - cpu_before[name]) / wall * 100
-            print(f"    {name:<28} {share:6.1f} %")
+        for process, share in sorted(cpu.items()):
+            print(f"    {process:<28} {share:6.1f} %")
         if profiler is not None:
-            print(f"  profile ({args.profile}):")
+            print(f"  profile ({profiler.folder}):")
             print(profiler.finish())
+        return Run(name, figures, wall, commands, by_command, cpu)
     finally:
         with contextlib.suppress(Exception):
             backend.stop()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def side_by_side(runs: list[Run], machines: int, workers: int) -> None:
+    """The runs' figures in columns: purchases/s, each step's p50 / p99, Redis commands per
+    purchase (the most called), CPU shares (a cluster's nodes summed as `redis (all)`)."""
+    width = 24
+
+    def row(label: str, cells: list[str]) -> None:
+        print(f"  {label:<36}" + "".join(f"{c:>{width}}" for c in cells))
+
+    print(f"\n{machines} machines, {workers} worker process(es), side by side:")
+    row("", [r.name.split(" (")[0] for r in runs])
+    row("purchases per second", [f"{r.figures.purchases / r.wall_s:.1f}" for r in runs])
+    row("not completed", [str(r.figures.failures) for r in runs])
+    for step in STEPS:
+        cells = []
+        for r in runs:
+            values = r.figures.steps[step]
+            cells.append(
+                f"{statistics.median(values):.0f} / {pct(values, 99):.0f} ms" if values else "-"
+            )
+        row(f"{step:<16} p50 / p99", cells)
+    per = [max(r.figures.purchases, 1) for r in runs]
+    row(
+        "Redis commands per purchase",
+        [f"{r.commands / n:.0f}" for r, n in zip(runs, per, strict=True)],
+    )
+    top: list[str] = []
+    for r in runs:
+        top += [c for c, _ in r.by_command.most_common(8) if c not in top]
+    for command in top:
+        row(
+            f"  {command}",
+            [f"{r.by_command[command] / n:.1f}" for r, n in zip(runs, per, strict=True)],
+        )
+    print("  CPU share (one core = 100 %):")
+    names: list[str] = []
+    for r in runs:
+        names += [n for n in sorted(r.cpu) if not n.startswith("redis") and n not in names]
+    for process in names:
+        row(f"  {process}", [f"{r.cpu[process]:.1f} %" if process in r.cpu else "-" for r in runs])
+    redis_cpu = [sum(v for n, v in r.cpu.items() if n.startswith("redis")) for r in runs]
+    row("  redis (all nodes)", [f"{v:.1f} %" for v in redis_cpu])
+    row("  all processes", [f"{sum(r.cpu.values()):.1f} %" for r in runs])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--machines", type=int, default=100)
+    parser.add_argument("--workers", type=int, default=1, help="processes per worker service")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--baseline-seconds", type=float, default=15.0)
+    parser.add_argument("--dispense-s", type=float, default=0.3)
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run the load on one Redis, then on a Redis Cluster of 3 masters + 3 replicas, "
+        "and print the two side by side",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="sample every backend process with py-spy while the fleet buys; stacks and a "
+        "summary go to DIR",
+    )
+    args = parser.parse_args()
+    runs = [run_load(args, cluster=False)]
+    if args.cluster:
+        runs.append(run_load(args, cluster=True))
+        side_by_side(runs, args.machines, args.workers)
     return 0
 
 
