@@ -44,7 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import cast
 
 import redis
@@ -158,15 +158,7 @@ class DispenseWorker(Worker):
             fields: dict[str, float | int] = {OrderField.VEND_STARTED_AT: self.clock()}
             if slot is not None:
                 fields[OrderField.SLOT] = slot
-            if self.broker.transition(
-                Transition(
-                    State.DISPENSING,
-                    (State.PAYMENT_SUCCESS,),
-                    order.order_id,
-                    order.values(),
-                    Effects(order_fields=fields),
-                )
-            ):
+            if self.broker.transition(start_vend(order, fields)):
                 if slot == 0:
                     self.no_slot(order)
                     return None
@@ -273,27 +265,12 @@ class DispenseWorker(Worker):
             if slot is not None:
                 fields[OrderField.SLOT] = slot
             if slot == 0:  # never asked of the agent: no durable mark, failed at once
-                if self.broker.transition(
-                    Transition(
-                        State.DISPENSING,
-                        (State.PAYMENT_SUCCESS,),
-                        order.order_id,
-                        order.values(),
-                        Effects(order_fields=fields),
-                    )
-                ):
+                if self.broker.transition(start_vend(order, fields)):
                     self.no_slot(order)
                 return None
             if not waits:  # nothing to wait for: the move itself lets the gateway ask
                 fields[OrderField.VEND_DURABLE_AT] = now
-            started_move = Transition(
-                State.DISPENSING,
-                (State.PAYMENT_SUCCESS,),
-                order.order_id,
-                order.values(),
-                Effects(order_fields=fields),
-            )
-            if self.broker.transition(started_move):  # NotDurable: looked at again
+            if self.broker.transition(start_vend(order, fields)):  # NotDurable: looked at again
                 if waits:
                     self.broker.mark_vend_durable(order.order_id, now)
                 log.info("vend asked of the machine", extra=kv(order_id=order.order_id))
@@ -392,6 +369,18 @@ class DispenseWorker(Worker):
                 ),
             )
         )
+
+
+def start_vend(order: Order, fields: Mapping[str, float | int]) -> Transition:
+    """PAYMENT_SUCCESS -> DISPENSING of `order`, with the order fields the vend starts with
+    (its start time, its slot, and the durable mark where no replica is asked for)."""
+    return Transition(
+        State.DISPENSING,
+        (State.PAYMENT_SUCCESS,),
+        order.order_id,
+        order.values(),
+        Effects(order_fields=dict(fields)),
+    )
 
 
 def build(
