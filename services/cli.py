@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from constants.services import Service
 from cores.config import Settings
@@ -87,7 +85,7 @@ def operator_command(args: argparse.Namespace, settings: Settings) -> int:
         print(f"refused: {exc.message}", file=sys.stderr)
         return 1
     except redis.RedisError as exc:
-        print(f"redis unreachable at {_shown(url)}: {exc}", file=sys.stderr)
+        print(f"redis unreachable at {runtime.shown_redis_url(url)}: {exc}", file=sys.stderr)
         return 1
     text = out.render(args.json)
     if text:
@@ -143,28 +141,6 @@ def _dispatch(args: argparse.Namespace, settings: Settings, client: Any) -> Any:
         case "audit":
             return commands.audit(ops, settings, args.count)
     raise ValueError(f"no such command: {args.command}")  # main.py's parser lists them all
-
-
-def _shown(url: str) -> str:
-    """A Redis URL without its password, for a message."""
-    from cores.config import is_cluster_url, parse_cluster_url
-
-    if is_cluster_url(url):
-        try:
-            cluster = parse_cluster_url(url)
-        except ValueError:
-            return url.split("://", 1)[0] + "://?"
-        if cluster.password is None:
-            return cluster.url
-        scheme, _, rest = replace(cluster, username=None, password=None).url.partition("://")
-        return f"{scheme}://{cluster.username or ''}:***@{rest}"
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=f"{user}{host}{port}").geturl()
 
 
 def health(settings: Settings) -> int:

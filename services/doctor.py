@@ -106,7 +106,7 @@ def main(settings: Settings, out: Callable[[str], None] = print) -> int:
 
 
 def check_redis(settings: Settings) -> Check:
-    from services.runtime import redis_client, redis_url
+    from services.runtime import redis_client, redis_url, shown_redis_url
 
     try:
         url = redis_url(settings)
@@ -121,10 +121,10 @@ def check_redis(settings: Settings) -> Check:
     try:
         version = client.info("server").get("redis_version", "?")
     except redis.RedisError as exc:
-        return Check("redis", False, f"{_shown(url)} does not answer: {exc}")
+        return Check("redis", False, f"{shown_redis_url(url)} does not answer: {exc}")
     finally:
         client.close()
-    return Check("redis", True, f"{_shown(url)} answers (Redis {version})")
+    return Check("redis", True, f"{shown_redis_url(url)} answers (Redis {version})")
 
 
 def check_ports(settings: Settings) -> list[Check]:
@@ -351,9 +351,3 @@ def check_backend(settings: Settings) -> Check:
     except (OSError, TimeoutError, WebSocketException) as exc:
         return Check("backend", False, f"{url} unreachable: {exc}")
     return Check("backend", True, f"{url} accepts machine {settings.machine_id}")
-
-
-def _shown(url: str) -> str:
-    from services.cli import _shown as shown
-
-    return shown(url)

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import redis
 import requests
@@ -70,6 +71,28 @@ def redis_url(settings: Settings) -> str:
             f"{file} is invalid: expected a redis://, rediss://, unix:// or redis+cluster:// URL"
         )
     return url
+
+
+def shown_redis_url(url: str) -> str:
+    """A Redis URL without its password, for a message."""
+    if is_cluster_url(url):
+        try:
+            cluster = parse_cluster_url(url)
+        except ValueError:
+            return url.split("://", 1)[0] + "://?"
+        if cluster.password is None:
+            return cluster.url
+        scheme, _, rest = dataclasses.replace(cluster, username=None, password=None).url.partition(
+            "://"
+        )
+        return f"{scheme}://{cluster.username or ''}:***@{rest}"
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return parts._replace(netloc=f"{user}{host}{port}").geturl()
 
 
 def redis_client(

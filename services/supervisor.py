@@ -40,7 +40,7 @@ from cores.logs import kv
 from cores.process import InstanceLock, die_with_parent
 from cores.redis_cluster import LocalCluster
 from cores.redis_process import RedisProcess, free_port
-from services.runtime import broker_for
+from services.runtime import broker_for, shown_redis_url
 
 log = logging.getLogger(__name__)
 
@@ -247,7 +247,7 @@ class Supervisor:
             ]
         if settings.uses_local_sandbox:
             rows.append(("Simulator", f"{settings.sandbox_url}/simulator"))
-        rows += [("Redis", _shown(redis_url)), ("Logs", str(settings.var_dir / "logs"))]
+        rows += [("Redis", shown_redis_url(redis_url)), ("Logs", str(settings.var_dir / "logs"))]
         width = max(len(name) for name, _ in rows) + 2
         return [f"{name + ':':<{width}}{value}" for name, value in rows]
 
@@ -378,13 +378,6 @@ def gateway_url(settings: Settings) -> str:
     they use the proxy's wss:// URL instead)."""
     host = f"[{settings.ws_host}]" if ":" in settings.ws_host else settings.ws_host
     return f"ws://{host}:{settings.ws_port}/agent"
-
-
-def _shown(url: str) -> str:
-    """A Redis URL without its password."""
-    from services.cli import _shown as shown
-
-    return shown(url)
 
 
 def run_backend(settings: Settings, workers: int = 1, cluster: bool = False) -> int:

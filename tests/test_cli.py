@@ -233,3 +233,15 @@ def test_alerts_lists_the_open_alerts_readable_and_as_json(redis_server, broker,
     assert [row["id"] for row in listed] == ["sold_out:tea"]
     readable = cli(redis_server.url, tmp_path, "alerts").stdout
     assert "sold_out" in readable and "tea" in readable
+
+
+def test_a_redis_url_is_shown_without_its_password():
+    """What `main.py` prints of a Redis URL (errors, the banner, doctor): the password masked,
+    for one Redis and for a cluster; a URL without one is shown as it is."""
+    from services.runtime import shown_redis_url
+
+    assert shown_redis_url("redis://127.0.0.1:6379/0") == "redis://127.0.0.1:6379/0"
+    shown = shown_redis_url("redis://ana:s3cret@db.example:6380/1")
+    assert "s3cret" not in shown and shown == "redis://ana:***@db.example:6380/1"
+    cluster = shown_redis_url("redis+cluster://:s3cret@10.0.0.1:7000,10.0.0.2:7000")
+    assert "s3cret" not in cluster and cluster.startswith("redis+cluster://:***@10.0.0.1:7000")
